@@ -1,0 +1,15 @@
+//! The Boxer runtime: what runs in every node.
+//!
+//! It joins the cluster through the rendezvous from its one UDP socket, keeps
+//! the membership table current, keeps one QUIC connection per peer, and
+//! carries TCP connections between nodes as QUIC streams: outbound from
+//! `--forward` listeners, inbound to `--expose`d local ports.
+
+pub mod config;
+pub mod forward;
+pub mod inbound;
+pub mod node;
+pub mod status;
+
+pub use config::{ForwardSpec, NodeConfig};
+pub use node::{Node, NodeError};

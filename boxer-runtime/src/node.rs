@@ -1,0 +1,262 @@
+//! A running node: admission, membership feed, peer table, proxies.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use boxer_net::peers::Peers;
+use boxer_net::rendezvous::{self, RendezvousError, SessionReceiver, SessionSender};
+use boxer_net::{EndpointError, Identity, NodeEndpoint};
+use boxer_proto::control::{Barrier, JoinRequest, Joined, NodeMessage, ServerMessage};
+use boxer_proto::membership::MemberChange;
+use boxer_proto::{Membership, NodeId};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::NodeConfig;
+use crate::{forward, inbound, status};
+
+/// Streams from peers waiting for the runtime to take them.
+const INBOUND_BUFFER: usize = 256;
+
+/// Messages to the rendezvous waiting to be sent.
+const OUTBOUND_BUFFER: usize = 64;
+
+/// Why a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node's identity could not be created.
+    #[error("cannot create the node's certificate: {0}")]
+    Identity(#[from] boxer_net::identity::IdentityError),
+    /// The UDP endpoint could not be set up.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// A `--forward` listener could not be bound.
+    #[error("cannot listen on {addr} for --forward: {source}")]
+    ForwardBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Admission failed or the rendezvous connection broke.
+    #[error(transparent)]
+    Rendezvous(#[from] RendezvousError),
+    /// The membership feed broke its own ordering.
+    #[error("membership feed from the rendezvous is inconsistent: {0}")]
+    Feed(String),
+    /// The node was asked to stop.
+    #[error("node stopped")]
+    Stopped,
+}
+
+/// State shared by the node's tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) joined: Joined,
+    pub(crate) membership: watch::Receiver<Membership>,
+    pub(crate) peers: Arc<Peers>,
+    /// Local ports other nodes may reach, with the address to connect to.
+    pub(crate) exposed: Mutex<HashMap<u16, SocketAddr>>,
+    to_rendezvous: mpsc::Sender<NodeMessage>,
+    barriers: Mutex<(u32, HashMap<u32, oneshot::Sender<()>>)>,
+}
+
+/// A running node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+    endpoint: NodeEndpoint,
+    failed: watch::Receiver<Option<Arc<NodeError>>>,
+}
+
+impl Node {
+    /// Binds the socket and the forward listeners, joins the cluster and
+    /// starts every task. Returns once the node is a member.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        let identity = Identity::generate()?;
+        let endpoint = NodeEndpoint::bind(config.bind, identity)?;
+        let mut listeners = Vec::new();
+        for spec in &config.forwards {
+            let listener = TcpListener::bind(spec.listen)
+                .await
+                .map_err(|source| NodeError::ForwardBind { addr: spec.listen, source })?;
+            listeners.push((listener, spec.clone()));
+        }
+        let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr: config.bind, source })?;
+        let local = if local_addr.ip().is_unspecified() { vec![] } else { vec![local_addr] };
+        let mut exposed: BTreeSet<u16> = config.expose.iter().copied().collect();
+        exposed.remove(&0);
+        let request = JoinRequest {
+            cluster: config.cluster.clone(),
+            join_token: config.join_token.clone(),
+            service: config.service.clone(),
+            index: config.index,
+            local,
+            listening: exposed.iter().copied().collect(),
+        };
+        let (joined, session) = rendezvous::join(&endpoint, config.rendezvous, request).await?;
+        let span = info_span!("node", name = %joined.names[0], id = %joined.node_id);
+        span.in_scope(|| info!(ip = %joined.overlay_ip, reflexive = %joined.reflexive, names = ?joined.names, "joined cluster {}", config.cluster));
+
+        let (membership_tx, membership) =
+            watch::channel(Membership::from_snapshot(&config.cluster, joined.snapshot.clone()));
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BUFFER);
+        let peers = Peers::new(endpoint.clone(), membership.clone(), inbound_tx);
+        let (to_rendezvous, outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let shared = Arc::new(Shared {
+            joined,
+            membership,
+            peers: peers.clone(),
+            exposed: Mutex::new(exposed.iter().map(|&p| (p, SocketAddr::from((Ipv4Addr::LOCALHOST, p)))).collect()),
+            to_rendezvous,
+            barriers: Mutex::default(),
+        });
+        let (failed_tx, failed) = watch::channel(None);
+        let failed_tx = Arc::new(failed_tx);
+        let (sender, receiver) = session.split();
+
+        let fail = {
+            let failed_tx = failed_tx.clone();
+            move |e: NodeError| {
+                error!("{e}");
+                failed_tx.send_if_modified(|f| f.is_none() && f.replace(Arc::new(e)).is_none());
+            }
+        };
+        tokio::spawn(send_loop(sender, outbound_rx, fail.clone()).instrument(span.clone()));
+        tokio::spawn(feed_loop(shared.clone(), receiver, membership_tx, fail).instrument(span.clone()));
+        tokio::spawn(peers.run().instrument(span.clone()));
+        tokio::spawn(inbound::serve(shared.clone(), inbound_rx).instrument(span.clone()));
+        for (listener, spec) in listeners {
+            tokio::spawn(forward::serve(shared.clone(), listener, spec).instrument(span.clone()));
+        }
+        if let Some(path) = config.status_file {
+            tokio::spawn(status::keep_written(shared.clone(), path).instrument(span));
+        }
+        Ok(Self { shared, endpoint, failed })
+    }
+
+    /// What the rendezvous said when admitting this node.
+    pub fn joined(&self) -> &Joined {
+        &self.shared.joined
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.joined.node_id
+    }
+
+    /// The live membership table.
+    pub fn membership(&self) -> watch::Receiver<Membership> {
+        self.shared.membership.clone()
+    }
+
+    /// Number of peers with a live QUIC connection.
+    pub fn connected_peers(&self) -> usize {
+        self.shared.peers.connected()
+    }
+
+    /// Waits until `barrier` holds at the rendezvous.
+    pub async fn wait(&self, barrier: Barrier) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let request_id = {
+            let mut b = self.shared.barriers.lock().expect("barrier lock");
+            b.0 += 1;
+            let id = b.0;
+            b.1.insert(id, tx);
+            id
+        };
+        self.shared
+            .to_rendezvous
+            .send(NodeMessage::Wait { request_id, barrier })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        let mut failed = self.failed.clone();
+        tokio::select! {
+            r = rx => r.map_err(|_| NodeError::Stopped),
+            _ = failed.wait_for(Option::is_some) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Makes local `port` reachable from other nodes and announces it.
+    pub async fn expose(&self, port: u16) -> Result<(), NodeError> {
+        let ports = {
+            let mut exposed = self.shared.exposed.lock().expect("exposed lock");
+            exposed.insert(port, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            exposed.keys().copied().collect::<Vec<_>>()
+        };
+        self.shared.to_rendezvous.send(NodeMessage::Listening(ports)).await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Runs until the node fails (rendezvous lost) or [`Node::shutdown`].
+    pub async fn stopped(&self) -> Arc<NodeError> {
+        let mut failed = self.failed.clone();
+        let result = failed.wait_for(Option::is_some).await;
+        match result {
+            Ok(f) => f.clone().expect("checked by wait_for"),
+            Err(_) => Arc::new(NodeError::Stopped),
+        }
+    }
+
+    /// Leaves the cluster: closes every connection (the rendezvous sees the
+    /// node leave at once) and waits briefly for the close to be sent.
+    pub async fn shutdown(&self) {
+        self.endpoint.quinn().close(0u32.into(), b"node shutting down");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.quinn().wait_idle()).await;
+    }
+}
+
+async fn send_loop(mut sender: SessionSender, mut rx: mpsc::Receiver<NodeMessage>, fail: impl Fn(NodeError)) {
+    while let Some(msg) = rx.recv().await {
+        if let Err(e) = sender.send(&msg).await {
+            return fail(e.into());
+        }
+    }
+}
+
+async fn feed_loop(
+    shared: Arc<Shared>,
+    mut receiver: SessionReceiver,
+    membership: watch::Sender<Membership>,
+    fail: impl Fn(NodeError),
+) {
+    let cluster = membership.borrow().cluster().to_owned();
+    loop {
+        let msg = match receiver.next().await {
+            Ok(m) => m,
+            Err(e) => return fail(e.into()),
+        };
+        match msg {
+            ServerMessage::Event(event) => {
+                match &event.change {
+                    MemberChange::Joined(m) => {
+                        info!(peer = %m.node_id, name = %m.replica_name(), ip = %m.overlay_ip, "member joined")
+                    }
+                    MemberChange::Left { node_id } => {
+                        info!(peer = %node_id, "member left");
+                        shared.peers.forget(*node_id);
+                    }
+                    MemberChange::Listening { node_id, ports } => debug!(peer = %node_id, ?ports, "listening"),
+                    MemberChange::Addresses { node_id, .. } => debug!(peer = %node_id, "addresses changed"),
+                }
+                let mut result = Ok(());
+                membership.send_modify(|m| result = m.apply(event));
+                if let Err(e) = result {
+                    return fail(NodeError::Feed(e.to_string()));
+                }
+            }
+            ServerMessage::Snapshot(snapshot) => {
+                warn!("fell behind the membership feed; resynchronised from a snapshot");
+                membership.send_replace(Membership::from_snapshot(&cluster, snapshot));
+            }
+            ServerMessage::BarrierReached { request_id } => {
+                let waiter = shared.barriers.lock().expect("barrier lock").1.remove(&request_id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(());
+                }
+            }
+            other => return fail(NodeError::Feed(format!("unexpected message {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! A node's one UDP socket and quinn endpoint.
+//!
+//! The same socket talks to the rendezvous and to every peer, so the address
+//! the rendezvous observes for the node is the NAT mapping peers must target.
+//! The endpoint is client and server at once: it dials peers and accepts them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use boxer_proto::{ALPN_PEER, Fingerprint, TLS_SERVER_NAME};
+
+use crate::identity::Identity;
+use crate::tls::{self, TlsError};
+use crate::transport;
+
+/// Why an endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A dial could not even start (bad address, endpoint closed).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: quinn::ConnectError,
+    },
+}
+
+/// The quinn endpoint of a node with its identity.
+#[derive(Debug, Clone)]
+pub struct NodeEndpoint {
+    endpoint: quinn::Endpoint,
+    identity: Arc<Identity>,
+}
+
+impl NodeEndpoint {
+    /// Binds `addr` and accepts peer connections (ALPN [`ALPN_PEER`]) that
+    /// present any certificate; the caller checks who they are.
+    pub fn bind(addr: SocketAddr, identity: Identity) -> Result<Self, EndpointError> {
+        let server = tls::server_config(&identity, ALPN_PEER, transport::peer())?;
+        let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| EndpointError::Bind { addr, source })?;
+        Ok(Self { endpoint, identity: Arc::new(identity) })
+    }
+
+    /// The bound local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The underlying quinn endpoint.
+    pub fn quinn(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    /// Starts a connection to `addr` that succeeds only if the server presents
+    /// the certificate with fingerprint `server`.
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        server: Fingerprint,
+        alpn: &[u8],
+        transport: Arc<quinn::TransportConfig>,
+    ) -> Result<quinn::Connecting, EndpointError> {
+        let config = tls::client_config(&self.identity, server, alpn, transport)?;
+        self.endpoint
+            .connect_with(config, addr, TLS_SERVER_NAME)
+            .map_err(|source| EndpointError::Connect { addr, source })
+    }
+}

@@ -1,0 +1,24 @@
+//! Boxer's data plane.
+//!
+//! * [`identity`]: the self-signed certificate every node and rendezvous
+//!   presents, and its SHA-256 [`Fingerprint`](boxer_proto::Fingerprint).
+//! * [`tls`]: rustls configurations that pin those fingerprints (never "accept
+//!   any certificate").
+//! * [`transport`]: QUIC tuning, each constant with its reason.
+//! * [`endpoint`]: the one UDP socket + quinn endpoint of a node, client and
+//!   server at once.
+//! * [`rendezvous`]: the client side of the rendezvous protocol.
+//! * [`peers`]: one QUIC connection per peer node, dialled on demand, with the
+//!   peer's key pinned from membership.
+//! * [`proxy`]: TCP connections carried as QUIC streams.
+
+pub mod endpoint;
+pub mod identity;
+pub mod peers;
+pub mod proxy;
+pub mod rendezvous;
+pub mod tls;
+pub mod transport;
+
+pub use endpoint::{EndpointError, NodeEndpoint};
+pub use identity::Identity;

@@ -1,0 +1,199 @@
+//! Messages between the rendezvous and its clients (runtimes, CLI).
+//!
+//! A client opens one bidirectional stream per connection. Both sides first
+//! send a [`crate::Hello`]; the client then sends one [`Request`]. What follows
+//! depends on the request:
+//!
+//! * [`Request::Join`]: the server answers [`ServerMessage::Joined`] with a
+//!   membership snapshot, then pushes [`ServerMessage::Event`]s for as long as
+//!   the connection lives. The node sends [`NodeMessage`]s (listening ports,
+//!   addresses, barrier waits). Closing the connection is leaving.
+//! * [`Request::Watch`]: a snapshot, then events, read-only (CLI subscribers).
+//! * [`Request::CreateCluster`] / [`Request::DeleteCluster`]: one answer.
+//!
+//! Refusals are not messages: the server closes the connection with a
+//! [`CloseCode`] and a human-readable reason.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::membership::{MembershipEvent, MembershipSnapshot, NodeId};
+
+/// The one request a client makes after the hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Become a member of a cluster.
+    Join(JoinRequest),
+    /// Read a cluster's membership (snapshot then events).
+    Watch(WatchRequest),
+    /// Create a cluster (admin).
+    CreateCluster(CreateClusterRequest),
+    /// Delete a cluster and disconnect its members (admin).
+    DeleteCluster(DeleteClusterRequest),
+}
+
+/// Admission request of a node. Its public identity is the certificate it
+/// presented in the TLS handshake, not a field here, so it cannot claim another
+/// node's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Cluster name.
+    pub cluster: String,
+    /// The cluster's join token.
+    pub join_token: String,
+    /// Service this node is a replica of.
+    pub service: String,
+    /// Replica index.
+    pub index: u32,
+    /// Addresses the node's UDP socket is bound to on its own interfaces.
+    pub local: Vec<SocketAddr>,
+    /// TCP ports the node accepts overlay connections on from the start.
+    pub listening: Vec<u16>,
+}
+
+/// Read-only subscription to a cluster's membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRequest {
+    /// Cluster name.
+    pub cluster: String,
+    /// The cluster's join token, or the admin token.
+    pub token: String,
+}
+
+/// Admin request to create a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateClusterRequest {
+    /// The rendezvous' admin token.
+    pub admin_token: String,
+    /// Cluster name (a DNS label).
+    pub name: String,
+    /// Overlay network; `None` for [`DEFAULT_OVERLAY`].
+    pub network: Option<ipnet::Ipv4Net>,
+    /// Join token to require; `None` to let the server generate one.
+    pub join_token: Option<String>,
+}
+
+/// Admin request to delete a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteClusterRequest {
+    /// The rendezvous' admin token.
+    pub admin_token: String,
+    /// Cluster name.
+    pub name: String,
+}
+
+/// Default overlay network of a cluster: inside the carrier-grade NAT range
+/// 100.64.0.0/10, which no cloud function or home network routes publicly.
+pub const DEFAULT_OVERLAY: &str = "100.96.0.0/12";
+
+/// A cluster as the rendezvous describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Cluster name.
+    pub name: String,
+    /// Overlay network.
+    pub network: ipnet::Ipv4Net,
+    /// Join token.
+    pub join_token: String,
+}
+
+/// What a node learns when it is admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The node's overlay address.
+    pub overlay_ip: Ipv4Addr,
+    /// The overlay network.
+    pub network: ipnet::Ipv4Net,
+    /// Every name of the node (see [`crate::names::all_names`]).
+    pub names: Vec<String>,
+    /// The node's address as the rendezvous observed it.
+    pub reflexive: SocketAddr,
+    /// Membership at admission, the node itself included.
+    pub snapshot: MembershipSnapshot,
+}
+
+/// A condition a node can wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Barrier {
+    /// At least this many members are present.
+    Count(u32),
+    /// Every one of these names resolves to a present member.
+    Names(Vec<String>),
+}
+
+/// Messages a joined node sends after [`Request::Join`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeMessage {
+    /// The full new set of listening ports.
+    Listening(Vec<u16>),
+    /// New local addresses.
+    Addresses(Vec<SocketAddr>),
+    /// Tell me ([`ServerMessage::BarrierReached`]) when `barrier` holds.
+    Wait {
+        /// Chosen by the node, echoed back.
+        request_id: u32,
+        /// The condition.
+        barrier: Barrier,
+    },
+}
+
+/// Messages from the server after a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// Answer to [`Request::Join`].
+    Joined(Joined),
+    /// Answer to [`Request::Watch`].
+    Snapshot(MembershipSnapshot),
+    /// A membership change, after `Joined` or `Snapshot`.
+    Event(MembershipEvent),
+    /// A [`NodeMessage::Wait`] condition holds.
+    BarrierReached {
+        /// The request's id.
+        request_id: u32,
+    },
+    /// Answer to [`Request::CreateCluster`].
+    ClusterCreated(ClusterInfo),
+    /// Answer to [`Request::DeleteCluster`].
+    ClusterDeleted {
+        /// Cluster name.
+        name: String,
+    },
+}
+
+/// Application close codes of Boxer connections, with the reason text beside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Orderly close.
+    Normal = 0,
+    /// Malformed frame, unexpected message, or bad hello.
+    Protocol = 1,
+    /// Incompatible protocol versions.
+    Version = 2,
+    /// Wrong join or admin token.
+    Unauthorized = 3,
+    /// No such cluster.
+    UnknownCluster = 4,
+    /// Name or cluster already taken.
+    Conflict = 5,
+    /// Invalid names or parameters.
+    Invalid = 6,
+    /// The peer is not a member of our cluster.
+    NotAMember = 7,
+    /// The cluster is full or the server at capacity.
+    Capacity = 8,
+    /// The client was too slow to say what it wants.
+    Timeout = 9,
+    /// The cluster was deleted.
+    ClusterDeleted = 10,
+}
+
+impl CloseCode {
+    /// The code as sent on the wire.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+}

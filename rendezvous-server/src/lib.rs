@@ -1,0 +1,152 @@
+//! The Boxer rendezvous server, as a library so `boxer up` can embed it.
+//!
+//! One quinn endpoint on one UDP port. Clients (runtimes, the CLI) connect with
+//! a client certificate, open one control stream and make one request (see
+//! [`boxer_proto::control`]). The [`registry`] holds the state; [`session`]
+//! runs each connection.
+
+pub mod registry;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use boxer_net::Identity;
+use boxer_net::identity::IdentityError;
+use boxer_net::tls::TlsError;
+use boxer_proto::{ALPN_RENDEZVOUS, Fingerprint};
+use tracing::{Instrument, info, info_span};
+
+pub use registry::{Refusal, Registry};
+
+/// File in the state directory that keeps a generated admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The TLS identity could not be loaded or created.
+    #[error("state directory {dir}: {source}")]
+    Identity {
+        /// The state directory.
+        dir: PathBuf,
+        /// The error.
+        source: IdentityError,
+    },
+    /// The admin token file could not be read or written.
+    #[error("{path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP port could not be bound.
+    #[error("cannot listen on UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// How to start a rendezvous.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for the TLS key and certificate (and a generated admin token).
+    pub state_dir: PathBuf,
+    /// Admin token; `None` to load the one in the state directory or generate one.
+    pub admin_token: Option<String>,
+}
+
+/// A running rendezvous.
+#[derive(Debug, Clone)]
+pub struct Rendezvous {
+    endpoint: quinn::Endpoint,
+    fingerprint: Fingerprint,
+    admin_token: String,
+    registry: Arc<Mutex<Registry>>,
+}
+
+fn load_or_create_token(state_dir: &Path) -> Result<String, ServerError> {
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    let err = |source| ServerError::TokenFile { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        Ok(_) => Err(err(std::io::Error::other("file is empty"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = registry::random_token();
+            std::fs::write(&path, format!("{token}\n")).map_err(err)?;
+            Ok(token)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+impl Rendezvous {
+    /// Loads or creates the identity in the state directory and binds the port.
+    /// Call [`Rendezvous::run`] to serve.
+    pub fn bind(config: Config) -> Result<Self, ServerError> {
+        let dir = config.state_dir;
+        let identity =
+            Identity::load_or_generate(&dir).map_err(|source| ServerError::Identity { dir: dir.clone(), source })?;
+        let admin_token = match config.admin_token {
+            Some(t) => t,
+            None => load_or_create_token(&dir)?,
+        };
+        let server = boxer_net::tls::server_config(&identity, ALPN_RENDEZVOUS, boxer_net::transport::rendezvous())?;
+        let endpoint = quinn::Endpoint::server(server, config.listen)
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        Ok(Self {
+            endpoint,
+            fingerprint: identity.fingerprint(),
+            registry: Arc::new(Mutex::new(Registry::new(admin_token.clone()))),
+            admin_token,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Fingerprint of the certificate clients must pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The registry, for an embedding program that manages clusters directly.
+    pub fn registry(&self) -> &Arc<Mutex<Registry>> {
+        &self.registry
+    }
+
+    /// Serves connections until [`Rendezvous::close`] is called.
+    pub async fn run(self) {
+        info!(addr = ?self.local_addr().ok(), fingerprint = %self.fingerprint, "rendezvous serving");
+        while let Some(incoming) = self.endpoint.accept().await {
+            let registry = self.registry.clone();
+            let remote = incoming.remote_address();
+            tokio::spawn(
+                session::serve(registry, incoming)
+                    .instrument(info_span!("client", %remote, node = tracing::field::Empty)),
+            );
+        }
+    }
+
+    /// Closes every connection and stops [`Rendezvous::run`].
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"rendezvous shutting down");
+    }
+}

@@ -1,0 +1,459 @@
+//! The rendezvous' state: clusters, their members, and the membership feed.
+//!
+//! Pure state, no I/O: connection handlers call in with what a client asked
+//! and get back an answer or a [`Refusal`]. Every change to a cluster's
+//! membership is numbered and broadcast to that cluster's subscribers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use boxer_proto::control::{
+    CloseCode, ClusterInfo, CreateClusterRequest, DEFAULT_OVERLAY, JoinRequest, Joined, WatchRequest,
+};
+use boxer_proto::membership::{MemberChange, MembershipEvent, MembershipSnapshot};
+use boxer_proto::{Fingerprint, Member, NodeId, names};
+use ipnet::Ipv4Net;
+use tokio::sync::{broadcast, watch};
+
+/// Events buffered per cluster for slow subscribers. A subscriber that falls
+/// further behind gets a fresh snapshot instead (see `Lagged`), so this only
+/// trades memory for fewer resyncs: 4096 covers a 1000-node cluster starting
+/// at once (a join and a listening change per node) without any.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// Longest accepted join or admin token.
+pub const MAX_TOKEN_LEN: usize = 256;
+
+/// Largest number of local addresses a node may announce.
+pub const MAX_LOCAL_ADDRS: usize = 16;
+
+/// Largest number of listening ports a node may announce.
+pub const MAX_LISTENING: usize = 4096;
+
+/// A refused request: the close code and the reason shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// Close code sent with the reason.
+    pub code: CloseCode,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: CloseCode, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}
+
+/// A live subscription to a cluster's changes.
+#[derive(Debug)]
+pub struct Feed {
+    /// Numbered changes after the snapshot the subscriber got.
+    pub events: broadcast::Receiver<MembershipEvent>,
+    /// Becomes `true` when the cluster is deleted.
+    pub deleted: watch::Receiver<bool>,
+}
+
+#[derive(Debug)]
+struct Cluster {
+    info: ClusterInfo,
+    next_id: u32,
+    seq: u64,
+    members: BTreeMap<NodeId, Member>,
+    events: broadcast::Sender<MembershipEvent>,
+    deleted: watch::Sender<bool>,
+}
+
+impl Cluster {
+    fn snapshot(&self) -> MembershipSnapshot {
+        MembershipSnapshot { seq: self.seq, members: self.members.values().cloned().collect() }
+    }
+
+    fn feed(&self) -> Feed {
+        Feed { events: self.events.subscribe(), deleted: self.deleted.subscribe() }
+    }
+
+    fn publish(&mut self, change: MemberChange) {
+        match &change {
+            MemberChange::Joined(m) => {
+                self.members.insert(m.node_id, m.clone());
+            }
+            MemberChange::Left { node_id } => {
+                self.members.remove(node_id);
+            }
+            MemberChange::Listening { node_id, ports } => {
+                if let Some(m) = self.members.get_mut(node_id) {
+                    m.listening = ports.clone();
+                }
+            }
+            MemberChange::Addresses { node_id, reflexive, local } => {
+                if let Some(m) = self.members.get_mut(node_id) {
+                    m.reflexive = *reflexive;
+                    m.local = local.clone();
+                }
+            }
+        }
+        self.seq += 1;
+        // No receivers is fine: nobody is listening yet.
+        let _ = self.events.send(MembershipEvent { seq: self.seq, change });
+    }
+
+    /// Overlay address of node `id`: the network address plus the id, so
+    /// `node-5` is `100.96.0.5` in the default network.
+    fn address_of(&self, id: u32) -> Option<Ipv4Addr> {
+        let net = self.info.network;
+        // Host ids run from 1 to size - 2 (network and broadcast excluded).
+        let size = 1u64 << (32 - net.prefix_len());
+        if (id as u64) == 0 || (id as u64) + 1 >= size {
+            return None;
+        }
+        Some(Ipv4Addr::from(u32::from(net.network()) + id))
+    }
+}
+
+/// Every cluster of one rendezvous.
+#[derive(Debug)]
+pub struct Registry {
+    admin_token: String,
+    clusters: HashMap<String, Cluster>,
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn secret_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A fresh random token: 128 bits, hex.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    hex::encode(bytes)
+}
+
+impl Registry {
+    /// An empty registry guarded by `admin_token`.
+    pub fn new(admin_token: String) -> Self {
+        Self { admin_token, clusters: HashMap::new() }
+    }
+
+    fn check_admin(&self, token: &str) -> Result<(), Refusal> {
+        if secret_eq(token, &self.admin_token) {
+            Ok(())
+        } else {
+            Err(Refusal::new(CloseCode::Unauthorized, "wrong admin token"))
+        }
+    }
+
+    fn cluster_mut(&mut self, name: &str) -> Result<&mut Cluster, Refusal> {
+        self.clusters
+            .get_mut(name)
+            .ok_or_else(|| Refusal::new(CloseCode::UnknownCluster, format!("no cluster named {name:?}")))
+    }
+
+    /// Creates a cluster.
+    pub fn create_cluster(&mut self, req: CreateClusterRequest) -> Result<ClusterInfo, Refusal> {
+        self.check_admin(&req.admin_token)?;
+        names::validate_cluster(&req.name).map_err(|e| Refusal::new(CloseCode::Invalid, e.to_string()))?;
+        if self.clusters.contains_key(&req.name) {
+            return Err(Refusal::new(CloseCode::Conflict, format!("cluster {:?} already exists", req.name)));
+        }
+        let network = req.network.unwrap_or_else(|| DEFAULT_OVERLAY.parse().expect("valid default"));
+        if network.prefix_len() > 30 {
+            return Err(Refusal::new(
+                CloseCode::Invalid,
+                format!("overlay network {network} is too small: use a prefix of /30 or shorter"),
+            ));
+        }
+        let network = Ipv4Net::new(network.network(), network.prefix_len()).expect("same prefix");
+        let join_token = match req.join_token {
+            Some(t) if t.is_empty() || t.len() > MAX_TOKEN_LEN => {
+                return Err(Refusal::new(CloseCode::Invalid, format!("join token must be 1-{MAX_TOKEN_LEN} bytes")));
+            }
+            Some(t) => t,
+            None => random_token(),
+        };
+        let info = ClusterInfo { name: req.name.clone(), network, join_token };
+        let cluster = Cluster {
+            info: info.clone(),
+            next_id: 1,
+            seq: 0,
+            members: BTreeMap::new(),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            deleted: watch::channel(false).0,
+        };
+        self.clusters.insert(req.name, cluster);
+        Ok(info)
+    }
+
+    /// Deletes a cluster; its members' feeds see `deleted`.
+    pub fn delete_cluster(&mut self, admin_token: &str, name: &str) -> Result<(), Refusal> {
+        self.check_admin(admin_token)?;
+        let cluster = self
+            .clusters
+            .remove(name)
+            .ok_or_else(|| Refusal::new(CloseCode::UnknownCluster, format!("no cluster named {name:?}")))?;
+        cluster.deleted.send_replace(true);
+        Ok(())
+    }
+
+    /// Admits a node presenting certificate `fingerprint`, seen at `reflexive`.
+    pub fn join(
+        &mut self,
+        req: JoinRequest,
+        fingerprint: Fingerprint,
+        reflexive: SocketAddr,
+    ) -> Result<(Joined, Feed), Refusal> {
+        names::validate_service(&req.service).map_err(|e| Refusal::new(CloseCode::Invalid, e.to_string()))?;
+        if req.local.len() > MAX_LOCAL_ADDRS || req.listening.len() > MAX_LISTENING {
+            return Err(Refusal::new(CloseCode::Invalid, "too many local addresses or listening ports"));
+        }
+        let cluster_name = req.cluster.clone();
+        let cluster = self.cluster_mut(&cluster_name)?;
+        if !secret_eq(&req.join_token, &cluster.info.join_token) {
+            return Err(Refusal::new(
+                CloseCode::Unauthorized,
+                format!("wrong join token for cluster {cluster_name:?}"),
+            ));
+        }
+        let replica = names::replica_name(&req.service, req.index);
+        if let Some(m) = cluster.members.values().find(|m| m.service == req.service && m.index == req.index) {
+            return Err(Refusal::new(
+                CloseCode::Conflict,
+                format!("{replica} is already a member of cluster {cluster_name:?} ({})", m.node_id),
+            ));
+        }
+        if let Some(m) = cluster.members.values().find(|m| m.fingerprint == fingerprint) {
+            return Err(Refusal::new(
+                CloseCode::Conflict,
+                format!("this certificate already belongs to {} ({})", m.replica_name(), m.node_id),
+            ));
+        }
+        let id = cluster.next_id;
+        let overlay_ip = cluster.address_of(id).ok_or_else(|| {
+            Refusal::new(
+                CloseCode::Capacity,
+                format!("cluster {cluster_name:?} has used every address of {}", cluster.info.network),
+            )
+        })?;
+        cluster.next_id += 1;
+        let node_id = NodeId(id);
+        let mut listening = req.listening;
+        listening.sort_unstable();
+        listening.dedup();
+        let member = Member {
+            node_id,
+            service: req.service.clone(),
+            index: req.index,
+            overlay_ip,
+            fingerprint,
+            reflexive,
+            local: req.local,
+            listening,
+        };
+        let feed = cluster.feed();
+        cluster.publish(MemberChange::Joined(member));
+        let joined = Joined {
+            node_id,
+            overlay_ip,
+            network: cluster.info.network,
+            names: names::all_names(&req.service, req.index, id, &cluster_name),
+            reflexive,
+            snapshot: cluster.snapshot(),
+        };
+        Ok((joined, feed))
+    }
+
+    /// Removes a node (its connection ended). Unknown nodes are ignored: the
+    /// cluster may have been deleted meanwhile.
+    pub fn leave(&mut self, cluster: &str, node_id: NodeId) {
+        if let Some(c) = self.clusters.get_mut(cluster)
+            && c.members.contains_key(&node_id)
+        {
+            c.publish(MemberChange::Left { node_id });
+        }
+    }
+
+    /// Replaces a node's set of listening ports.
+    pub fn set_listening(&mut self, cluster: &str, node_id: NodeId, mut ports: Vec<u16>) -> Result<(), Refusal> {
+        if ports.len() > MAX_LISTENING {
+            return Err(Refusal::new(CloseCode::Invalid, "too many listening ports"));
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        if let Some(c) = self.clusters.get_mut(cluster)
+            && c.members.get(&node_id).is_some_and(|m| m.listening != ports)
+        {
+            c.publish(MemberChange::Listening { node_id, ports });
+        }
+        Ok(())
+    }
+
+    /// Replaces a node's local addresses.
+    pub fn set_addresses(&mut self, cluster: &str, node_id: NodeId, local: Vec<SocketAddr>) -> Result<(), Refusal> {
+        if local.len() > MAX_LOCAL_ADDRS {
+            return Err(Refusal::new(CloseCode::Invalid, "too many local addresses"));
+        }
+        if let Some(c) = self.clusters.get_mut(cluster)
+            && let Some(m) = c.members.get(&node_id)
+            && m.local != local
+        {
+            let reflexive = m.reflexive;
+            c.publish(MemberChange::Addresses { node_id, reflexive, local });
+        }
+        Ok(())
+    }
+
+    /// Subscribes to a cluster (join token or admin token).
+    pub fn watch(&mut self, req: &WatchRequest) -> Result<(MembershipSnapshot, Feed), Refusal> {
+        let admin = secret_eq(&req.token, &self.admin_token);
+        let cluster = self.cluster_mut(&req.cluster)?;
+        if !admin && !secret_eq(&req.token, &cluster.info.join_token) {
+            return Err(Refusal::new(CloseCode::Unauthorized, format!("wrong token for cluster {:?}", req.cluster)));
+        }
+        Ok((cluster.snapshot(), cluster.feed()))
+    }
+
+    /// A fresh snapshot and feed, for a subscriber that fell behind.
+    pub fn resync(&mut self, cluster: &str) -> Option<(MembershipSnapshot, Feed)> {
+        self.clusters.get(cluster).map(|c| (c.snapshot(), c.feed()))
+    }
+
+    /// Names of all clusters with their member counts.
+    pub fn clusters(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<_> = self.clusters.values().map(|c| (c.info.name.clone(), c.members.len())).collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADMIN: &str = "admin-secret";
+
+    fn registry_with(cluster: &str, network: Option<&str>) -> (Registry, ClusterInfo) {
+        let mut r = Registry::new(ADMIN.into());
+        let info = r
+            .create_cluster(CreateClusterRequest {
+                admin_token: ADMIN.into(),
+                name: cluster.into(),
+                network: network.map(|n| n.parse().unwrap()),
+                join_token: Some("join".into()),
+            })
+            .unwrap();
+        (r, info)
+    }
+
+    fn join_req(cluster: &str, service: &str, index: u32) -> JoinRequest {
+        JoinRequest {
+            cluster: cluster.into(),
+            join_token: "join".into(),
+            service: service.into(),
+            index,
+            local: vec![],
+            listening: vec![80, 22, 80],
+        }
+    }
+
+    fn addr() -> SocketAddr {
+        "192.0.2.1:5000".parse().unwrap()
+    }
+
+    #[test]
+    fn admission_assigns_ids_addresses_and_names() {
+        let (mut r, _) = registry_with("demo", None);
+        let (a, mut feed_a) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        assert_eq!(a.node_id, NodeId(1));
+        assert_eq!(a.overlay_ip, Ipv4Addr::new(100, 96, 0, 1));
+        assert_eq!(a.names, ["web-0", "node-1", "web-0.demo.boxer", "node-1.demo.boxer"]);
+        assert_eq!(a.reflexive, addr());
+        assert_eq!(a.snapshot.members.len(), 1);
+        assert_eq!(a.snapshot.members[0].listening, [22, 80]);
+
+        let (b, _) = r.join(join_req("demo", "web", 1), Fingerprint([2; 32]), addr()).unwrap();
+        assert_eq!(b.overlay_ip, Ipv4Addr::new(100, 96, 0, 2));
+        assert_eq!(b.snapshot.seq, 2);
+        // A's feed saw its own join and B's.
+        assert_eq!(feed_a.events.try_recv().unwrap().seq, 1);
+        let ev = feed_a.events.try_recv().unwrap();
+        assert!(matches!(ev.change, MemberChange::Joined(ref m) if m.node_id == NodeId(2)));
+
+        r.leave("demo", NodeId(1));
+        r.leave("demo", NodeId(1));
+        let ev = feed_a.events.try_recv().unwrap();
+        assert_eq!(ev.change, MemberChange::Left { node_id: NodeId(1) });
+        assert!(feed_a.events.try_recv().is_err(), "second leave is a no-op");
+
+        // The replica name is free again, with a new id and address.
+        let (c, _) = r.join(join_req("demo", "web", 0), Fingerprint([3; 32]), addr()).unwrap();
+        assert_eq!(c.node_id, NodeId(3));
+    }
+
+    #[test]
+    fn refusals_are_clear() {
+        let (mut r, _) = registry_with("demo", None);
+        let mut bad_token = join_req("demo", "web", 0);
+        bad_token.join_token = "nope".into();
+        let e = r.join(bad_token, Fingerprint([1; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::Unauthorized);
+        assert!(e.reason.contains("wrong join token"), "{e}");
+
+        let e = r.join(join_req("other", "web", 0), Fingerprint([1; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::UnknownCluster);
+        assert!(e.reason.contains("\"other\""), "{e}");
+
+        let e = r.join(join_req("demo", "Web", 0), Fingerprint([1; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::Invalid);
+
+        r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        let e = r.join(join_req("demo", "web", 0), Fingerprint([2; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::Conflict);
+        assert!(e.reason.contains("web-0 is already a member"), "{e}");
+        let e = r.join(join_req("demo", "web", 1), Fingerprint([1; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::Conflict);
+
+        let e = r
+            .create_cluster(CreateClusterRequest {
+                admin_token: "guess".into(),
+                name: "x".into(),
+                network: None,
+                join_token: None,
+            })
+            .unwrap_err();
+        assert_eq!(e.code, CloseCode::Unauthorized);
+    }
+
+    #[test]
+    fn small_network_runs_out_of_addresses() {
+        let (mut r, info) = registry_with("tiny", Some("10.1.2.0/30"));
+        assert_eq!(info.network.to_string(), "10.1.2.0/30");
+        let a = r.join(join_req("tiny", "a", 0), Fingerprint([1; 32]), addr()).unwrap().0;
+        let b = r.join(join_req("tiny", "a", 1), Fingerprint([2; 32]), addr()).unwrap().0;
+        assert_eq!((a.overlay_ip, b.overlay_ip), ("10.1.2.1".parse().unwrap(), "10.1.2.2".parse().unwrap()));
+        let e = r.join(join_req("tiny", "a", 2), Fingerprint([3; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::Capacity);
+    }
+
+    #[test]
+    fn listening_changes_are_published_once() {
+        let (mut r, _) = registry_with("demo", None);
+        let (_, mut feed) = r.join(join_req("demo", "db", 0), Fingerprint([1; 32]), addr()).unwrap();
+        feed.events.try_recv().unwrap();
+        r.set_listening("demo", NodeId(1), vec![6379, 6379]).unwrap();
+        r.set_listening("demo", NodeId(1), vec![6379]).unwrap();
+        let ev = feed.events.try_recv().unwrap();
+        assert_eq!(ev.change, MemberChange::Listening { node_id: NodeId(1), ports: vec![6379] });
+        assert!(feed.events.try_recv().is_err());
+    }
+
+    #[test]
+    fn delete_signals_feeds() {
+        let (mut r, _) = registry_with("demo", None);
+        let (_, feed) = r.join(join_req("demo", "db", 0), Fingerprint([1; 32]), addr()).unwrap();
+        r.delete_cluster(ADMIN, "demo").unwrap();
+        assert!(*feed.deleted.borrow());
+        assert!(r.clusters().is_empty());
+    }
+}

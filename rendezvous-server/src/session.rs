@@ -1,0 +1,294 @@
+//! One client connection: hello, one request, and for members the membership
+//! feed until the connection ends.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boxer_net::tls::peer_fingerprint;
+use boxer_proto::control::{Barrier, CloseCode, JoinRequest, NodeMessage, Request, ServerMessage, WatchRequest};
+use boxer_proto::membership::{MembershipEvent, MembershipSnapshot};
+use boxer_proto::{FrameError, Hello, Membership, NodeId, frame};
+use tokio::sync::{broadcast, mpsc};
+use tracing::{Span, debug, info, warn};
+
+use crate::registry::{Feed, Refusal, Registry};
+
+/// Time a client has from connecting to sending its request. A request is
+/// two frames in one packet; a slower client is broken or hostile.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Barrier waits a node may have outstanding at once.
+pub const MAX_PENDING_BARRIERS: usize = 64;
+
+/// Messages from a node buffered before the session applies them.
+const NODE_MESSAGE_BUFFER: usize = 16;
+
+type Shared = Arc<Mutex<Registry>>;
+
+fn lock(registry: &Shared) -> std::sync::MutexGuard<'_, Registry> {
+    // A panic while holding the lock would be a bug in the registry's pure
+    // code; keep serving rather than poisoning every later connection.
+    registry.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn refuse(conn: &quinn::Connection, refusal: &Refusal) {
+    info!(code = ?refusal.code, "refused: {}", refusal.reason);
+    conn.close(refusal.code.code().into(), refusal.reason.as_bytes());
+}
+
+fn protocol_error(conn: &quinn::Connection, what: &str, e: &FrameError) {
+    let reason = format!("{what}: {e}");
+    warn!("closing: {reason}");
+    conn.close(CloseCode::Protocol.code().into(), reason.as_bytes());
+}
+
+/// Serves one connection to completion.
+pub async fn serve(registry: Shared, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!("handshake failed: {e}");
+            return;
+        }
+    };
+    let Some(fingerprint) = peer_fingerprint(&conn) else {
+        conn.close(CloseCode::Protocol.code().into(), b"a client certificate is required");
+        return;
+    };
+    let opened = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| FrameError::Io(e.into()))?;
+        // Our hello goes first so a client of another version learns ours.
+        frame::write(&mut send, &Hello::current()).await?;
+        let hello: Hello = frame::read(&mut recv).await?;
+        Ok::<_, FrameError>((send, recv, hello))
+    })
+    .await;
+    let (mut send, mut recv, hello) = match opened {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return protocol_error(&conn, "bad hello", &e),
+        Err(_) => return refuse(&conn, &timeout_refusal()),
+    };
+    if let Err(e) = hello.check() {
+        let code = match e {
+            boxer_proto::hello::HelloError::VersionMismatch { .. } => CloseCode::Version,
+            boxer_proto::hello::HelloError::BadMagic(_) => CloseCode::Protocol,
+        };
+        return refuse(&conn, &Refusal { code, reason: format!("client: {e}") });
+    }
+    let request: Request = match tokio::time::timeout(REQUEST_TIMEOUT, frame::read(&mut recv)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return protocol_error(&conn, "bad request", &e),
+        Err(_) => return refuse(&conn, &timeout_refusal()),
+    };
+    let remote = conn.remote_address();
+    match request {
+        Request::Join(req) => {
+            let admitted = lock(&registry).join(req.clone(), fingerprint, remote);
+            match admitted {
+                Ok((joined, feed)) => {
+                    let node = joined.node_id;
+                    Span::current().record("node", tracing::field::display(node));
+                    info!(%node, ip = %joined.overlay_ip, service = %req.service, index = req.index, "joined");
+                    let snapshot = joined.snapshot.clone();
+                    if frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok() {
+                        member_session(&registry, &conn, &req, node, snapshot, feed, send, recv).await;
+                    }
+                    lock(&registry).leave(&req.cluster, node);
+                    info!(%node, "left");
+                }
+                Err(r) => refuse(&conn, &r),
+            }
+        }
+        Request::Watch(req) => {
+            let watched = lock(&registry).watch(&req);
+            match watched {
+                Ok((snapshot, feed)) => watch_session(&registry, &conn, &req, snapshot, feed, send).await,
+                Err(r) => refuse(&conn, &r),
+            }
+        }
+        Request::CreateCluster(req) => {
+            let created = lock(&registry).create_cluster(req);
+            match created {
+                Ok(info) => {
+                    info!(cluster = %info.name, network = %info.network, "cluster created");
+                    answer_and_wait(&conn, send, ServerMessage::ClusterCreated(info)).await;
+                }
+                Err(r) => refuse(&conn, &r),
+            }
+        }
+        Request::DeleteCluster(req) => {
+            let deleted = lock(&registry).delete_cluster(&req.admin_token, &req.name);
+            match deleted {
+                Ok(()) => {
+                    info!(cluster = %req.name, "cluster deleted");
+                    answer_and_wait(&conn, send, ServerMessage::ClusterDeleted { name: req.name }).await;
+                }
+                Err(r) => refuse(&conn, &r),
+            }
+        }
+    }
+}
+
+fn timeout_refusal() -> Refusal {
+    Refusal { code: CloseCode::Timeout, reason: format!("no request within {REQUEST_TIMEOUT:?}") }
+}
+
+/// Sends a single answer and lets the client close (so the answer is not
+/// discarded by an early close on our side).
+async fn answer_and_wait(conn: &quinn::Connection, mut send: quinn::SendStream, answer: ServerMessage) {
+    if frame::write(&mut send, &answer).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn.closed()).await;
+    }
+}
+
+/// Forwards feed events; on lag, sends a fresh snapshot. Returns `false` when
+/// the session must end.
+async fn forward(
+    registry: &Shared,
+    cluster: &str,
+    feed: &mut Feed,
+    received: Result<MembershipEvent, broadcast::error::RecvError>,
+    send: &mut quinn::SendStream,
+    membership: &mut Membership,
+) -> bool {
+    let msg = match received {
+        Ok(event) => {
+            if membership.apply(event.clone()).is_err() {
+                return false;
+            }
+            ServerMessage::Event(event)
+        }
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            debug!(skipped = n, "subscriber lagged, resending snapshot");
+            let Some((snapshot, fresh)) = lock(registry).resync(cluster) else { return false };
+            *feed = fresh;
+            *membership = Membership::from_snapshot(cluster, snapshot.clone());
+            ServerMessage::Snapshot(snapshot)
+        }
+        Err(broadcast::error::RecvError::Closed) => return false,
+    };
+    frame::write(send, &msg).await.is_ok()
+}
+
+fn holds(barrier: &Barrier, membership: &Membership) -> bool {
+    match barrier {
+        Barrier::Count(n) => membership.len() >= *n as usize,
+        Barrier::Names(names) => names.iter().all(|n| membership.resolve(n).is_some_and(|m| !m.is_empty())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn member_session(
+    registry: &Shared,
+    conn: &quinn::Connection,
+    req: &JoinRequest,
+    node: NodeId,
+    snapshot: MembershipSnapshot,
+    mut feed: Feed,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let cluster = req.cluster.as_str();
+    let mut membership = Membership::from_snapshot(cluster, snapshot);
+    // Frame reads are not cancel-safe, so a task reads and the loop selects.
+    let (tx, mut node_messages) = mpsc::channel::<Result<NodeMessage, FrameError>>(NODE_MESSAGE_BUFFER);
+    let reader = tokio::spawn(async move {
+        loop {
+            let msg = frame::read_opt(&mut recv).await.transpose();
+            let end = !matches!(msg, Some(Ok(_)));
+            if let Some(msg) = msg
+                && tx.send(msg).await.is_err()
+            {
+                return;
+            }
+            if end {
+                return;
+            }
+        }
+    });
+    let mut pending: Vec<(u32, Barrier)> = Vec::new();
+    loop {
+        tokio::select! {
+            msg = node_messages.recv() => {
+                let msg = match msg {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        if conn.close_reason().is_none() {
+                            protocol_error(conn, "bad node message", &e);
+                        }
+                        break;
+                    }
+                    None => break,
+                };
+                let result = match msg {
+                    NodeMessage::Listening(ports) => lock(registry).set_listening(cluster, node, ports),
+                    NodeMessage::Addresses(local) => lock(registry).set_addresses(cluster, node, local),
+                    NodeMessage::Wait { request_id, barrier } => {
+                        if pending.len() >= MAX_PENDING_BARRIERS {
+                            Err(Refusal { code: CloseCode::Capacity, reason: format!("more than {MAX_PENDING_BARRIERS} pending barrier waits") })
+                        } else {
+                            pending.push((request_id, barrier));
+                            Ok(())
+                        }
+                    }
+                };
+                if let Err(r) = result {
+                    refuse(conn, &r);
+                    break;
+                }
+            }
+            received = feed.events.recv() => {
+                if !forward(registry, cluster, &mut feed, received, &mut send, &mut membership).await {
+                    break;
+                }
+            }
+            _ = feed.deleted.changed() => {
+                refuse(conn, &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {cluster:?} was deleted") });
+                break;
+            }
+            _ = conn.closed() => break,
+        }
+        // Answer every barrier that now holds.
+        let mut i = 0;
+        while i < pending.len() {
+            if holds(&pending[i].1, &membership) {
+                let (request_id, _) = pending.swap_remove(i);
+                if frame::write(&mut send, &ServerMessage::BarrierReached { request_id }).await.is_err() {
+                    break;
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+    reader.abort();
+}
+
+async fn watch_session(
+    registry: &Shared,
+    conn: &quinn::Connection,
+    req: &WatchRequest,
+    snapshot: MembershipSnapshot,
+    mut feed: Feed,
+    mut send: quinn::SendStream,
+) {
+    let mut membership = Membership::from_snapshot(&req.cluster, snapshot.clone());
+    if frame::write(&mut send, &ServerMessage::Snapshot(snapshot)).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            received = feed.events.recv() => {
+                if !forward(registry, &req.cluster, &mut feed, received, &mut send, &mut membership).await {
+                    break;
+                }
+            }
+            _ = feed.deleted.changed() => {
+                refuse(conn, &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {:?} was deleted", req.cluster) });
+                break;
+            }
+            _ = conn.closed() => break,
+        }
+    }
+}
