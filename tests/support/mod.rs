@@ -1,1 +1,208 @@
+//! Helpers for end-to-end tests: build and start the real binaries, read
+//! their output, and clean up (every child is killed on drop).
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Directory of the workspace's debug binaries, built once per test process
+/// (so `cargo test` alone never runs stale binaries).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "boxer", "-p", "boxer-runtime", "-p", "rendezvous-server"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+        // tests/../target/debug, or CARGO_TARGET_DIR.
+        let exe = std::env::current_exe().expect("test binary path");
+        exe.parent().and_then(Path::parent).expect("target/debug/deps/<test>").to_path_buf()
+    })
+}
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A fresh scratch directory, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Creates `$TMPDIR/boxer-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("boxer-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// What it is, for messages.
+    pub name: String,
+    /// File its stderr goes to.
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    /// Its stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for it to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!("{} still running after {timeout:?}; stderr:\n{}", self.name, self.stderr_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `rendezvous-server` and what it printed.
+pub struct RendezvousProc {
+    /// The process.
+    pub proc: Proc,
+    /// Its UDP address.
+    pub addr: SocketAddr,
+    /// Its certificate fingerprint.
+    pub fingerprint: String,
+    /// Its admin token.
+    pub admin_token: String,
+}
+
+/// Starts a rendezvous on a free loopback port with state in `dir`.
+pub fn start_rendezvous(dir: &Path) -> anyhow::Result<RendezvousProc> {
+    let stderr = dir.join("rendezvous.log");
+    let mut child = Command::new(bin("rendezvous-server"))
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.join("rendezvous-state"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()
+        .context("starting rendezvous-server")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut proc = Proc { child, name: "rendezvous".into(), stderr };
+    let (mut addr, mut fingerprint, mut admin_token) = (None, None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(v) = line.strip_prefix("listening:") {
+            addr = Some(v.trim().parse()?);
+        } else if let Some(v) = line.strip_prefix("fingerprint:") {
+            fingerprint = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("admin token:") {
+            admin_token = v.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    match (addr, fingerprint, admin_token) {
+        (Some(addr), Some(fingerprint), Some(admin_token)) => {
+            Ok(RendezvousProc { proc, addr, fingerprint, admin_token })
+        }
+        _ => {
+            proc.kill();
+            bail!("rendezvous did not print its address; stderr:\n{}", proc.stderr_text())
+        }
+    }
+}
+
+impl RendezvousProc {
+    /// Creates a cluster with the `boxer` CLI; returns its join token.
+    pub fn create_cluster(&self, name: &str) -> anyhow::Result<String> {
+        let out = Command::new(bin("boxer"))
+            .args(["cluster", "create", name, "--rendezvous", &self.addr.to_string()])
+            .args(["--fingerprint", &self.fingerprint, "--admin-token", &self.admin_token])
+            .output()?;
+        if !out.status.success() {
+            bail!("boxer cluster create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8(out.stdout)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("join token:"))
+            .map(|t| t.trim().to_owned())
+            .context("no join token printed")
+    }
+
+    /// A `boxer-runtime` command with the join flags filled in.
+    pub fn runtime_command(&self, cluster: &str, token: &str, service: &str, index: u32) -> Command {
+        let mut cmd = Command::new(bin("boxer-runtime"));
+        cmd.args(["--rendezvous", &self.addr.to_string(), "--fingerprint", &self.fingerprint])
+            .args(["--cluster", cluster, "--token", token, "--service", service])
+            .args(["--index", &index.to_string(), "--bind", "127.0.0.1:0"])
+            .env("RUST_LOG", "info,boxer_net=debug");
+        cmd
+    }
+}
+
+/// Starts `cmd` with stderr to `dir/<name>.log` and stdout discarded.
+pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<Proc> {
+    let stderr = dir.join(format!("{name}.log"));
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc { child, name: name.into(), stderr })
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `timeout`
+/// with `what` and the last state in the message.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() > deadline => bail!("timed out after {timeout:?} waiting for {what}: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Reads a runtime's `--status-file`.
+pub fn read_status(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}

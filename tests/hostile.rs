@@ -1,0 +1,126 @@
+//! Hostile and broken clients: the rendezvous and runtimes refuse them with a
+//! clear reason and keep serving everyone else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use boxer_e2e::*;
+use boxer_net::{Identity, NodeEndpoint, transport};
+use boxer_proto::{ALPN_PEER, ALPN_RENDEZVOUS, Fingerprint, Hello, frame, hello::MAGIC};
+
+const CLUSTER: &str = "demo";
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn client() -> NodeEndpoint {
+    NodeEndpoint::bind("127.0.0.1:0".parse().unwrap(), Identity::generate().unwrap()).unwrap()
+}
+
+/// Opens a control stream, writes `bytes` (then FIN if `finish`), and returns
+/// the reason the server closed the connection with.
+async fn close_reason(addr: SocketAddr, fp: Fingerprint, bytes: Vec<u8>, finish: bool) -> String {
+    let endpoint = client();
+    let conn = endpoint.connect(addr, fp, ALPN_RENDEZVOUS, transport::rendezvous()).unwrap().await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&bytes).await.unwrap();
+    if finish {
+        send.finish().unwrap();
+    }
+    match tokio::time::timeout(SETTLE, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) => String::from_utf8_lossy(&c.reason).into_owned(),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
+
+fn framed<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    frame::encode(msg).unwrap()
+}
+
+#[tokio::test]
+async fn broken_frames_are_refused_and_the_server_keeps_serving() -> anyhow::Result<()> {
+    let dir = Scratch::new("hostile");
+    let rdv = start_rendezvous(dir.path())?;
+    let token = rdv.create_cluster(CLUSTER)?;
+    let status = dir.path().join("ok.json");
+    let mut cmd = rdv.runtime_command(CLUSTER, &token, "ok", 0);
+    cmd.arg("--status-file").arg(&status);
+    let _ok = spawn(cmd, dir.path(), "ok")?;
+    wait_until(SETTLE, "ok-0 to join", || read_status(&status).map(|_| ()))?;
+    let fp: Fingerprint = rdv.fingerprint.parse()?;
+
+    let hello = framed(&Hello::current());
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[1; 10]);
+    let with_hello = |rest: &[u8]| [hello.clone(), rest.to_vec()].concat();
+    let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
+        ("truncated frame", truncated, true, "truncated frame: expected 100 bytes, got 10"),
+        ("oversize frame", u32::MAX.to_be_bytes().to_vec(), false, "oversize frame: 4294967295 bytes announced"),
+        ("HTTP request", b"GET / HTTP/1.1\r\n\r\n".to_vec(), false, "oversize frame"),
+        ("garbage hello", vec![0, 0, 0, 6, 0xde, 0xad, 0xbe, 0xef, 1, 2], false, "not a Boxer peer"),
+        ("short garbage", vec![0, 0, 0, 2, 0xff, 0xff], false, "undecodable frame"),
+        (
+            "other version",
+            framed(&Hello { magic: MAGIC, version: 99 }),
+            false,
+            "peer speaks version 99, this build speaks version 1",
+        ),
+        ("garbage request", with_hello(&[0, 0, 0, 3, 0xff, 0xff, 0xff]), false, "bad request: undecodable frame"),
+        ("truncated request", with_hello(&[0, 0]), true, "bad request: truncated frame"),
+        ("silent client", vec![], false, "no request within"),
+    ];
+    let runs = cases.into_iter().map(|(name, bytes, finish, expected)| {
+        let addr = rdv.addr;
+        async move {
+            let reason = close_reason(addr, fp, bytes, finish).await;
+            assert!(reason.contains(expected), "{name}: expected {expected:?} in the close reason {reason:?}");
+        }
+    });
+    let handles: Vec<_> = runs.map(tokio::spawn).collect();
+    for h in handles {
+        if let Err(e) = h.await {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    // The member is still there, and a new node joins and sees it.
+    let status2 = dir.path().join("ok2.json");
+    let mut cmd = rdv.runtime_command(CLUSTER, &token, "ok", 1);
+    cmd.arg("--status-file").arg(&status2);
+    let _ok2 = spawn(cmd, dir.path(), "ok2")?;
+    wait_until(SETTLE, "two members seen by the new node", || {
+        let s = read_status(&status2)?;
+        let n = s["members"].as_array().map_or(0, Vec::len);
+        if n == 2 { Ok(()) } else { Err(format!("{n} members")) }
+    })?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_runtime_refuses_a_dialler_that_is_not_a_member() -> anyhow::Result<()> {
+    let dir = Scratch::new("impostor");
+    let rdv = start_rendezvous(dir.path())?;
+    let token = rdv.create_cluster(CLUSTER)?;
+    let status = dir.path().join("victim.json");
+    let mut cmd = rdv.runtime_command(CLUSTER, &token, "victim", 0);
+    cmd.arg("--status-file").arg(&status).arg("--expose").arg("22");
+    let _victim = spawn(cmd, dir.path(), "victim")?;
+    let s = wait_until(SETTLE, "victim to join", || read_status(&status))?;
+    let member = &s["members"][0];
+    let addr: SocketAddr = member["reflexive"].as_str().unwrap().parse()?;
+    let fp: Fingerprint = member["fingerprint"].as_str().unwrap().parse()?;
+
+    // We pin the victim's real key, so TLS succeeds, but our own certificate is
+    // not in the cluster's membership: the victim must close on us.
+    let impostor = client();
+    let conn = impostor.connect(addr, fp, ALPN_PEER, transport::peer())?.await?;
+    let reason = match tokio::time::timeout(SETTLE, conn.closed()).await? {
+        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
+        other => panic!("expected an application close, got {other:?}"),
+    };
+    assert!(reason.contains("is not a member of the cluster"), "{reason}");
+
+    // And a dialler pinning the wrong key for the victim never gets through.
+    let wrong = Identity::generate()?.fingerprint();
+    let err = impostor.connect(addr, wrong, ALPN_PEER, transport::peer())?.await.unwrap_err();
+    assert!(err.to_string().contains("does not match the pinned"), "{err}");
+    Ok(())
+}
