@@ -83,3 +83,54 @@ impl NodeEndpoint {
             .map_err(|source| EndpointError::Connect { addr, source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::peer_fingerprint;
+
+    fn endpoint() -> NodeEndpoint {
+        NodeEndpoint::bind("127.0.0.1:0".parse().unwrap(), Identity::generate().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_with_pinned_keys() {
+        let (a, b) = (endpoint(), endpoint());
+        let (b_addr, b_fp) = (b.local_addr().unwrap(), b.identity().fingerprint());
+        let accept = tokio::spawn(async move {
+            let conn = b.quinn().accept().await.unwrap().await.unwrap();
+            peer_fingerprint(&conn)
+        });
+        let conn = a.connect(b_addr, b_fp, ALPN_PEER, transport::peer()).unwrap().await.unwrap();
+        assert_eq!(peer_fingerprint(&conn), Some(b_fp), "client sees the pinned server key");
+        assert_eq!(accept.await.unwrap(), Some(a.identity().fingerprint()), "server sees the client's key");
+    }
+
+    #[tokio::test]
+    async fn a_server_with_another_key_is_rejected() {
+        let (a, b) = (endpoint(), endpoint());
+        let b_addr = b.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = b.quinn().accept().await {
+                let _ = incoming.await;
+            }
+        });
+        let expected = Identity::generate().unwrap().fingerprint();
+        let err = a.connect(b_addr, expected, ALPN_PEER, transport::peer()).unwrap().await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("does not match the pinned") && text.contains(&expected.to_string()), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_rendezvous_client_cannot_talk_to_a_peer_endpoint() {
+        let (a, b) = (endpoint(), endpoint());
+        let (b_addr, b_fp) = (b.local_addr().unwrap(), b.identity().fingerprint());
+        tokio::spawn(async move {
+            while let Some(incoming) = b.quinn().accept().await {
+                let _ = incoming.await;
+            }
+        });
+        let err = a.connect(b_addr, b_fp, boxer_proto::ALPN_RENDEZVOUS, transport::rendezvous()).unwrap().await;
+        assert!(err.is_err(), "ALPN mismatch must fail the handshake");
+    }
+}

@@ -143,7 +143,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("watching cluster {cluster:?} on rendezvous {}", rendezvous.rendezvous))?;
             let mut membership = Membership::from_snapshot(&cluster, snapshot);
             print_members(&membership);
-            while watch {
+            if !watch {
+                return Ok(());
+            }
+            loop {
                 match feed.next().await.with_context(|| format!("watching cluster {cluster:?}"))? {
                     ServerMessage::Event(event) => {
                         println!("-- {:?}", event.change);
