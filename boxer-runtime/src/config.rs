@@ -27,6 +27,12 @@ pub struct NodeConfig {
     pub expose: Vec<u16>,
     /// Where to keep a JSON copy of the membership table, if anywhere.
     pub status_file: Option<PathBuf>,
+    /// Directory for the shim's control socket and `/etc` files; `None` runs
+    /// no shim side (explicit forward/expose only).
+    pub run_dir: Option<PathBuf>,
+    /// Other nodes share this network namespace: the shim narrows wildcard
+    /// binds to the node's loopback address.
+    pub shared_namespace: bool,
 }
 
 /// `--forward [ADDR:]PORT=NAME:PORT`: like `ssh -L`, connections accepted on

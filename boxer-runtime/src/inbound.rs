@@ -5,7 +5,9 @@ use std::sync::Arc;
 use boxer_net::peers::InboundStream;
 use boxer_net::proxy;
 use boxer_proto::peer::StreamError;
-use tokio::net::TcpStream;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -21,23 +23,39 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbou
             proxy::refuse(stream.send, stream.recv, StreamError::Refused);
             continue;
         };
+        let shared = shared.clone();
         tokio::spawn(
             async move {
-                let tcp = match TcpStream::connect(target).await {
-                    Ok(tcp) => tcp,
+                let (tcp, local_port) = match connect_local(&shared, target).await {
+                    Ok(x) => x,
                     Err(e) => {
                         warn!(%target, "local connect failed: {e}");
                         proxy::refuse(stream.send, stream.recv, StreamError::Refused);
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                            // The app's listener is gone: stop announcing it.
+                            shared.unlisten(stream.header.dst_port).await;
+                        }
                         return;
                     }
                 };
+                shared.registry.lock().expect("registry lock").inbound(local_port, stream.header.src);
                 let _ = tcp.set_nodelay(true);
                 match proxy::splice(tcp, stream.send, stream.recv).await {
                     Ok(stats) => debug!(sent = stats.sent, received = stats.received, "closed"),
                     Err(e) => debug!("aborted: {e}"),
                 }
+                shared.registry.lock().expect("registry lock").end_inbound(local_port);
             }
             .instrument(span),
         );
     }
+}
+
+/// Connects to the app from the node's loopback address, so the shim in the
+/// app recognises the connection and reports its overlay peer.
+async fn connect_local(shared: &Shared, target: SocketAddr) -> std::io::Result<(TcpStream, u16)> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((shared.loopback, 0)))?;
+    let port = socket.local_addr()?.port();
+    Ok((socket.connect(target).await?, port))
 }

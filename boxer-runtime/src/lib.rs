@@ -5,11 +5,16 @@
 //! carries TCP connections between nodes as QUIC streams: outbound from
 //! `--forward` listeners, inbound to `--expose`d local ports.
 
+pub mod app;
 pub mod config;
-pub mod forward;
-pub mod inbound;
+mod control;
+pub mod etc;
+mod forward;
+mod inbound;
 pub mod node;
+mod outbound;
+pub mod registry;
 pub mod status;
 
 pub use config::{ForwardSpec, NodeConfig};
-pub use node::{Node, NodeError};
+pub use node::{Node, NodeError, ShimFiles};

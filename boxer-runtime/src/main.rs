@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use boxer_net::rendezvous::RendezvousAddr;
 use boxer_proto::Fingerprint;
-use boxer_runtime::{ForwardSpec, Node, NodeConfig};
+use boxer_runtime::{ForwardSpec, Node, NodeConfig, app};
 use clap::Parser;
 
 /// Boxer runtime: makes this process a node of a Boxer cluster.
@@ -17,6 +17,13 @@ use clap::Parser;
 ///
 ///   --forward 7000=db-0:6379   local port 7000 reaches port 6379 on node db-0
 ///   --expose 6379              other nodes may connect to local port 6379
+///
+/// With a command after `--`, the runtime starts it with the Boxer shim
+/// preloaded: the program sees overlay addresses and names (`db-0`), its
+/// listening ports are announced, its connections to other nodes go over
+/// QUIC. The runtime exits with the program's exit status.
+///
+///   boxer-runtime [join flags] -- redis-server --port 6379
 ///
 /// Every join flag can also come from the environment (BOXER_*).
 #[derive(Debug, Parser)]
@@ -53,6 +60,23 @@ struct Args {
     /// Keep a JSON copy of this node's membership table at this path.
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
+    /// Directory for the shim's control socket and /etc files (default: a
+    /// fresh directory under $TMPDIR, removed at exit).
+    #[arg(long, value_name = "DIR", env = "BOXER_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+    /// Other nodes share this network namespace: narrow the app's wildcard
+    /// binds to this node's own loopback address so equal ports do not clash.
+    #[arg(long, env = "BOXER_SHARED_NAMESPACE")]
+    shared_namespace: bool,
+    /// The shim library (default: libboxer_shim.so beside this executable).
+    #[arg(long, value_name = "PATH", env = "BOXER_SHIM")]
+    shim: Option<PathBuf>,
+    /// Seconds the program gets between SIGTERM and SIGKILL when the runtime stops.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    grace: u64,
+    /// The program to run on the overlay, with its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,10 +89,56 @@ fn main() -> anyhow::Result<()> {
     // One current-thread runtime per process: QUIC bulk transfer was 10-80%
     // slower on a multi-thread runtime (cross-thread wakeups per packet).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(run(args))
+    let code = runtime.block_on(run(args))?;
+    drop(runtime);
+    std::process::exit(code)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// A run directory we created, removed on drop.
+struct TempRunDir(PathBuf);
+
+impl Drop for TempRunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Exit code of a finished program, shell style (128 + signal).
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+async fn run(args: Args) -> anyhow::Result<i32> {
+    // Check the program before joining, so a mistake costs no cluster slot.
+    let app = match args.command.first() {
+        Some(cmd) => {
+            let path = app::resolve_command(cmd)?;
+            app::check_executable(&path)?;
+            let shim = args.shim.clone().unwrap_or_else(app::default_shim);
+            if !shim.is_file() {
+                return Err(app::AppError::NoShim(shim).into());
+            }
+            Some((path, shim))
+        }
+        None => None,
+    };
+    let mut _temp = None;
+    let run_dir = match (&args.run_dir, &app) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(_)) => {
+            let dir = std::env::temp_dir().join(format!(
+                "boxer-{}-{}-{}-{}",
+                args.cluster,
+                args.service,
+                args.index,
+                std::process::id()
+            ));
+            _temp = Some(TempRunDir(dir.clone()));
+            Some(dir)
+        }
+        (None, None) => None,
+    };
     let config = NodeConfig {
         rendezvous: RendezvousAddr { addr: args.rendezvous, fingerprint: args.fingerprint },
         cluster: args.cluster.clone(),
@@ -79,6 +149,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         forwards: args.forwards,
         expose: args.expose,
         status_file: args.status_file,
+        run_dir,
+        shared_namespace: args.shared_namespace,
     };
     let node = Node::start(config).await.with_context(|| {
         format!(
@@ -87,13 +159,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        e = node.stopped() => {
-            return Err(anyhow::anyhow!("{e}")).context(format!("node {} stopped", node.joined().names[0]));
+    let name = node.joined().names[0].clone();
+    let Some((path, shim)) = app else {
+        tokio::select! {
+            e = node.stopped() => {
+                return Err(anyhow::anyhow!("{e}")).context(format!("node {name} stopped"));
+            }
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, leaving the cluster"),
+            _ = terminate.recv() => tracing::info!("terminated, leaving the cluster"),
         }
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, leaving the cluster"),
-        _ = terminate.recv() => tracing::info!("terminated, leaving the cluster"),
+        node.shutdown().await;
+        return Ok(0);
+    };
+
+    let mut command = tokio::process::Command::new(&path);
+    command.args(&args.command[1..]).kill_on_drop(true);
+    command.env("LD_PRELOAD", app::ld_preload(&shim, std::env::var_os("LD_PRELOAD")));
+    for (key, value) in node.app_env().expect("a run directory is set when a command is given") {
+        command.env(key, value);
     }
+    let mut child = command.spawn().with_context(|| format!("starting {} on node {name}", path.display()))?;
+    let pid = child.id();
+    tracing::info!(pid, command = ?args.command, "program started");
+    let stop_reason = tokio::select! {
+        status = child.wait() => {
+            let code = exit_code(status.with_context(|| format!("waiting for {}", path.display()))?);
+            tracing::info!(code, "program exited");
+            node.shutdown().await;
+            return Ok(code);
+        }
+        e = node.stopped() => Err(anyhow::anyhow!("{e}")),
+        _ = tokio::signal::ctrl_c() => Ok("interrupted"),
+        _ = terminate.recv() => Ok("terminated"),
+    };
+    // Stop the program: SIGTERM, then SIGKILL after the grace period.
+    if let Some(pid) = pid {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let grace = std::time::Duration::from_secs(args.grace);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            tracing::warn!("program did not exit within {grace:?} of SIGTERM; killing it");
+            child.kill().await?;
+            child.wait().await?
+        }
+    };
+    let code = exit_code(status);
     node.shutdown().await;
-    Ok(())
+    match stop_reason {
+        Ok(why) => {
+            tracing::info!(code, "{why}: program stopped");
+            Ok(code)
+        }
+        Err(e) => Err(e).context(format!("node {name} stopped")),
+    }
 }

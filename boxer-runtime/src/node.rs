@@ -1,7 +1,8 @@
 //! A running node: admission, membership feed, peer table, proxies.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use boxer_net::peers::Peers;
@@ -10,12 +11,13 @@ use boxer_net::{EndpointError, Identity, NodeEndpoint};
 use boxer_proto::control::{Barrier, JoinRequest, Joined, NodeMessage, ServerMessage};
 use boxer_proto::membership::MemberChange;
 use boxer_proto::{Membership, NodeId};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::NodeConfig;
-use crate::{forward, inbound, status};
+use crate::registry::Registry;
+use crate::{control, etc, forward, inbound, outbound, status};
 
 /// Streams from peers waiting for the runtime to take them.
 const INBOUND_BUFFER: usize = 256;
@@ -46,6 +48,16 @@ pub enum NodeError {
     /// The membership feed broke its own ordering.
     #[error("membership feed from the rendezvous is inconsistent: {0}")]
     Feed(String),
+    /// The shim-facing side (loopback proxy, control socket) could not start.
+    #[error("{what} {path}: {source}")]
+    Local {
+        /// What failed.
+        what: &'static str,
+        /// The address or path involved.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The node was asked to stop.
     #[error("node stopped")]
     Stopped,
@@ -59,8 +71,52 @@ pub(crate) struct Shared {
     pub(crate) peers: Arc<Peers>,
     /// Local ports other nodes may reach, with the address to connect to.
     pub(crate) exposed: Mutex<HashMap<u16, SocketAddr>>,
+    /// This node's private loopback address (see `boxer_proto::shim::loopback_for`).
+    pub(crate) loopback: Ipv4Addr,
+    /// Where the loopback proxy listens for redirected app connections.
+    pub(crate) proxy_addr: SocketAddrV4,
+    /// Loopback connections and their overlay identities.
+    pub(crate) registry: Mutex<Registry>,
     to_rendezvous: mpsc::Sender<NodeMessage>,
     barriers: Mutex<(u32, HashMap<u32, oneshot::Sender<()>>)>,
+}
+
+impl Shared {
+    /// Accepts overlay connections to `port`, delivered to `target`, and
+    /// announces the port if it is new.
+    pub(crate) async fn listen(&self, port: u16, target: SocketAddr) {
+        let ports = {
+            let mut exposed = self.exposed.lock().expect("exposed lock");
+            if exposed.insert(port, target) == Some(target) {
+                return;
+            }
+            exposed.keys().copied().collect::<Vec<_>>()
+        };
+        info!(port, %target, "listening");
+        let _ = self.to_rendezvous.send(NodeMessage::Listening(ports)).await;
+    }
+
+    /// Stops announcing `port` (its listener is gone).
+    pub(crate) async fn unlisten(&self, port: u16) {
+        let ports = {
+            let mut exposed = self.exposed.lock().expect("exposed lock");
+            if exposed.remove(&port).is_none() {
+                return;
+            }
+            exposed.keys().copied().collect::<Vec<_>>()
+        };
+        info!(port, "no longer listening");
+        let _ = self.to_rendezvous.send(NodeMessage::Listening(ports)).await;
+    }
+}
+
+/// Files the shim needs, in the node's run directory.
+#[derive(Debug, Clone)]
+pub struct ShimFiles {
+    /// The control socket.
+    pub control: PathBuf,
+    /// Directory with `hosts`, `hostname`, `resolv.conf`.
+    pub etc_dir: PathBuf,
 }
 
 /// A running node.
@@ -69,6 +125,9 @@ pub struct Node {
     shared: Arc<Shared>,
     endpoint: NodeEndpoint,
     failed: watch::Receiver<Option<Arc<NodeError>>>,
+    failed_tx: Arc<watch::Sender<Option<Arc<NodeError>>>>,
+    shim: Option<ShimFiles>,
+    shared_namespace: bool,
 }
 
 impl Node {
@@ -102,6 +161,16 @@ impl Node {
 
         let (membership_tx, membership) =
             watch::channel(Membership::from_snapshot(&config.cluster, joined.snapshot.clone()));
+        let loopback = boxer_proto::shim::loopback_for(joined.node_id.0);
+        let proxy = TcpListener::bind((loopback, 0)).await.map_err(|source| NodeError::Local {
+            what: "cannot listen for redirected connections on",
+            path: loopback.to_string(),
+            source,
+        })?;
+        let proxy_addr = match proxy.local_addr() {
+            Ok(SocketAddr::V4(a)) => a,
+            _ => SocketAddrV4::new(loopback, 0),
+        };
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BUFFER);
         let peers = Peers::new(endpoint.clone(), membership.clone(), inbound_tx);
         let (to_rendezvous, outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);
@@ -110,6 +179,9 @@ impl Node {
             membership,
             peers: peers.clone(),
             exposed: Mutex::new(exposed.iter().map(|&p| (p, SocketAddr::from((Ipv4Addr::LOCALHOST, p)))).collect()),
+            loopback,
+            proxy_addr,
+            registry: Mutex::default(),
             to_rendezvous,
             barriers: Mutex::default(),
         });
@@ -120,8 +192,15 @@ impl Node {
         let fail = {
             let failed_tx = failed_tx.clone();
             move |e: NodeError| {
-                error!("{e}");
-                failed_tx.send_if_modified(|f| f.is_none() && f.replace(Arc::new(e)).is_none());
+                // Only the first failure counts; errors after a shutdown are its echo.
+                failed_tx.send_if_modified(|f| {
+                    if f.is_some() {
+                        return false;
+                    }
+                    error!("{e}");
+                    *f = Some(Arc::new(e));
+                    true
+                });
             }
         };
         tokio::spawn(send_loop(sender, outbound_rx, fail.clone()).instrument(span.clone()));
@@ -131,10 +210,15 @@ impl Node {
         for (listener, spec) in listeners {
             tokio::spawn(forward::serve(shared.clone(), listener, spec).instrument(span.clone()));
         }
+        tokio::spawn(outbound::serve(shared.clone(), proxy).instrument(span.clone()));
+        let shim = match &config.run_dir {
+            Some(dir) => Some(start_shim_side(&shared, dir, &span)?),
+            None => None,
+        };
         if let Some(path) = config.status_file {
             tokio::spawn(status::keep_written(shared.clone(), path).instrument(span));
         }
-        Ok(Self { shared, endpoint, failed })
+        Ok(Self { shared, endpoint, failed, failed_tx, shim, shared_namespace: config.shared_namespace })
     }
 
     /// What the rendezvous said when admitting this node.
@@ -150,6 +234,25 @@ impl Node {
     /// The live membership table.
     pub fn membership(&self) -> watch::Receiver<Membership> {
         self.shared.membership.clone()
+    }
+
+    /// The environment that puts an application on the overlay through the
+    /// shim (everything but `LD_PRELOAD`). `None` without a run directory.
+    pub fn app_env(&self) -> Option<Vec<(&'static str, String)>> {
+        use boxer_proto::shim::*;
+        let files = self.shim.as_ref()?;
+        let joined = &self.shared.joined;
+        let cluster = self.shared.membership.borrow().cluster().to_owned();
+        Some(vec![
+            (ENV_CONTROL, files.control.display().to_string()),
+            (ENV_OVERLAY_IP, joined.overlay_ip.to_string()),
+            (ENV_NETWORK, joined.network.to_string()),
+            (ENV_LOOPBACK, self.shared.loopback.to_string()),
+            (ENV_HOSTNAME, joined.names[0].clone()),
+            (ENV_CLUSTER, cluster),
+            (ENV_ETC_DIR, files.etc_dir.display().to_string()),
+            (ENV_SHARED_NAMESPACE, if self.shared_namespace { "1" } else { "0" }.to_owned()),
+        ])
     }
 
     /// Number of peers with a live QUIC connection.
@@ -179,14 +282,9 @@ impl Node {
         }
     }
 
-    /// Makes local `port` reachable from other nodes and announces it.
-    pub async fn expose(&self, port: u16) -> Result<(), NodeError> {
-        let ports = {
-            let mut exposed = self.shared.exposed.lock().expect("exposed lock");
-            exposed.insert(port, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-            exposed.keys().copied().collect::<Vec<_>>()
-        };
-        self.shared.to_rendezvous.send(NodeMessage::Listening(ports)).await.map_err(|_| NodeError::Stopped)
+    /// Makes local `port` (on 127.0.0.1) reachable from other nodes and announces it.
+    pub async fn expose(&self, port: u16) {
+        self.shared.listen(port, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
     }
 
     /// Runs until the node fails (rendezvous lost) or [`Node::shutdown`].
@@ -202,9 +300,30 @@ impl Node {
     /// Leaves the cluster: closes every connection (the rendezvous sees the
     /// node leave at once) and waits briefly for the close to be sent.
     pub async fn shutdown(&self) {
+        self.failed_tx.send_if_modified(|f| f.is_none() && f.replace(Arc::new(NodeError::Stopped)).is_none());
         self.endpoint.quinn().close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.quinn().wait_idle()).await;
     }
+}
+
+/// Creates the control socket and `/etc` files in `dir` and serves them.
+fn start_shim_side(shared: &Arc<Shared>, dir: &std::path::Path, span: &tracing::Span) -> Result<ShimFiles, NodeError> {
+    let local = |what: &'static str, path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| NodeError::Local { what, path, source }
+    };
+    let etc_dir = dir.join("etc");
+    std::fs::create_dir_all(&etc_dir).map_err(local("cannot create", &etc_dir))?;
+    let control = dir.join("control.sock");
+    match std::fs::remove_file(&control) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(local("cannot remove stale socket", &control)(e)),
+    }
+    let listener = UnixListener::bind(&control).map_err(local("cannot listen on control socket", &control))?;
+    tokio::spawn(control::serve(shared.clone(), listener, control.clone()).instrument(span.clone()));
+    tokio::spawn(etc::keep_written(shared.clone(), etc_dir.clone()).instrument(span.clone()));
+    Ok(ShimFiles { control, etc_dir })
 }
 
 async fn send_loop(mut sender: SessionSender, mut rx: mpsc::Receiver<NodeMessage>, fail: impl Fn(NodeError)) {

@@ -6,6 +6,7 @@
 //! claiming a 4 GiB frame costs us nothing.
 
 use serde::{Serialize, de::DeserializeOwned};
+#[cfg(feature = "tokio")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest accepted frame payload. The biggest legitimate frame is a membership
@@ -70,12 +71,14 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     postcard::from_bytes(payload).map_err(FrameError::Decode)
 }
 
+#[cfg(feature = "tokio")]
 /// Writes `msg` as one frame.
 pub async fn write<T: Serialize, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<(), FrameError> {
     w.write_all(&encode(msg)?).await?;
     Ok(())
 }
 
+#[cfg(feature = "tokio")]
 /// Reads one frame payload into `buf` (cleared first). Returns `Ok(false)` if
 /// the stream ended cleanly before the first byte of a frame.
 pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Result<bool, FrameError> {
@@ -105,11 +108,13 @@ pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) ->
     Ok(true)
 }
 
+#[cfg(feature = "tokio")]
 /// Reads and decodes one message; a clean end of stream is [`FrameError::Closed`].
 pub async fn read<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R) -> Result<T, FrameError> {
     read_opt(r).await?.ok_or(FrameError::Closed)
 }
 
+#[cfg(feature = "tokio")]
 /// Reads and decodes one message; `None` on a clean end of stream.
 pub async fn read_opt<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<T>, FrameError> {
     let mut buf = Vec::new();
@@ -117,6 +122,38 @@ pub async fn read_opt<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R) -> R
         return Ok(None);
     }
     decode(&buf).map(Some)
+}
+
+/// Writes `msg` as one frame to a blocking writer.
+pub fn write_sync<T: Serialize, W: std::io::Write>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+    w.write_all(&encode(msg)?)?;
+    Ok(())
+}
+
+/// Reads and decodes one message from a blocking reader; a clean end of
+/// stream is [`FrameError::Closed`].
+pub fn read_sync<T: DeserializeOwned, R: std::io::Read>(r: &mut R) -> Result<T, FrameError> {
+    let mut prefix = [0u8; LEN_PREFIX];
+    let mut got = 0;
+    while got < LEN_PREFIX {
+        match r.read(&mut prefix[got..]) {
+            Ok(0) if got == 0 => return Err(FrameError::Closed),
+            Ok(0) => return Err(FrameError::Truncated { expected: LEN_PREFIX, got }),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::Oversize { len });
+    }
+    let mut buf = Vec::new();
+    let got = std::io::Read::read_to_end(&mut std::io::Read::take(r, len as u64), &mut buf)?;
+    if got < len {
+        return Err(FrameError::Truncated { expected: len, got });
+    }
+    decode(&buf)
 }
 
 #[cfg(test)]
@@ -165,6 +202,16 @@ mod tests {
         bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
         let err = read::<Msg, _>(&mut &bytes[..]).await.unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn sync_round_trip_and_errors() {
+        let mut bytes = Vec::new();
+        write_sync(&mut bytes, &Msg { a: 3, b: "z".into() }).unwrap();
+        assert_eq!(read_sync::<Msg, _>(&mut &bytes[..]).unwrap(), Msg { a: 3, b: "z".into() });
+        assert!(matches!(read_sync::<Msg, _>(&mut &[][..]), Err(FrameError::Closed)));
+        assert!(matches!(read_sync::<Msg, _>(&mut &u32::MAX.to_be_bytes()[..]), Err(FrameError::Oversize { .. })));
+        assert!(matches!(read_sync::<Msg, _>(&mut &bytes[..bytes.len() - 1]), Err(FrameError::Truncated { .. })));
     }
 
     #[test]

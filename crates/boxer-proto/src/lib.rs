@@ -15,6 +15,7 @@ pub mod hello;
 pub mod membership;
 pub mod names;
 pub mod peer;
+pub mod shim;
 
 pub use frame::{FrameError, MAX_FRAME_LEN};
 pub use hello::{Hello, PROTOCOL_VERSION};

@@ -1,0 +1,53 @@
+//! Requests to the runtime over its Unix control socket.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use boxer_proto::shim::{ShimRequest, ShimResponse};
+use boxer_proto::{Hello, frame};
+
+use crate::config::Config;
+
+/// How long the runtime may take to answer. It answers from memory on the
+/// same machine; a runtime this slow is stuck, and the app should see an
+/// unreachable network rather than hang.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Sends one request and waits for the answer. `None` if the runtime cannot
+/// be reached (said once per process on stderr).
+pub fn ask(config: &Config, request: &ShimRequest) -> Option<ShimResponse> {
+    let saved = crate::errno();
+    let result = exchange(config, request);
+    crate::set_errno(saved);
+    match result {
+        Ok(response) => Some(response),
+        Err(e) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                let line = format!(
+                    "boxer-shim: cannot reach the Boxer runtime at {}: {e}; overlay addresses are unreachable\n",
+                    config.control.display()
+                );
+                // SAFETY: writing a buffer we own to fd 2.
+                unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+            }
+            None
+        }
+    }
+}
+
+fn exchange(config: &Config, request: &ShimRequest) -> Result<ShimResponse, String> {
+    let mut stream = UnixStream::connect(&config.control).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(CONTROL_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(64);
+    frame::encode_into(&Hello::current(), &mut out).map_err(|e| e.to_string())?;
+    frame::encode_into(request, &mut out).map_err(|e| e.to_string())?;
+    stream.write_all(&out).map_err(|e| e.to_string())?;
+    let hello: Hello = frame::read_sync(&mut stream).map_err(|e| e.to_string())?;
+    hello.check().map_err(|e| e.to_string())?;
+    frame::read_sync(&mut stream).map_err(|e| e.to_string())
+}

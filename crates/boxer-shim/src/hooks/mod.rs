@@ -1,0 +1,6 @@
+//! The exported libc replacements, by area.
+
+pub mod files;
+pub mod ifaddrs;
+pub mod net;
+pub mod resolve;

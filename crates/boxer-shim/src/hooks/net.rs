@@ -1,0 +1,387 @@
+//! Socket calls: `connect`, `bind`, `listen`, `accept`, `accept4`,
+//! `getpeername`, `getsockname`, and the UDP guards on `sendto`, `sendmsg`,
+//! `sendmmsg`.
+//!
+//! A redirected connect binds the app's socket to the node's loopback address
+//! (so the runtime can tell it apart), registers `source -> overlay
+//! destination` with the runtime in one round trip, and connects the socket
+//! to the runtime's proxy. Every later address query of that socket sees the
+//! loopback address and translates it back.
+
+use std::net::SocketAddrV4;
+
+use boxer_proto::shim::{ShimRequest, ShimResponse};
+use libc::{
+    AF_INET6, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ENOSYS, SO_TYPE, SOCK_STREAM, SOL_SOCKET, c_int, c_uint, c_void,
+    mmsghdr, msghdr, size_t, sockaddr, sockaddr_in6, sockaddr_storage, socklen_t, ssize_t,
+};
+
+use crate::config::{self, Config};
+use crate::inet::{self, Family};
+use crate::{control, errno, fail, guard, real, set_errno};
+
+type AddrFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+
+fn socket_type(fd: c_int) -> Option<c_int> {
+    let mut ty: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let r = unsafe { libc::getsockopt(fd, SOL_SOCKET, SO_TYPE, (&raw mut ty).cast(), &mut len) };
+    (r == 0).then_some(ty)
+}
+
+/// The real address `query` (getsockname or getpeername) reports for `fd`.
+fn real_addr(query: Option<AddrFn>, fd: c_int) -> Option<(sockaddr_storage, socklen_t)> {
+    let query = query?;
+    // SAFETY: zeroed storage is valid; we pass its true size.
+    let mut storage: sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<sockaddr_storage>() as socklen_t;
+    let r = unsafe { query(fd, (&raw mut storage).cast(), &mut len) };
+    (r == 0).then_some((storage, len))
+}
+
+fn local_v4(fd: c_int) -> Option<SocketAddrV4> {
+    let (s, len) = real_addr(real::get().getsockname, fd)?;
+    // SAFETY: `s` holds `len` bytes written by getsockname.
+    unsafe { inet::read((&raw const s).cast(), len) }.map(|(a, _)| a)
+}
+
+/// Whether a real IPv6 address is the wildcard `::`.
+unsafe fn is_v6_wildcard(addr: *const sockaddr, len: socklen_t) -> bool {
+    if addr.is_null() || (len as usize) < std::mem::size_of::<sockaddr_in6>() {
+        return false;
+    }
+    // SAFETY: length checked; unaligned read of the app's buffer.
+    let sin6 = unsafe { std::ptr::read_unaligned(addr.cast::<sockaddr_in6>()) };
+    sin6.sin6_family as c_int == AF_INET6 && sin6.sin6_addr.s6_addr == [0; 16]
+}
+
+fn call_real(
+    real: unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int,
+    fd: c_int,
+    addr: SocketAddrV4,
+    family: Family,
+) -> c_int {
+    let (s, len) = inet::build(addr, family);
+    // SAFETY: `s` is a valid address of `len` bytes.
+    unsafe { real(fd, (&raw const s).cast(), len) }
+}
+
+/// `connect`: overlay destinations go through the runtime.
+///
+/// # Safety
+/// Called by C with the arguments of `connect(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(real) = real::get().connect else { return fail(ENOSYS) };
+    // SAFETY: arguments passed through from the caller.
+    guard(|| unsafe { connect_impl(real, fd, addr, len) }, || unsafe { real(fd, addr, len) })
+}
+
+unsafe fn connect_impl(
+    real: unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int,
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> c_int {
+    let passthrough = || unsafe { real(fd, addr, len) };
+    let Some(config) = config::get() else { return passthrough() };
+    let Some((dst, family)) = (unsafe { inet::read(addr, len) }) else { return passthrough() };
+    if !config.is_overlay(*dst.ip()) {
+        return passthrough();
+    }
+    if socket_type(fd) != Some(SOCK_STREAM) {
+        // Overlay UDP is not supported: fail here, never send towards the range.
+        return fail(ENETUNREACH);
+    }
+    if *dst.ip() == config.overlay_ip {
+        // Our own overlay address: the app's listener is on our loopback address.
+        return call_real(real, fd, SocketAddrV4::new(config.loopback, dst.port()), family);
+    }
+    let saved = errno();
+    let src = match local_v4(fd) {
+        Some(a) if a.port() != 0 => a,
+        _ => {
+            if let Some(bind) = real::get().bind {
+                call_real(bind, fd, SocketAddrV4::new(config.loopback, 0), family);
+            }
+            match local_v4(fd) {
+                Some(a) if a.port() != 0 => a,
+                _ => return fail(ENETUNREACH),
+            }
+        }
+    };
+    set_errno(saved);
+    match control::ask(config, &ShimRequest::Connect { src, dst }) {
+        Some(ShimResponse::Proxy(proxy)) => call_real(real, fd, proxy, family),
+        Some(ShimResponse::Refused) => fail(ECONNREFUSED),
+        Some(ShimResponse::Unreachable) => fail(EHOSTUNREACH),
+        _ => fail(ENETUNREACH),
+    }
+}
+
+/// `bind`: the overlay address (and, when nodes share a namespace, the
+/// wildcard) becomes the node's loopback address.
+///
+/// # Safety
+/// Called by C with the arguments of `bind(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(real) = real::get().bind else { return fail(ENOSYS) };
+    // SAFETY: arguments passed through from the caller.
+    guard(|| unsafe { bind_impl(real, fd, addr, len) }, || unsafe { real(fd, addr, len) })
+}
+
+unsafe fn bind_impl(
+    real: unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int,
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> c_int {
+    let passthrough = || unsafe { real(fd, addr, len) };
+    let Some(config) = config::get() else { return passthrough() };
+    match unsafe { inet::read(addr, len) } {
+        Some((a, family)) if *a.ip() == config.overlay_ip || (a.ip().is_unspecified() && config.shared_namespace) => {
+            call_real(real, fd, SocketAddrV4::new(config.loopback, a.port()), family)
+        }
+        None if config.shared_namespace && unsafe { is_v6_wildcard(addr, len) } => {
+            // SAFETY: is_v6_wildcard checked the length.
+            let port = u16::from_be(unsafe { std::ptr::read_unaligned(addr.cast::<sockaddr_in6>()) }.sin6_port);
+            call_real(real, fd, SocketAddrV4::new(config.loopback, port), Family::V6Mapped)
+        }
+        _ => passthrough(),
+    }
+}
+
+/// `listen`: announce the port to the cluster unless the socket is bound to
+/// a loopback address other than the node's own (a local-only service).
+///
+/// # Safety
+/// Called by C with the arguments of `listen(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let Some(real) = real::get().listen else { return fail(ENOSYS) };
+    // SAFETY: arguments passed through from the caller.
+    let r = unsafe { real(fd, backlog) };
+    if r == 0
+        && let Some(config) = config::get()
+    {
+        guard(|| announce_listener(config, fd), || ());
+    }
+    r
+}
+
+fn announce_listener(config: &Config, fd: c_int) {
+    let saved = errno();
+    if socket_type(fd) == Some(SOCK_STREAM)
+        && let Some((s, len)) = real_addr(real::get().getsockname, fd)
+    {
+        let ptr: *const sockaddr = (&raw const s).cast();
+        // SAFETY: `s` holds `len` bytes written by getsockname.
+        let port = match unsafe { inet::read(ptr, len) } {
+            Some((a, _)) if a.ip().is_unspecified() || *a.ip() == config.loopback => Some(a.port()),
+            None if unsafe { is_v6_wildcard(ptr, len) } => {
+                Some(u16::from_be(unsafe { std::ptr::read_unaligned(ptr.cast::<sockaddr_in6>()) }.sin6_port))
+            }
+            _ => None,
+        };
+        if let Some(port) = port {
+            control::ask(config, &ShimRequest::Listen { port });
+        }
+    }
+    set_errno(saved);
+}
+
+/// The overlay address of the peer of a socket whose real peer is on the
+/// node's loopback address.
+fn overlay_peer(config: &Config, fd: c_int, peer: SocketAddrV4) -> SocketAddrV4 {
+    let local = local_v4(fd).unwrap_or(peer);
+    match control::ask(config, &ShimRequest::Lookup { local, peer }) {
+        Some(ShimResponse::Peer(p)) => p,
+        // Not a proxied connection: a connection to ourselves.
+        _ => SocketAddrV4::new(config.overlay_ip, peer.port()),
+    }
+}
+
+/// Writes the address in `s` to the app's buffer, translated to the overlay if
+/// it is on the node's loopback address (`peer`: ask the runtime who it is).
+unsafe fn report(
+    fd: c_int,
+    s: &sockaddr_storage,
+    len: socklen_t,
+    out: *mut sockaddr,
+    out_len: *mut socklen_t,
+    peer: bool,
+) {
+    if out.is_null() || out_len.is_null() {
+        return;
+    }
+    let translated = config::get().and_then(|config| {
+        // SAFETY: `s` holds `len` bytes written by the kernel.
+        let (addr, family) = unsafe { inet::read((s as *const sockaddr_storage).cast(), len) }?;
+        if *addr.ip() != config.loopback {
+            return None;
+        }
+        let saved = errno();
+        let overlay =
+            if peer { overlay_peer(config, fd, addr) } else { SocketAddrV4::new(config.overlay_ip, addr.port()) };
+        set_errno(saved);
+        Some((overlay, family))
+    });
+    // SAFETY: the caller passed a buffer of `*out_len` bytes.
+    unsafe {
+        match translated {
+            Some((addr, family)) => inet::write_out(addr, family, out, out_len),
+            None => {
+                let n = (*out_len).min(len) as usize;
+                std::ptr::copy_nonoverlapping((s as *const sockaddr_storage).cast::<u8>(), out.cast::<u8>(), n);
+                *out_len = len;
+            }
+        }
+    }
+}
+
+unsafe fn accept_common(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    call: impl FnOnce(*mut sockaddr, *mut socklen_t) -> c_int,
+) -> c_int {
+    if addr.is_null() || config::get().is_none() {
+        return call(addr, len);
+    }
+    // SAFETY: zeroed storage is valid; we pass its true size.
+    let mut s: sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut slen = std::mem::size_of::<sockaddr_storage>() as socklen_t;
+    let new_fd = call((&raw mut s).cast(), &mut slen);
+    if new_fd >= 0 {
+        let _ = fd;
+        // SAFETY: `addr`/`len` are the caller's buffer.
+        guard(|| unsafe { report(new_fd, &s, slen, addr, len, true) }, || ());
+    }
+    new_fd
+}
+
+/// `accept`: the peer address is the connecting node's overlay address.
+///
+/// # Safety
+/// Called by C with the arguments of `accept(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let Some(real) = real::get().accept else { return fail(ENOSYS) };
+    // SAFETY: arguments passed through from the caller.
+    unsafe { accept_common(fd, addr, len, |a, l| real(fd, a, l)) }
+}
+
+/// `accept4`: as [`accept`].
+///
+/// # Safety
+/// Called by C with the arguments of `accept4(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let Some(real) = real::get().accept4 else { return fail(ENOSYS) };
+    // SAFETY: arguments passed through from the caller.
+    unsafe { accept_common(fd, addr, len, |a, l| real(fd, a, l, flags)) }
+}
+
+unsafe fn name_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, real: Option<AddrFn>, peer: bool) -> c_int {
+    let Some(real) = real else { return fail(ENOSYS) };
+    if addr.is_null() || len.is_null() || config::get().is_none() {
+        // SAFETY: arguments passed through from the caller.
+        return unsafe { real(fd, addr, len) };
+    }
+    // SAFETY: zeroed storage is valid; we pass its true size.
+    let mut s: sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut slen = std::mem::size_of::<sockaddr_storage>() as socklen_t;
+    let r = unsafe { real(fd, (&raw mut s).cast(), &mut slen) };
+    if r == 0 {
+        // SAFETY: `addr`/`len` are the caller's buffer.
+        guard(|| unsafe { report(fd, &s, slen, addr, len, peer) }, || ());
+    }
+    r
+}
+
+/// `getpeername`: overlay address of the other node.
+///
+/// # Safety
+/// Called by C with the arguments of `getpeername(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: arguments passed through from the caller.
+    unsafe { name_common(fd, addr, len, real::get().getpeername, true) }
+}
+
+/// `getsockname`: the node's overlay address instead of its loopback address.
+///
+/// # Safety
+/// Called by C with the arguments of `getsockname(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: arguments passed through from the caller.
+    unsafe { name_common(fd, addr, len, real::get().getsockname, false) }
+}
+
+/// Whether a datagram destination is in the overlay (and must not be sent).
+unsafe fn overlay_destination(addr: *const sockaddr, len: socklen_t) -> bool {
+    let Some(config) = config::get() else { return false };
+    // SAFETY: the caller's address and length.
+    unsafe { inet::read(addr, len) }.is_some_and(|(a, _)| config.is_overlay(*a.ip()))
+}
+
+/// `sendto`: only the destination is checked; overlay UDP fails with
+/// `ENETUNREACH` so nothing is ever sent towards the overlay range.
+///
+/// # Safety
+/// Called by C with the arguments of `sendto(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> ssize_t {
+    let Some(real) = real::get().sendto else { return fail(ENOSYS) as ssize_t };
+    // SAFETY: arguments passed through from the caller.
+    if !addr.is_null() && guard(|| unsafe { overlay_destination(addr, len) }, || false) {
+        return fail(ENETUNREACH) as ssize_t;
+    }
+    unsafe { real(fd, buf, n, flags, addr, len) }
+}
+
+/// `sendmsg`: as [`sendto`].
+///
+/// # Safety
+/// Called by C with the arguments of `sendmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    let Some(real) = real::get().sendmsg else { return fail(ENOSYS) as ssize_t };
+    // SAFETY: `msg` is the caller's valid msghdr.
+    if !msg.is_null() && guard(|| unsafe { overlay_destination((*msg).msg_name.cast(), (*msg).msg_namelen) }, || false)
+    {
+        return fail(ENETUNREACH) as ssize_t;
+    }
+    unsafe { real(fd, msg, flags) }
+}
+
+/// `sendmmsg`: fails whole if any destination is in the overlay.
+///
+/// # Safety
+/// Called by C with the arguments of `sendmmsg(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, count: c_uint, flags: c_int) -> c_int {
+    let Some(real) = real::get().sendmmsg else { return fail(ENOSYS) };
+    let any_overlay = || {
+        (0..count as usize).any(|i| {
+            // SAFETY: the caller's array of `count` messages.
+            let hdr = unsafe { &(*msgs.add(i)).msg_hdr };
+            unsafe { overlay_destination(hdr.msg_name.cast(), hdr.msg_namelen) }
+        })
+    };
+    if !msgs.is_null() && guard(any_overlay, || false) {
+        return fail(ENETUNREACH);
+    }
+    // SAFETY: arguments passed through from the caller.
+    unsafe { real(fd, msgs, count, flags) }
+}
