@@ -68,6 +68,8 @@ pub fn start_node(
         forwards,
         expose,
         status_file: None,
+        run_dir: None,
+        shared_namespace: false,
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod lab;
+
 /// Directory of the workspace's debug binaries, built once per test process
 /// (so `cargo test` alone never runs stale binaries).
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "boxer", "-p", "boxer-runtime", "-p", "rendezvous-server"])
+            .args(["build", "--quiet", "--offline", "-p", "boxer", "-p", "boxer-runtime", "-p", "rendezvous-server"])
+            .args(["-p", "boxer-shim"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("cargo runs");
@@ -177,11 +180,11 @@ impl RendezvousProc {
     }
 }
 
-/// Starts `cmd` with stderr to `dir/<name>.log` and stdout discarded.
+/// Starts `cmd` with stderr to `dir/<name>.log` and stdout to `dir/<name>.out`.
 pub fn spawn(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<Proc> {
     let stderr = dir.join(format!("{name}.log"));
     let child = cmd
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out")))?)
         .stderr(std::fs::File::create(&stderr)?)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
@@ -205,4 +208,95 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> R
 pub fn read_status(path: &Path) -> Result<serde_json::Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a file, empty if missing.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A rendezvous with one cluster, and the nodes started on it.
+pub struct Cluster {
+    /// Scratch directory (logs, outputs, status files).
+    pub dir: Scratch,
+    /// The rendezvous.
+    pub rdv: RendezvousProc,
+    /// Cluster name.
+    pub name: String,
+    /// Join token.
+    pub token: String,
+    /// Running nodes, killed on drop.
+    pub nodes: Vec<Proc>,
+}
+
+/// A started node.
+pub struct NodeInfo {
+    /// `<service>-<index>`.
+    pub name: String,
+    /// Its status file.
+    pub status: PathBuf,
+    /// Its program's stdout.
+    pub stdout: PathBuf,
+    /// Its stderr (runtime log and program stderr).
+    pub stderr: PathBuf,
+    /// Index in [`Cluster::nodes`].
+    pub proc: usize,
+}
+
+impl Cluster {
+    /// Starts a rendezvous in a fresh scratch directory and creates cluster `name`.
+    pub fn start(name: &str) -> anyhow::Result<Self> {
+        let dir = Scratch::new(name);
+        let rdv = start_rendezvous(dir.path())?;
+        let token = rdv.create_cluster(name)?;
+        Ok(Self { dir, rdv, name: name.to_owned(), token, nodes: Vec::new() })
+    }
+
+    /// Starts node `<service>-<index>` running `command` under the shim, and
+    /// waits until it has joined.
+    pub fn node(&mut self, service: &str, index: u32, command: &[&str]) -> anyhow::Result<NodeInfo> {
+        let name = format!("{service}-{index}");
+        let status = self.dir.path().join(format!("{name}.json"));
+        let mut cmd = self.rdv.runtime_command(&self.name, &self.token, service, index);
+        cmd.arg("--status-file").arg(&status).arg("--run-dir").arg(self.dir.path().join(format!("{name}.run")));
+        cmd.arg("--").args(command);
+        let proc = spawn(cmd, self.dir.path(), &name)?;
+        let stderr = proc.stderr.clone();
+        self.nodes.push(proc);
+        let info = NodeInfo {
+            name: name.clone(),
+            status: status.clone(),
+            stdout: self.dir.path().join(format!("{name}.out")),
+            stderr,
+            proc: self.nodes.len() - 1,
+        };
+        wait_until(Duration::from_secs(20), &format!("{name} to join"), || {
+            read_status(&status).map(|_| ()).map_err(|e| format!("{e}; log:\n{}", read(&info.stderr)))
+        })?;
+        Ok(info)
+    }
+
+    /// Waits until `node` announces `port` as listening (seen in its own status).
+    pub fn wait_listening(&self, node: &NodeInfo, port: u16) -> anyhow::Result<()> {
+        wait_until(Duration::from_secs(20), &format!("{} to listen on {port}", node.name), || {
+            let s = read_status(&node.status)?;
+            let me = s["node_id"].clone();
+            let listening = s["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["node_id"] == me))
+                .map(|m| m["listening"].clone())
+                .unwrap_or_default();
+            if listening.as_array().is_some_and(|a| a.iter().any(|p| p == port)) {
+                Ok(())
+            } else {
+                Err(format!("listening {listening}; log:\n{}", read(&node.stderr)))
+            }
+        })
+    }
+
+    /// Waits for a node's program to exit; returns its code and stdout.
+    pub fn wait_exit(&mut self, node: &NodeInfo, timeout: Duration) -> anyhow::Result<(Option<i32>, String)> {
+        let code = self.nodes[node.proc].wait_exit(timeout)?;
+        Ok((code, read(&node.stdout)))
+    }
 }

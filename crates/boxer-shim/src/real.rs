@@ -57,6 +57,7 @@ real_table! {
     gethostbyname_r: fn(*const c_char, *mut hostent, *mut c_char, size_t, *mut *mut hostent, *mut c_int) -> c_int;
     gethostbyname2_r: fn(*const c_char, c_int, *mut hostent, *mut c_char, size_t, *mut *mut hostent, *mut c_int) -> c_int;
     gethostbyaddr: fn(*const c_void, socklen_t, c_int) -> *mut hostent;
+    gethostbyaddr_r: fn(*const c_void, socklen_t, c_int, *mut hostent, *mut c_char, size_t, *mut *mut hostent, *mut c_int) -> c_int;
     gethostname: fn(*mut c_char, size_t) -> c_int;
     uname: fn(*mut utsname) -> c_int;
     getifaddrs: fn(*mut *mut ifaddrs) -> c_int;

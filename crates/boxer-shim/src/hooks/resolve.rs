@@ -426,6 +426,50 @@ pub unsafe extern "C" fn gethostbyaddr(addr: *const c_void, len: socklen_t, ty: 
     )
 }
 
+/// `gethostbyaddr_r`.
+///
+/// # Safety
+/// Called by C with the arguments of `gethostbyaddr_r(3)`.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gethostbyaddr_r(
+    addr: *const c_void,
+    len: socklen_t,
+    ty: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    let real = || match real::get().gethostbyaddr_r {
+        Some(f) => unsafe { f(addr, len, ty, ret, buf, buflen, result, h_errnop) },
+        None => ENOSYS,
+    };
+    guard(
+        || {
+            if ty != AF_INET || len != 4 || addr.is_null() {
+                return real();
+            }
+            // SAFETY: 4 readable bytes (checked `len`).
+            let ip = Ipv4Addr::from(unsafe { std::ptr::read_unaligned(addr.cast::<[u8; 4]>()) });
+            let Some(names) = reverse(ip) else { return real() };
+            // SAFETY: the caller's buffers and out-pointer.
+            match unsafe { fill_hostent(&names, &[ip], ret, buf, buflen) } {
+                Ok(()) => {
+                    unsafe { *result = ret };
+                    0
+                }
+                Err(e) => {
+                    unsafe { *result = std::ptr::null_mut() };
+                    e
+                }
+            }
+        },
+        real,
+    )
+}
+
 /// `getnameinfo`: an overlay address's host name is its replica name.
 ///
 /// # Safety
