@@ -174,6 +174,17 @@ async fn run(args: Args) -> anyhow::Result<i32> {
 
     let mut command = tokio::process::Command::new(&path);
     command.args(&args.command[1..]).kill_on_drop(true);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // Its own process group, so the runtime can stop every process the
+            // program forks; and killed if the runtime dies without cleaning up.
+            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     command.env("LD_PRELOAD", app::ld_preload(&shim, std::env::var_os("LD_PRELOAD")));
     for (key, value) in node.app_env().expect("a run directory is set when a command is given") {
         command.env(key, value);
@@ -181,10 +192,19 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let mut child = command.spawn().with_context(|| format!("starting {} on node {name}", path.display()))?;
     let pid = child.id();
     tracing::info!(pid, command = ?args.command, "program started");
+    // Signals the program's whole process group.
+    let signal_group = |sig: i32| {
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) on the process group we created for the program.
+            unsafe { libc::kill(-(pid as i32), sig) };
+        }
+    };
     let stop_reason = tokio::select! {
         status = child.wait() => {
             let code = exit_code(status.with_context(|| format!("waiting for {}", path.display()))?);
             tracing::info!(code, "program exited");
+            // Nothing the program started outlives it.
+            signal_group(libc::SIGKILL);
             node.shutdown().await;
             return Ok(code);
         }
@@ -193,19 +213,17 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         _ = terminate.recv() => Ok("terminated"),
     };
     // Stop the program: SIGTERM, then SIGKILL after the grace period.
-    if let Some(pid) = pid {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
+    signal_group(libc::SIGTERM);
     let grace = std::time::Duration::from_secs(args.grace);
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status?,
         Err(_) => {
             tracing::warn!("program did not exit within {grace:?} of SIGTERM; killing it");
-            child.kill().await?;
+            signal_group(libc::SIGKILL);
             child.wait().await?
         }
     };
+    signal_group(libc::SIGKILL);
     let code = exit_code(status);
     node.shutdown().await;
     match stop_reason {

@@ -91,6 +91,16 @@ impl Proc {
         }
     }
 
+    /// Stops it the polite way: SIGTERM, up to 3 s to exit, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.wait_exit(Duration::from_secs(3));
+        }
+        self.kill();
+    }
+
     /// SIGKILL now.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -100,7 +110,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
