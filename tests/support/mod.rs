@@ -12,21 +12,30 @@ use anyhow::{Context, bail};
 
 pub mod lab;
 
-/// Directory of the workspace's debug binaries, built once per test process
-/// (so `cargo test` alone never runs stale binaries).
+/// Set to `1` to build and use release binaries (benchmarks do).
+pub const RELEASE_ENV: &str = "BOXER_E2E_RELEASE";
+
+/// Directory of the workspace's binaries, built once per process (so
+/// `cargo test` alone never runs stale binaries): debug, or release when
+/// [`RELEASE_ENV`] is `1`.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--offline", "-p", "boxer", "-p", "boxer-runtime", "-p", "rendezvous-server"])
+        let release = std::env::var(RELEASE_ENV).is_ok_and(|v| v == "1");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--offline", "-p", "boxer", "-p", "boxer-runtime", "-p", "rendezvous-server"])
             .args(["-p", "boxer-shim"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("cargo runs");
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
         assert!(status.success(), "building the binaries failed");
-        // tests/../target/debug, or CARGO_TARGET_DIR.
+        // <target>/<profile>/deps/<exe> -> <target>/<profile>, then the wanted profile beside it.
         let exe = std::env::current_exe().expect("test binary path");
-        exe.parent().and_then(Path::parent).expect("target/debug/deps/<test>").to_path_buf()
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<exe>");
+        let target = profile_dir.parent().expect("target dir");
+        target.join(if release { "release" } else { "debug" })
     })
 }
 
