@@ -12,6 +12,7 @@ pub mod etc;
 mod forward;
 mod inbound;
 pub mod node;
+pub mod output;
 mod outbound;
 pub mod registry;
 pub mod status;

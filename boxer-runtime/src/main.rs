@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use boxer_net::rendezvous::RendezvousAddr;
 use boxer_proto::Fingerprint;
-use boxer_runtime::{ForwardSpec, Node, NodeConfig, app};
+use boxer_proto::control::Stream;
+use boxer_runtime::{ForwardSpec, Node, NodeConfig, app, output};
 use clap::Parser;
 
 /// Boxer runtime: makes this process a node of a Boxer cluster.
@@ -71,12 +72,24 @@ struct Args {
     /// The shim library (default: libboxer_shim.so beside this executable).
     #[arg(long, value_name = "PATH", env = "BOXER_SHIM")]
     shim: Option<PathBuf>,
+    /// Start the program only once NAME resolves to a node listening on PORT. Repeatable.
+    #[arg(long, value_name = "NAME:PORT", value_parser = parse_wait_for)]
+    wait_for: Vec<(String, u16)>,
     /// Seconds the program gets between SIGTERM and SIGKILL when the runtime stops.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     grace: u64,
     /// The program to run on the overlay, with its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_wait_for(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: expected NAME:PORT, e.g. db-0:6379"))?;
+    let port = port.parse().map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?}: empty name"));
+    }
+    Ok((name.to_owned(), port))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -172,8 +185,23 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     };
 
+    for (target, port) in &args.wait_for {
+        tracing::info!("waiting for {target}:{port} to listen");
+        tokio::select! {
+            r = node.wait_listening(target, *port) => r.with_context(|| format!("waiting for {target}:{port}"))?,
+            _ = tokio::signal::ctrl_c() => { node.shutdown().await; return Ok(130); }
+            _ = terminate.recv() => { node.shutdown().await; return Ok(143); }
+        }
+    }
+
     let mut command = tokio::process::Command::new(&path);
     command.args(&args.command[1..]).kill_on_drop(true);
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    if std::env::var_os("PYTHONUNBUFFERED").is_none() {
+        // Output goes to a pipe, not a terminal: without this Python holds
+        // its prints until exit and the cluster's logs arrive late.
+        command.env("PYTHONUNBUFFERED", "1");
+    }
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(|| {
@@ -191,6 +219,24 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
     let mut child = command.spawn().with_context(|| format!("starting {} on node {name}", path.display()))?;
     let pid = child.id();
+    let mut relays = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        relays.push(tokio::spawn(output::relay(node.clone(), out, Stream::Stdout, tokio::io::stdout())));
+    }
+    if let Some(err) = child.stderr.take() {
+        relays.push(tokio::spawn(output::relay(node.clone(), err, Stream::Stderr, tokio::io::stderr())));
+    }
+    // Ships the rest of the output, then the exit status.
+    let finish = |code: i32| {
+        let node = node.clone();
+        async move {
+            for r in relays {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), r).await;
+            }
+            node.report_exit(code).await;
+            node.shutdown().await;
+        }
+    };
     tracing::info!(pid, command = ?args.command, "program started");
     // Signals the program's whole process group.
     let signal_group = |sig: i32| {
@@ -205,7 +251,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             tracing::info!(code, "program exited");
             // Nothing the program started outlives it.
             signal_group(libc::SIGKILL);
-            node.shutdown().await;
+            finish(code).await;
             return Ok(code);
         }
         e = node.stopped() => Err(anyhow::anyhow!("{e}")),
@@ -225,7 +271,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     };
     signal_group(libc::SIGKILL);
     let code = exit_code(status);
-    node.shutdown().await;
+    finish(code).await;
     match stop_reason {
         Ok(why) => {
             tracing::info!(code, "{why}: program stopped");

@@ -287,6 +287,34 @@ impl Node {
         self.shared.listen(port, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
     }
 
+    /// Ships output lines of the node's program to the rendezvous.
+    pub async fn ship_logs(&self, lines: Vec<boxer_proto::control::LogLine>) {
+        let _ = self.shared.to_rendezvous.send(NodeMessage::Logs(lines)).await;
+    }
+
+    /// Reports how the program ended and waits (up to 3 s) for the
+    /// rendezvous to record it, which it confirms by closing the connection.
+    pub async fn report_exit(&self, code: i32) {
+        let status = boxer_proto::control::ExitStatus { code };
+        if self.shared.to_rendezvous.send(NodeMessage::Exited(status)).await.is_ok() {
+            let mut failed = self.failed.clone();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), failed.wait_for(Option::is_some)).await;
+        }
+    }
+
+    /// Waits until `name` resolves to a member listening on `port`.
+    pub async fn wait_listening(&self, name: &str, port: u16) -> Result<(), NodeError> {
+        let mut membership = self.shared.membership.clone();
+        let ready = |m: &Membership| {
+            m.resolve(name).is_some_and(|found| found.iter().any(|member| member.listening.contains(&port)))
+        };
+        let mut failed = self.failed.clone();
+        tokio::select! {
+            r = membership.wait_for(ready) => r.map(|_| ()).map_err(|_| NodeError::Stopped),
+            _ = failed.wait_for(Option::is_some) => Err(NodeError::Stopped),
+        }
+    }
+
     /// Runs until the node fails (rendezvous lost) or [`Node::shutdown`].
     pub async fn stopped(&self) -> Arc<NodeError> {
         let mut failed = self.failed.clone();
@@ -326,8 +354,28 @@ fn start_shim_side(shared: &Arc<Shared>, dir: &std::path::Path, span: &tracing::
     Ok(ShimFiles { control, etc_dir })
 }
 
+/// Most log lines merged into one message. Bounds a frame well under the
+/// 1 MiB limit even with maximal lines (64 x 16 KiB).
+const LOG_BATCH: usize = 64;
+
 async fn send_loop(mut sender: SessionSender, mut rx: mpsc::Receiver<NodeMessage>, fail: impl Fn(NodeError)) {
-    while let Some(msg) = rx.recv().await {
+    while let Some(mut msg) = rx.recv().await {
+        // Merge log lines that are already queued into one message.
+        if let NodeMessage::Logs(lines) = &mut msg {
+            while lines.len() < LOG_BATCH {
+                match rx.try_recv() {
+                    Ok(NodeMessage::Logs(more)) => lines.extend(more),
+                    Ok(other) => {
+                        let batch = std::mem::replace(&mut msg, other);
+                        if let Err(e) = sender.send(&batch).await {
+                            return fail(e.into());
+                        }
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         if let Err(e) = sender.send(&msg).await {
             return fail(e.into());
         }

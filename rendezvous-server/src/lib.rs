@@ -5,6 +5,7 @@
 //! [`boxer_proto::control`]). The [`registry`] holds the state; [`session`]
 //! runs each connection.
 
+pub mod logstore;
 pub mod registry;
 pub mod session;
 
@@ -73,6 +74,7 @@ pub struct Rendezvous {
     fingerprint: Fingerprint,
     admin_token: String,
     registry: Arc<Mutex<Registry>>,
+    logs: logstore::LogStore,
 }
 
 fn load_or_create_token(state_dir: &Path) -> Result<String, ServerError> {
@@ -109,6 +111,7 @@ impl Rendezvous {
             fingerprint: identity.fingerprint(),
             registry: Arc::new(Mutex::new(Registry::new(admin_token.clone()))),
             admin_token,
+            logs: logstore::LogStore::new(dir.join("logs")),
         })
     }
 
@@ -127,6 +130,11 @@ impl Rendezvous {
         &self.admin_token
     }
 
+    /// Where node output is stored (`<state dir>/logs/<cluster>/<node>.log`).
+    pub fn log_store(&self) -> &logstore::LogStore {
+        &self.logs
+    }
+
     /// The registry, for an embedding program that manages clusters directly.
     pub fn registry(&self) -> &Arc<Mutex<Registry>> {
         &self.registry
@@ -139,7 +147,7 @@ impl Rendezvous {
             let registry = self.registry.clone();
             let remote = incoming.remote_address();
             tokio::spawn(
-                session::serve(registry, incoming)
+                session::serve(registry, self.logs.clone(), incoming)
                     .instrument(info_span!("client", %remote, node = tracing::field::Empty)),
             );
         }

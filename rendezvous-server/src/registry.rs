@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use boxer_proto::control::{
-    CloseCode, ClusterInfo, CreateClusterRequest, DEFAULT_OVERLAY, JoinRequest, Joined, WatchRequest,
+    ClusterInfo, CloseCode, CreateClusterRequest, DEFAULT_OVERLAY, ExitStatus, JoinRequest, Joined, LogLine,
+    WatchRequest,
 };
 use boxer_proto::membership::{MemberChange, MembershipEvent, MembershipSnapshot};
 use boxer_proto::{Fingerprint, Member, NodeId, names};
@@ -20,6 +21,29 @@ use tokio::sync::{broadcast, watch};
 /// trades memory for fewer resyncs: 4096 covers a 1000-node cluster starting
 /// at once (a join and a listening change per node) without any.
 pub const EVENT_BUFFER: usize = 4096;
+
+/// Log batches buffered per cluster for watchers; a watcher further behind
+/// is told how many batches it lost (the files keep everything).
+pub const LOG_BUFFER: usize = 1024;
+
+/// Output or exit of one node, as broadcast to a cluster's log watchers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeOutput {
+    /// Output lines.
+    Lines {
+        /// `<service>-<index>`.
+        node: String,
+        /// The lines.
+        lines: Vec<LogLine>,
+    },
+    /// The program ended.
+    Exited {
+        /// `<service>-<index>`.
+        node: String,
+        /// How.
+        status: ExitStatus,
+    },
+}
 
 /// Longest accepted join or admin token.
 pub const MAX_TOKEN_LEN: usize = 256;
@@ -53,6 +77,8 @@ pub struct Feed {
     pub events: broadcast::Receiver<MembershipEvent>,
     /// Becomes `true` when the cluster is deleted.
     pub deleted: watch::Receiver<bool>,
+    /// Node output, for watchers that asked for it.
+    pub output: broadcast::Receiver<NodeOutput>,
 }
 
 #[derive(Debug)]
@@ -63,6 +89,7 @@ struct Cluster {
     members: BTreeMap<NodeId, Member>,
     events: broadcast::Sender<MembershipEvent>,
     deleted: watch::Sender<bool>,
+    output: broadcast::Sender<NodeOutput>,
 }
 
 impl Cluster {
@@ -71,7 +98,7 @@ impl Cluster {
     }
 
     fn feed(&self) -> Feed {
-        Feed { events: self.events.subscribe(), deleted: self.deleted.subscribe() }
+        Feed { events: self.events.subscribe(), deleted: self.deleted.subscribe(), output: self.output.subscribe() }
     }
 
     fn publish(&mut self, change: MemberChange) {
@@ -181,6 +208,7 @@ impl Registry {
             members: BTreeMap::new(),
             events: broadcast::channel(EVENT_BUFFER).0,
             deleted: watch::channel(false).0,
+            output: broadcast::channel(LOG_BUFFER).0,
         };
         self.clusters.insert(req.name, cluster);
         Ok(info)
@@ -302,6 +330,13 @@ impl Registry {
             c.publish(MemberChange::Addresses { node_id, reflexive, local });
         }
         Ok(())
+    }
+
+    /// Broadcasts a node's output to the cluster's log watchers.
+    pub fn publish_output(&self, cluster: &str, output: NodeOutput) {
+        if let Some(c) = self.clusters.get(cluster) {
+            let _ = c.output.send(output);
+        }
     }
 
     /// Subscribes to a cluster (join token or admin token).

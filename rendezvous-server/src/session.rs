@@ -7,11 +7,12 @@ use std::time::Duration;
 use boxer_net::tls::peer_fingerprint;
 use boxer_proto::control::{Barrier, CloseCode, JoinRequest, NodeMessage, Request, ServerMessage, WatchRequest};
 use boxer_proto::membership::{MembershipEvent, MembershipSnapshot};
-use boxer_proto::{FrameError, Hello, Membership, NodeId, frame};
+use boxer_proto::{FrameError, Hello, Membership, NodeId, frame, names};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{Span, debug, info, warn};
 
-use crate::registry::{Feed, Refusal, Registry};
+use crate::logstore::LogStore;
+use crate::registry::{Feed, NodeOutput, Refusal, Registry};
 
 /// Time a client has from connecting to sending its request. A request is
 /// two frames in one packet; a slower client is broken or hostile.
@@ -43,7 +44,7 @@ fn protocol_error(conn: &quinn::Connection, what: &str, e: &FrameError) {
 }
 
 /// Serves one connection to completion.
-pub async fn serve(registry: Shared, incoming: quinn::Incoming) {
+pub async fn serve(registry: Shared, logs: LogStore, incoming: quinn::Incoming) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -91,7 +92,8 @@ pub async fn serve(registry: Shared, incoming: quinn::Incoming) {
                     info!(%node, ip = %joined.overlay_ip, service = %req.service, index = req.index, "joined");
                     let snapshot = joined.snapshot.clone();
                     if frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok() {
-                        member_session(&registry, &conn, &req, node, snapshot, feed, send, recv).await;
+                        let log = logs.open(&req.cluster, &names::replica_name(&req.service, req.index));
+                        member_session(&registry, &conn, &req, node, snapshot, feed, send, recv, log).await;
                     }
                     lock(&registry).leave(&req.cluster, node);
                     info!(%node, "left");
@@ -188,8 +190,10 @@ async fn member_session(
     mut feed: Feed,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    mut log: crate::logstore::NodeLog,
 ) {
     let cluster = req.cluster.as_str();
+    let node_name = names::replica_name(&req.service, req.index);
     let mut membership = Membership::from_snapshot(cluster, snapshot);
     // Frame reads are not cancel-safe, so a task reads and the loop selects.
     let (tx, mut node_messages) = mpsc::channel::<Result<NodeMessage, FrameError>>(NODE_MESSAGE_BUFFER);
@@ -224,6 +228,18 @@ async fn member_session(
                 let result = match msg {
                     NodeMessage::Listening(ports) => lock(registry).set_listening(cluster, node, ports),
                     NodeMessage::Addresses(local) => lock(registry).set_addresses(cluster, node, local),
+                    NodeMessage::Logs(lines) => {
+                        log.append(&lines);
+                        lock(registry).publish_output(cluster, NodeOutput::Lines { node: node_name.clone(), lines });
+                        Ok(())
+                    }
+                    NodeMessage::Exited(status) => {
+                        info!(%node, code = status.code, "program exited");
+                        log.exited(status);
+                        lock(registry).publish_output(cluster, NodeOutput::Exited { node: node_name.clone(), status });
+                        conn.close(CloseCode::Normal.code().into(), b"exit recorded");
+                        break;
+                    }
                     NodeMessage::Wait { request_id, barrier } => {
                         if pending.len() >= MAX_PENDING_BARRIERS {
                             Err(Refusal { code: CloseCode::Capacity, reason: format!("more than {MAX_PENDING_BARRIERS} pending barrier waits") })
@@ -281,6 +297,17 @@ async fn watch_session(
         tokio::select! {
             received = feed.events.recv() => {
                 if !forward(registry, &req.cluster, &mut feed, received, &mut send, &mut membership).await {
+                    break;
+                }
+            }
+            output = feed.output.recv(), if req.logs => {
+                let msg = match output {
+                    Ok(NodeOutput::Lines { node, lines }) => ServerMessage::Logs { node, lines },
+                    Ok(NodeOutput::Exited { node, status }) => ServerMessage::Exited { node, status },
+                    Err(broadcast::error::RecvError::Lagged(batches)) => ServerMessage::LogsDropped { batches },
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if frame::write(&mut send, &msg).await.is_err() {
                     break;
                 }
             }

@@ -59,6 +59,37 @@ pub struct WatchRequest {
     pub cluster: String,
     /// The cluster's join token, or the admin token.
     pub token: String,
+    /// Also stream every node's output lines and exit statuses.
+    pub logs: bool,
+}
+
+/// Which output stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of a node program's output (without its newline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Which stream.
+    pub stream: Stream,
+    /// The text, lossily UTF-8.
+    pub text: String,
+}
+
+/// Longest log line carried; longer lines are split. Keeps a batch of lines
+/// well inside one frame.
+pub const MAX_LOG_LINE: usize = 16 << 10;
+
+/// How a node's program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Shell-style exit code: the program's code, or 128 + signal.
+    pub code: i32,
 }
 
 /// Admin request to create a cluster.
@@ -138,6 +169,11 @@ pub enum NodeMessage {
         /// The condition.
         barrier: Barrier,
     },
+    /// Output lines of the node's program, in order.
+    Logs(Vec<LogLine>),
+    /// The node's program ended; the server records it and closes the
+    /// connection (which is the node leaving).
+    Exited(ExitStatus),
 }
 
 /// Messages from the server after a request.
@@ -160,6 +196,25 @@ pub enum ServerMessage {
     ClusterDeleted {
         /// Cluster name.
         name: String,
+    },
+    /// Output of a node's program (watchers that asked for logs).
+    Logs {
+        /// The node's `<service>-<index>` name.
+        node: String,
+        /// The lines.
+        lines: Vec<LogLine>,
+    },
+    /// A node's program ended (watchers that asked for logs).
+    Exited {
+        /// The node's `<service>-<index>` name.
+        node: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// Some log lines were dropped because this watcher fell behind.
+    LogsDropped {
+        /// How many batches were lost.
+        batches: u64,
     },
 }
 

@@ -138,7 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Members { rendezvous, cluster, token, watch } => {
             let endpoint = rendezvous.endpoint()?;
             let (snapshot, mut feed) =
-                rendezvous::watch(&endpoint, rendezvous.addr(), WatchRequest { cluster: cluster.clone(), token })
+                rendezvous::watch(&endpoint, rendezvous.addr(), WatchRequest { cluster: cluster.clone(), token, logs: false })
                     .await
                     .with_context(|| format!("watching cluster {cluster:?} on rendezvous {}", rendezvous.rendezvous))?;
             let mut membership = Membership::from_snapshot(&cluster, snapshot);

@@ -1,0 +1,4 @@
+//! The `boxer` command line, as a library for tests.
+
+pub mod netns;
+pub mod spec;

@@ -1,0 +1,412 @@
+//! `boxer.toml`: the cluster spec.
+//!
+//! ```toml
+//! [cluster]
+//! name = "redis-bench"            # network = "100.96.0.0/12" optional
+//!
+//! [services.db]
+//! command = ["redis-server", "--port", "6379"]
+//!
+//! [services.bench]
+//! command = ["redis-benchmark", "-h", "db-0", "-q"]
+//! replicas = 1                    # default 1
+//! env = { FOO = "bar" }           # added to the program's environment
+//! workdir = "."                   # relative to this file; default: this file's directory
+//! wait_for = ["db-0:6379"]        # start once db-0 listens on 6379
+//! main = true                     # the cluster ends when its main services exit
+//! ```
+//!
+//! Every error names the file, line, column and key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use boxer_proto::names;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Most replicas of one service: far above what one machine runs, low enough
+/// to catch a typo before it forks thousands of processes.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// A validated cluster spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The file it came from (or a description for built specs).
+    pub path: PathBuf,
+    /// Cluster name.
+    pub name: String,
+    /// Overlay network, if not the default.
+    pub network: Option<ipnet::Ipv4Net>,
+    /// Services in name order.
+    pub services: Vec<Service>,
+}
+
+/// One service: `replicas` nodes running the same command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Service name.
+    pub name: String,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Number of nodes.
+    pub replicas: u32,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the program.
+    pub workdir: PathBuf,
+    /// `(name, port)` to wait for before starting.
+    pub wait_for: Vec<(String, u16)>,
+    /// Whether the cluster ends when this service's nodes have exited.
+    pub main: bool,
+}
+
+impl Spec {
+    /// Node names in start order (services by name, replicas by index).
+    pub fn nodes(&self) -> impl Iterator<Item = (&Service, u32)> {
+        self.services.iter().flat_map(|s| (0..s.replicas).map(move |i| (s, i)))
+    }
+
+    /// Total number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.services.iter().map(|s| s.replicas as usize).sum()
+    }
+}
+
+/// A spec error at a place in the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line and column, if known.
+    pub position: Option<(usize, usize)>,
+    /// The key, dotted (`services.db.command`), if known.
+    pub key: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    cluster: Spanned<RawCluster>,
+    #[serde(default)]
+    services: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawService>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    network: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    command: Spanned<Vec<String>>,
+    replicas: Option<Spanned<u32>>,
+    env: Option<Spanned<BTreeMap<String, String>>>,
+    workdir: Option<Spanned<String>>,
+    wait_for: Option<Vec<Spanned<String>>>,
+    main: Option<bool>,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn position(&self, span: Range<usize>) -> (usize, usize) {
+        let before = &self.source[..span.start.min(self.source.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+        (line, col)
+    }
+
+    fn error(&self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: self.path.to_owned(),
+            position: Some(self.position(span)),
+            key: Some(key.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and validates a spec file.
+pub fn load(path: &Path) -> Result<Spec, SpecError> {
+    let source = std::fs::read_to_string(path).map_err(|e| SpecError {
+        path: path.to_owned(),
+        position: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &source)
+}
+
+/// Parses and validates spec text (`path` is used in errors and for relative workdirs).
+pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
+    let ctx = Ctx { path, source };
+    let raw: RawSpec = toml::from_str(source).map_err(|e| SpecError {
+        path: path.to_owned(),
+        position: e.span().map(|s| ctx.position(s)),
+        key: None,
+        message: e.message().trim().to_owned(),
+    })?;
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+
+    let cluster = raw.cluster.get_ref();
+    let name = cluster.name.get_ref().clone();
+    names::validate_cluster(&name).map_err(|e| ctx.error(cluster.name.span(), "cluster.name", e.to_string()))?;
+    let network = match &cluster.network {
+        Some(n) => Some(n.get_ref().parse::<ipnet::Ipv4Net>().map_err(|_| {
+            ctx.error(n.span(), "cluster.network", format!("{:?} is not an IPv4 network like 100.96.0.0/12", n.get_ref()))
+        })?),
+        None => None,
+    };
+
+    let Some(raw_services) = raw.services.filter(|s| !s.get_ref().is_empty()) else {
+        return Err(ctx.error(raw.cluster.span(), "services", "no services: add a [services.NAME] table with a command"));
+    };
+    let mut services = Vec::new();
+    let mut spans = HashMap::new();
+    for (sname, service) in raw_services.get_ref() {
+        let key = format!("services.{}", sname.get_ref());
+        names::validate_service(sname.get_ref()).map_err(|e| ctx.error(sname.span(), &key, e.to_string()))?;
+        let s = service.get_ref();
+        let command = s.command.get_ref().clone();
+        if command.first().is_none_or(|c| c.trim().is_empty()) {
+            return Err(ctx.error(s.command.span(), format!("{key}.command"), "empty command: give the program and its arguments, e.g. [\"redis-server\", \"--port\", \"6379\"]"));
+        }
+        let replicas = match &s.replicas {
+            Some(r) if *r.get_ref() == 0 || *r.get_ref() > MAX_REPLICAS => {
+                return Err(ctx.error(r.span(), format!("{key}.replicas"), format!("replicas must be 1 to {MAX_REPLICAS}")));
+            }
+            Some(r) => *r.get_ref(),
+            None => 1,
+        };
+        let env = match &s.env {
+            Some(env) => {
+                if let Some(bad) = env.get_ref().keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+                    return Err(ctx.error(env.span(), format!("{key}.env"), format!("invalid variable name {bad:?}")));
+                }
+                env.get_ref().clone()
+            }
+            None => BTreeMap::new(),
+        };
+        let workdir = match &s.workdir {
+            Some(w) => {
+                let dir = base.join(w.get_ref());
+                if !dir.is_dir() {
+                    return Err(ctx.error(w.span(), format!("{key}.workdir"), format!("{} is not a directory", dir.display())));
+                }
+                dir
+            }
+            None => base.clone(),
+        };
+        let mut wait_for = Vec::new();
+        for w in s.wait_for.iter().flatten() {
+            let parsed = w.get_ref().rsplit_once(':').and_then(|(n, p)| Some((n.to_owned(), p.parse::<u16>().ok()?)));
+            let Some((target, port)) = parsed.filter(|(n, p)| !n.is_empty() && *p != 0) else {
+                return Err(ctx.error(w.span(), format!("{key}.wait_for"), format!("{:?}: expected NAME:PORT, e.g. \"db-0:6379\"", w.get_ref())));
+            };
+            wait_for.push((target, port));
+            spans.insert((sname.get_ref().clone(), wait_for.len() - 1), w.span());
+        }
+        services.push(Service {
+            name: sname.get_ref().clone(),
+            command,
+            replicas,
+            env,
+            workdir,
+            wait_for,
+            main: s.main.unwrap_or(false),
+        });
+    }
+    let spec = Spec { path: path.to_owned(), name, network, services };
+    check_wait_for(&spec, &ctx, &spans)?;
+    Ok(spec)
+}
+
+/// Every `wait_for` target must be a node of the spec, of another service,
+/// and the waits must not form a cycle (which would never start).
+fn check_wait_for(spec: &Spec, ctx: &Ctx<'_>, spans: &HashMap<(String, usize), Range<usize>>) -> Result<(), SpecError> {
+    let by_name: HashMap<&str, &Service> = spec.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut deps: HashMap<&str, Vec<&str>> = HashMap::new();
+    for s in &spec.services {
+        for (i, (target, port)) in s.wait_for.iter().enumerate() {
+            let span = spans.get(&(s.name.clone(), i)).cloned().unwrap_or(0..0);
+            let key = format!("services.{}.wait_for", s.name);
+            let entry = format!("{target}:{port}");
+            let impossible = |why: String| ctx.error(span.clone(), &key, format!("impossible target {entry:?}: {why}"));
+            let service = match names::parse(target, &spec.name) {
+                Some(names::NameQuery::Replica { service, index }) => {
+                    let svc = by_name.get(service.as_str()).ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
+                    if index >= svc.replicas {
+                        return Err(impossible(format!("service {service:?} has {} replica(s), indexes start at 0", svc.replicas)));
+                    }
+                    service
+                }
+                Some(names::NameQuery::Service(service)) => {
+                    by_name.get(service.as_str()).ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
+                    service
+                }
+                Some(names::NameQuery::Node(_)) => {
+                    return Err(impossible("node ids are assigned at run time; name the replica, e.g. \"db-0\"".into()));
+                }
+                None => return Err(impossible("not a node name of this cluster".into())),
+            };
+            if service == s.name {
+                return Err(impossible("a service cannot wait for itself".into()));
+            }
+            let service = by_name.get(service.as_str()).map(|s| s.name.as_str()).unwrap_or_default();
+            deps.entry(s.name.as_str()).or_default().push(service);
+        }
+    }
+    // Depth-first search for a cycle.
+    fn visit<'a>(n: &'a str, deps: &HashMap<&'a str, Vec<&'a str>>, path: &mut Vec<&'a str>, done: &mut Vec<&'a str>) -> Option<Vec<&'a str>> {
+        if let Some(i) = path.iter().position(|p| *p == n) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(n);
+            return Some(cycle);
+        }
+        if done.contains(&n) {
+            return None;
+        }
+        path.push(n);
+        for d in deps.get(n).into_iter().flatten() {
+            if let Some(c) = visit(d, deps, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.push(n);
+        None
+    }
+    let mut done = Vec::new();
+    for s in &spec.services {
+        if let Some(cycle) = visit(&s.name, &deps, &mut Vec::new(), &mut done) {
+            let span = spans.get(&(cycle[0].to_owned(), 0)).cloned().unwrap_or(0..0);
+            return Err(ctx.error(span, format!("services.{}.wait_for", cycle[0]), format!("wait_for cycle {}: these services would wait for each other forever", cycle.join(" -> "))));
+        }
+    }
+    Ok(())
+}
+
+/// A one-service spec for `boxer run`.
+pub fn single(name: &str, replicas: u32, command: Vec<String>, workdir: PathBuf) -> Result<Spec, SpecError> {
+    let err = |message: String| SpecError { path: "boxer run".into(), position: None, key: None, message };
+    names::validate_cluster(name).map_err(|e| err(e.to_string()))?;
+    names::validate_service(name).map_err(|e| err(e.to_string()))?;
+    if replicas == 0 || replicas > MAX_REPLICAS {
+        return Err(err(format!("-n must be 1 to {MAX_REPLICAS}")));
+    }
+    if command.first().is_none_or(|c| c.is_empty()) {
+        return Err(err("no command: boxer run -n N -- COMMAND [ARGS...]".into()));
+    }
+    Ok(Spec {
+        path: "boxer run".into(),
+        name: name.to_owned(),
+        network: None,
+        services: vec![Service {
+            name: name.to_owned(),
+            command,
+            replicas,
+            env: BTreeMap::new(),
+            workdir,
+            wait_for: vec![],
+            main: true,
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(source: &str) -> String {
+        parse(Path::new("/x/boxer.toml"), source).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_full_spec() {
+        let spec = parse(
+            Path::new("/tmp/boxer.toml"),
+            r#"
+[cluster]
+name = "redis-bench"
+network = "10.10.0.0/16"
+
+[services.db]
+command = ["redis-server", "--port", "6379"]
+
+[services.bench]
+replicas = 2
+command = ["redis-benchmark", "-h", "db-0"]
+env = { A = "1" }
+wait_for = ["db-0:6379", "db:6379"]
+main = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(spec.name, "redis-bench");
+        assert_eq!(spec.network.unwrap().to_string(), "10.10.0.0/16");
+        let names: Vec<String> = spec.nodes().map(|(s, i)| format!("{}-{i}", s.name)).collect();
+        assert_eq!(names, ["bench-0", "bench-1", "db-0"]);
+        let bench = &spec.services[0];
+        assert!(bench.main && bench.env["A"] == "1" && bench.workdir == Path::new("/tmp"));
+        assert_eq!(bench.wait_for, [("db-0".to_string(), 6379), ("db".to_string(), 6379)]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let e = err("[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\ncolour = \"red\"\n");
+        assert!(e.starts_with("/x/boxer.toml:5:1") && e.contains("unknown field `colour`"), "{e}");
+
+        let e = err("[cluster]\nname = \"c\"\n[services.Web]\ncommand = [\"x\"]\n");
+        assert!(e.starts_with("/x/boxer.toml:3:11: services.Web: invalid service name"), "{e}");
+
+        let e = err("[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\n[services.db]\ncommand = [\"y\"]\n");
+        assert!(e.starts_with("/x/boxer.toml:5:") && e.contains("duplicate"), "{e}");
+
+        let e = err("[cluster]\nname = \"c\"\n[services.db]\ncommand = []\n");
+        assert!(e.starts_with("/x/boxer.toml:4:11: services.db.command: empty command"), "{e}");
+
+        let e = err("[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\nwait_for = [\"db-1:80\"]\n");
+        assert!(e.starts_with("/x/boxer.toml:5:13: services.db.wait_for: impossible target \"db-1:80\""), "{e}");
+        let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\n[services.b]\ncommand = [\"x\"]\nwait_for = [\"a-3:1\"]\n");
+        assert!(e.contains("services.b.wait_for") && e.contains("has 1 replica(s)"), "{e}");
+        let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nwait_for = [\"nope-0:1\"]\n");
+        assert!(e.contains("there is no service \"nope\""), "{e}");
+        let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nwait_for = [\"b-0:1\"]\n[services.b]\ncommand = [\"x\"]\nwait_for = [\"a-0:1\"]\n");
+        assert!(e.contains("wait_for cycle a -> b -> a"), "{e}");
+        let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nwait_for = [\"b-0\"]\n");
+        assert!(e.contains("expected NAME:PORT"), "{e}");
+
+        let e = err("[cluster]\nname = \"Bad Name\"\n[services.a]\ncommand = [\"x\"]\n");
+        assert!(e.starts_with("/x/boxer.toml:2:8: cluster.name: invalid cluster name"), "{e}");
+        let e = err("[cluster]\nname = \"c\"\n");
+        assert!(e.contains("services: no services"), "{e}");
+        let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nreplicas = 0\n");
+        assert!(e.contains("services.a.replicas: replicas must be 1"), "{e}");
+        let e = err("[cluster\n");
+        assert!(e.starts_with("/x/boxer.toml:1:"), "{e}");
+    }
+}

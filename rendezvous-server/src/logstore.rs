@@ -1,0 +1,77 @@
+//! Per-node output files: `<dir>/<cluster>/<node>.log` with every line the
+//! node's program printed, and `<node>.exit` with its exit code once it ended.
+//! They outlive the cluster, so `boxer logs` works after it ended.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use boxer_proto::control::{ExitStatus, LogLine};
+
+/// Where a rendezvous keeps node output.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    dir: PathBuf,
+}
+
+/// One node's open log file.
+#[derive(Debug)]
+pub struct NodeLog {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl LogStore {
+    /// A store under `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// Directory of a cluster's files.
+    pub fn cluster_dir(&self, cluster: &str) -> PathBuf {
+        self.dir.join(cluster)
+    }
+
+    /// Opens (appending) the log of `node` in `cluster`. Failures are logged
+    /// once and the node's output is then only streamed, not stored.
+    pub fn open(&self, cluster: &str, node: &str) -> NodeLog {
+        let dir = self.cluster_dir(cluster);
+        let path = dir.join(format!("{node}.log"));
+        let file = std::fs::create_dir_all(&dir)
+            .and_then(|()| OpenOptions::new().create(true).append(true).open(&path))
+            .map_err(|e| tracing::warn!("cannot store output of {node} in {}: {e}", path.display()))
+            .ok();
+        let _ = std::fs::remove_file(dir.join(format!("{node}.exit")));
+        NodeLog { file, path }
+    }
+}
+
+impl NodeLog {
+    /// Appends lines.
+    pub fn append(&mut self, lines: &[LogLine]) {
+        if let Some(f) = &mut self.file {
+            let mut buf = Vec::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum());
+            for l in lines {
+                buf.extend_from_slice(l.text.as_bytes());
+                buf.push(b'\n');
+            }
+            if let Err(e) = f.write_all(&buf) {
+                tracing::warn!("cannot write {}: {e}", self.path.display());
+                self.file = None;
+            }
+        }
+    }
+
+    /// Records the exit status beside the log.
+    pub fn exited(&mut self, status: ExitStatus) {
+        let path = self.path.with_extension("exit");
+        if let Err(e) = std::fs::write(&path, format!("{}\n", status.code)) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    /// The log file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
