@@ -12,8 +12,8 @@ pub mod etc;
 mod forward;
 mod inbound;
 pub mod node;
-pub mod output;
 mod outbound;
+pub mod output;
 pub mod registry;
 pub mod status;
 

@@ -20,7 +20,26 @@ pub async fn relay(node: Node, pipe: impl AsyncRead + Unpin, stream: Stream, mut
         let _ = echo.write_all(&buf[..n]).await;
         let _ = echo.flush().await;
         let text = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf));
-        let text = text.strip_suffix('\r').unwrap_or(&text).to_owned();
+        let text = terminal_view(&text).to_owned();
         node.ship_logs(vec![LogLine { stream, text }]).await;
+    }
+}
+
+/// What a terminal would finally show of a line that redraws itself with
+/// carriage returns (progress displays): the last non-blank segment.
+pub fn terminal_view(line: &str) -> &str {
+    line.rsplit('\r').find(|s| !s.trim().is_empty()).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_view;
+
+    #[test]
+    fn carriage_returns_keep_the_final_text() {
+        assert_eq!(terminal_view("plain"), "plain");
+        assert_eq!(terminal_view("SET: 10\rSET: 20 done\r"), "SET: 20 done");
+        assert_eq!(terminal_view("windows line\r"), "windows line");
+        assert_eq!(terminal_view(""), "");
     }
 }

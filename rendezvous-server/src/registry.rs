@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use boxer_proto::control::{
-    ClusterInfo, CloseCode, CreateClusterRequest, DEFAULT_OVERLAY, ExitStatus, JoinRequest, Joined, LogLine,
+    CloseCode, ClusterInfo, CreateClusterRequest, DEFAULT_OVERLAY, ExitStatus, JoinRequest, Joined, LogLine,
     WatchRequest,
 };
 use boxer_proto::membership::{MemberChange, MembershipEvent, MembershipSnapshot};

@@ -1,4 +1,8 @@
 //! The `boxer` command line, as a library for tests.
 
 pub mod netns;
+pub mod printer;
+pub mod provider;
 pub mod spec;
+pub mod state;
+pub mod up;

@@ -1,11 +1,11 @@
 //! `boxer`: the Boxer command line.
-//!
-//! This first version manages clusters on a rendezvous and watches their
-//! membership; `boxer up` (launching whole clusters) comes with the launcher.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use anyhow::Context;
+use boxer::up::{External, NetMode, UpOptions};
+use boxer::{netns, printer, spec, state, up};
 use boxer_net::rendezvous::{self, RendezvousAddr};
 use boxer_net::{Identity, NodeEndpoint};
 use boxer_proto::control::{CreateClusterRequest, DeleteClusterRequest, ServerMessage, WatchRequest};
@@ -22,6 +22,54 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the cluster described by a spec file until its main services exit.
+    ///
+    /// Starts an embedded rendezvous (or uses --rendezvous), creates the
+    /// cluster, starts every node, streams their output prefixed with the
+    /// node name, and exits with the first failing main service's exit code
+    /// (0 if all succeed). Ctrl-C stops everything.
+    Up {
+        /// The spec file.
+        #[arg(default_value = "boxer.toml")]
+        file: PathBuf,
+        #[command(flatten)]
+        launch: LaunchArgs,
+    },
+    /// Run one command as a cluster of N nodes (a one-service `boxer up`).
+    Run {
+        /// Number of nodes.
+        #[arg(short = 'n', long = "replicas", default_value_t = 1)]
+        replicas: u32,
+        /// Cluster and service name (nodes are NAME-0, NAME-1, ...).
+        #[arg(long, default_value = "run")]
+        name: String,
+        #[command(flatten)]
+        launch: LaunchArgs,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Show a cluster's nodes, addresses, states and log paths.
+    Status {
+        /// Cluster name (default: the most recent).
+        cluster: Option<String>,
+    },
+    /// Print a node's output (all nodes without NODE), also after the cluster ended.
+    Logs {
+        /// Node name, e.g. db-0.
+        node: Option<String>,
+        /// Cluster name (default: the most recent).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Keep printing new output until the cluster ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop a running cluster (the `boxer up` that runs it tears it down).
+    Down {
+        /// Cluster name (default: the most recent).
+        cluster: Option<String>,
+    },
     /// Create, or delete, clusters on a rendezvous (needs its admin token).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -71,6 +119,37 @@ enum ClusterCommand {
     },
 }
 
+/// How `boxer up` and `boxer run` launch nodes.
+#[derive(Debug, Args)]
+struct LaunchArgs {
+    /// Network: `shared` puts every node in one fresh network namespace with
+    /// only loopback (nothing can leave the machine); `host` uses this
+    /// machine's network namespace.
+    #[arg(long, value_enum, default_value = "shared")]
+    net: NetMode,
+    /// Use this rendezvous instead of starting one (needs --fingerprint and --admin-token).
+    #[arg(long, requires_all = ["fingerprint", "admin_token"])]
+    rendezvous: Option<SocketAddr>,
+    /// Certificate fingerprint of --rendezvous.
+    #[arg(long)]
+    fingerprint: Option<Fingerprint>,
+    /// Admin token of --rendezvous.
+    #[arg(long, env = "BOXER_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl LaunchArgs {
+    fn options(&self) -> UpOptions {
+        let external = match (self.rendezvous, self.fingerprint, &self.admin_token) {
+            (Some(addr), Some(fingerprint), Some(admin_token)) => {
+                Some(External { addr, fingerprint, admin_token: admin_token.clone() })
+            }
+            _ => None,
+        };
+        UpOptions { net: self.net, external }
+    }
+}
+
 /// Where the rendezvous is.
 #[derive(Debug, Args)]
 struct RendezvousArgs {
@@ -105,12 +184,40 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Specs are checked before anything starts.
+    let launch = match &cli.command {
+        Command::Up { file, launch } => Some((spec::load(file)?, launch)),
+        Command::Run { replicas, name, launch, command } => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            Some((spec::single(name, *replicas, command.clone(), cwd)?, launch))
+        }
+        _ => None,
+    };
+    if let Some((_, launch)) = &launch
+        && launch.net == NetMode::Shared
+    {
+        // Before any thread exists: the namespace is entered by the whole process.
+        netns::enter().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the cluster's network namespace: {e} (is unprivileged user namespace creation allowed? try --net host)"
+            )
+        })?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(run(cli))
+    let code = match launch {
+        Some((spec, launch)) => runtime.block_on(up::up(spec, launch.options()))?,
+        None => runtime.block_on(run(cli))?,
+    };
+    drop(runtime);
+    std::process::exit(code)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Up { .. } | Command::Run { .. } => unreachable!("handled in main"),
+        Command::Status { cluster } => status(cluster)?,
+        Command::Logs { node, cluster, follow } => logs(node, cluster, follow).await?,
+        Command::Down { cluster } => down(cluster).await?,
         Command::Cluster(ClusterCommand::Create { rendezvous, admin_token, name, network, join_token }) => {
             let endpoint = rendezvous.endpoint()?;
             let info = rendezvous::create_cluster(
@@ -137,14 +244,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Members { rendezvous, cluster, token, watch } => {
             let endpoint = rendezvous.endpoint()?;
-            let (snapshot, mut feed) =
-                rendezvous::watch(&endpoint, rendezvous.addr(), WatchRequest { cluster: cluster.clone(), token, logs: false })
-                    .await
-                    .with_context(|| format!("watching cluster {cluster:?} on rendezvous {}", rendezvous.rendezvous))?;
+            let (snapshot, mut feed) = rendezvous::watch(
+                &endpoint,
+                rendezvous.addr(),
+                WatchRequest { cluster: cluster.clone(), token, logs: false },
+            )
+            .await
+            .with_context(|| format!("watching cluster {cluster:?} on rendezvous {}", rendezvous.rendezvous))?;
             let mut membership = Membership::from_snapshot(&cluster, snapshot);
             print_members(&membership);
             if !watch {
-                return Ok(());
+                return Ok(0);
             }
             loop {
                 match feed.next().await.with_context(|| format!("watching cluster {cluster:?}"))? {
@@ -161,7 +271,116 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(0)
+}
+
+fn pick_cluster(cluster: Option<String>) -> anyhow::Result<String> {
+    match cluster.or_else(state::latest) {
+        Some(c) => Ok(c),
+        None => anyhow::bail!("no cluster has been run here yet (state in {})", state::root().display()),
+    }
+}
+
+fn status(cluster: Option<String>) -> anyhow::Result<()> {
+    let cluster = pick_cluster(cluster)?;
+    let dir = state::cluster_dir(&cluster);
+    let s = state::Status::read(&dir)
+        .with_context(|| format!("reading the status of cluster {cluster:?} in {}", dir.display()))?;
+    let running = state::running_pid(&dir).is_some();
+    println!("cluster:    {}{}", s.cluster, if running { "" } else { " (not running)" });
+    println!("spec:       {}", s.spec);
+    println!("state:      {}", s.state);
+    println!("network:    {}", s.net);
+    println!("rendezvous: {}", s.rendezvous);
+    println!();
+    println!("{:<16} {:<9} {:<15} {:<12} OUTPUT", "NODE", "ID", "OVERLAY", "STATE");
+    for n in &s.nodes {
+        println!(
+            "{:<16} {:<9} {:<15} {:<12} {}",
+            n.name,
+            n.id.as_deref().unwrap_or("-"),
+            n.overlay_ip.as_deref().unwrap_or("-"),
+            n.state,
+            n.output
+        );
+    }
     Ok(())
+}
+
+async fn logs(node: Option<String>, cluster: Option<String>, follow: bool) -> anyhow::Result<()> {
+    let cluster = pick_cluster(cluster)?;
+    let dir = up::output_files(&cluster);
+    let mut files: Vec<(String, PathBuf)> = match &node {
+        Some(n) => vec![(n.clone(), dir.join(format!("{n}.log")))],
+        None => {
+            let mut v: Vec<_> = std::fs::read_dir(&dir)
+                .with_context(|| format!("no output stored for cluster {cluster:?} in {}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .map(|p| (p.file_stem().unwrap_or_default().to_string_lossy().into_owned(), p))
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    if let Some(n) = &node
+        && !files[0].1.exists()
+    {
+        anyhow::bail!("no output stored for node {n:?} of cluster {cluster:?} (looked for {})", files[0].1.display());
+    }
+    let printer = printer::Printer::new(files.iter().map(|(n, _)| n.clone()).collect());
+    let mut offsets = vec![0usize; files.len()];
+    loop {
+        for (i, (name, path)) in files.iter().enumerate() {
+            let text = std::fs::read(path).unwrap_or_default();
+            if text.len() > offsets[i] {
+                let new = &text[offsets[i]..];
+                // Only whole lines; a partial last line waits for its end.
+                let end = new.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+                for line in String::from_utf8_lossy(&new[..end]).lines() {
+                    printer.line(name, line);
+                }
+                offsets[i] += end;
+            }
+        }
+        if !follow || state::running_pid(&state::cluster_dir(&cluster)).is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if node.is_none() {
+            // Nodes that started writing since.
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for p in entries.flatten().map(|e| e.path()) {
+                    let name = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                    if p.extension().is_some_and(|x| x == "log") && !files.iter().any(|(n, _)| *n == name) {
+                        files.push((name, p));
+                        offsets.push(0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn down(cluster: Option<String>) -> anyhow::Result<()> {
+    let cluster = pick_cluster(cluster)?;
+    let dir = state::cluster_dir(&cluster);
+    let Some(pid) = state::running_pid(&dir) else {
+        println!("cluster {cluster} is not running");
+        return Ok(());
+    };
+    // SAFETY: kill(2) on the pid recorded by `boxer up`.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    eprintln!("stopping cluster {cluster} (boxer up pid {pid})...");
+    for _ in 0..300 {
+        if state::running_pid(&dir).is_none() {
+            println!("cluster {cluster} stopped");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("cluster {cluster} did not stop within 30 s (boxer up pid {pid})")
 }
 
 fn print_members(membership: &Membership) {

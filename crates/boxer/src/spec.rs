@@ -177,13 +177,21 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
     names::validate_cluster(&name).map_err(|e| ctx.error(cluster.name.span(), "cluster.name", e.to_string()))?;
     let network = match &cluster.network {
         Some(n) => Some(n.get_ref().parse::<ipnet::Ipv4Net>().map_err(|_| {
-            ctx.error(n.span(), "cluster.network", format!("{:?} is not an IPv4 network like 100.96.0.0/12", n.get_ref()))
+            ctx.error(
+                n.span(),
+                "cluster.network",
+                format!("{:?} is not an IPv4 network like 100.96.0.0/12", n.get_ref()),
+            )
         })?),
         None => None,
     };
 
     let Some(raw_services) = raw.services.filter(|s| !s.get_ref().is_empty()) else {
-        return Err(ctx.error(raw.cluster.span(), "services", "no services: add a [services.NAME] table with a command"));
+        return Err(ctx.error(
+            raw.cluster.span(),
+            "services",
+            "no services: add a [services.NAME] table with a command",
+        ));
     };
     let mut services = Vec::new();
     let mut spans = HashMap::new();
@@ -193,11 +201,19 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         let s = service.get_ref();
         let command = s.command.get_ref().clone();
         if command.first().is_none_or(|c| c.trim().is_empty()) {
-            return Err(ctx.error(s.command.span(), format!("{key}.command"), "empty command: give the program and its arguments, e.g. [\"redis-server\", \"--port\", \"6379\"]"));
+            return Err(ctx.error(
+                s.command.span(),
+                format!("{key}.command"),
+                "empty command: give the program and its arguments, e.g. [\"redis-server\", \"--port\", \"6379\"]",
+            ));
         }
         let replicas = match &s.replicas {
             Some(r) if *r.get_ref() == 0 || *r.get_ref() > MAX_REPLICAS => {
-                return Err(ctx.error(r.span(), format!("{key}.replicas"), format!("replicas must be 1 to {MAX_REPLICAS}")));
+                return Err(ctx.error(
+                    r.span(),
+                    format!("{key}.replicas"),
+                    format!("replicas must be 1 to {MAX_REPLICAS}"),
+                ));
             }
             Some(r) => *r.get_ref(),
             None => 1,
@@ -215,7 +231,11 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             Some(w) => {
                 let dir = base.join(w.get_ref());
                 if !dir.is_dir() {
-                    return Err(ctx.error(w.span(), format!("{key}.workdir"), format!("{} is not a directory", dir.display())));
+                    return Err(ctx.error(
+                        w.span(),
+                        format!("{key}.workdir"),
+                        format!("{} is not a directory", dir.display()),
+                    ));
                 }
                 dir
             }
@@ -225,7 +245,11 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         for w in s.wait_for.iter().flatten() {
             let parsed = w.get_ref().rsplit_once(':').and_then(|(n, p)| Some((n.to_owned(), p.parse::<u16>().ok()?)));
             let Some((target, port)) = parsed.filter(|(n, p)| !n.is_empty() && *p != 0) else {
-                return Err(ctx.error(w.span(), format!("{key}.wait_for"), format!("{:?}: expected NAME:PORT, e.g. \"db-0:6379\"", w.get_ref())));
+                return Err(ctx.error(
+                    w.span(),
+                    format!("{key}.wait_for"),
+                    format!("{:?}: expected NAME:PORT, e.g. \"db-0:6379\"", w.get_ref()),
+                ));
             };
             wait_for.push((target, port));
             spans.insert((sname.get_ref().clone(), wait_for.len() - 1), w.span());
@@ -258,18 +282,27 @@ fn check_wait_for(spec: &Spec, ctx: &Ctx<'_>, spans: &HashMap<(String, usize), R
             let impossible = |why: String| ctx.error(span.clone(), &key, format!("impossible target {entry:?}: {why}"));
             let service = match names::parse(target, &spec.name) {
                 Some(names::NameQuery::Replica { service, index }) => {
-                    let svc = by_name.get(service.as_str()).ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
+                    let svc = by_name
+                        .get(service.as_str())
+                        .ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
                     if index >= svc.replicas {
-                        return Err(impossible(format!("service {service:?} has {} replica(s), indexes start at 0", svc.replicas)));
+                        return Err(impossible(format!(
+                            "service {service:?} has {} replica(s), indexes start at 0",
+                            svc.replicas
+                        )));
                     }
                     service
                 }
                 Some(names::NameQuery::Service(service)) => {
-                    by_name.get(service.as_str()).ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
+                    by_name
+                        .get(service.as_str())
+                        .ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
                     service
                 }
                 Some(names::NameQuery::Node(_)) => {
-                    return Err(impossible("node ids are assigned at run time; name the replica, e.g. \"db-0\"".into()));
+                    return Err(impossible(
+                        "node ids are assigned at run time; name the replica, e.g. \"db-0\"".into(),
+                    ));
                 }
                 None => return Err(impossible("not a node name of this cluster".into())),
             };
@@ -281,7 +314,12 @@ fn check_wait_for(spec: &Spec, ctx: &Ctx<'_>, spans: &HashMap<(String, usize), R
         }
     }
     // Depth-first search for a cycle.
-    fn visit<'a>(n: &'a str, deps: &HashMap<&'a str, Vec<&'a str>>, path: &mut Vec<&'a str>, done: &mut Vec<&'a str>) -> Option<Vec<&'a str>> {
+    fn visit<'a>(
+        n: &'a str,
+        deps: &HashMap<&'a str, Vec<&'a str>>,
+        path: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Option<Vec<&'a str>> {
         if let Some(i) = path.iter().position(|p| *p == n) {
             let mut cycle = path[i..].to_vec();
             cycle.push(n);
@@ -304,7 +342,11 @@ fn check_wait_for(spec: &Spec, ctx: &Ctx<'_>, spans: &HashMap<(String, usize), R
     for s in &spec.services {
         if let Some(cycle) = visit(&s.name, &deps, &mut Vec::new(), &mut done) {
             let span = spans.get(&(cycle[0].to_owned(), 0)).cloned().unwrap_or(0..0);
-            return Err(ctx.error(span, format!("services.{}.wait_for", cycle[0]), format!("wait_for cycle {}: these services would wait for each other forever", cycle.join(" -> "))));
+            return Err(ctx.error(
+                span,
+                format!("services.{}.wait_for", cycle[0]),
+                format!("wait_for cycle {}: these services would wait for each other forever", cycle.join(" -> ")),
+            ));
         }
     }
     Ok(())
@@ -391,11 +433,15 @@ main = true
 
         let e = err("[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\nwait_for = [\"db-1:80\"]\n");
         assert!(e.starts_with("/x/boxer.toml:5:13: services.db.wait_for: impossible target \"db-1:80\""), "{e}");
-        let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\n[services.b]\ncommand = [\"x\"]\nwait_for = [\"a-3:1\"]\n");
+        let e = err(
+            "[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\n[services.b]\ncommand = [\"x\"]\nwait_for = [\"a-3:1\"]\n",
+        );
         assert!(e.contains("services.b.wait_for") && e.contains("has 1 replica(s)"), "{e}");
         let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nwait_for = [\"nope-0:1\"]\n");
         assert!(e.contains("there is no service \"nope\""), "{e}");
-        let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nwait_for = [\"b-0:1\"]\n[services.b]\ncommand = [\"x\"]\nwait_for = [\"a-0:1\"]\n");
+        let e = err(
+            "[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nwait_for = [\"b-0:1\"]\n[services.b]\ncommand = [\"x\"]\nwait_for = [\"a-0:1\"]\n",
+        );
         assert!(e.contains("wait_for cycle a -> b -> a"), "{e}");
         let e = err("[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\nwait_for = [\"b-0\"]\n");
         assert!(e.contains("expected NAME:PORT"), "{e}");

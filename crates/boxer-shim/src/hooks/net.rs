@@ -46,6 +46,14 @@ fn local_v4(fd: c_int) -> Option<SocketAddrV4> {
     unsafe { inet::read((&raw const s).cast(), len) }.map(|(a, _)| a)
 }
 
+fn v6_only(fd: c_int) -> bool {
+    let mut on: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: valid out-pointers of the right size.
+    let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, (&raw mut on).cast(), &mut len) };
+    r == 0 && on != 0
+}
+
 /// Whether a real IPv6 address is the wildcard `::`.
 unsafe fn is_v6_wildcard(addr: *const sockaddr, len: socklen_t) -> bool {
     if addr.is_null() || (len as usize) < std::mem::size_of::<sockaddr_in6>() {
@@ -145,6 +153,13 @@ unsafe fn bind_impl(
             call_real(real, fd, SocketAddrV4::new(config.loopback, a.port()), family)
         }
         None if config.shared_namespace && unsafe { is_v6_wildcard(addr, len) } => {
+            if v6_only(fd) {
+                // An IPv6-only listener cannot serve the (IPv4) overlay, and
+                // every node's would collide on [::]:port in a shared
+                // namespace: report "no IPv6 here", which servers that try
+                // both families (redis, nginx) handle by skipping IPv6.
+                return fail(libc::EADDRNOTAVAIL);
+            }
             // SAFETY: is_v6_wildcard checked the length.
             let port = u16::from_be(unsafe { std::ptr::read_unaligned(addr.cast::<sockaddr_in6>()) }.sin6_port);
             call_real(real, fd, SocketAddrV4::new(config.loopback, port), Family::V6Mapped)

@@ -1,0 +1,140 @@
+//! The local provider: every node is a `boxer-runtime` process on this
+//! machine, in the namespace `boxer up` runs in.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::spec::Service;
+
+/// How a node joins: the same for every node of a cluster.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// Rendezvous address.
+    pub rendezvous: std::net::SocketAddr,
+    /// Its certificate fingerprint.
+    pub fingerprint: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Join token.
+    pub token: String,
+}
+
+/// A node's runtime process ended.
+#[derive(Debug)]
+pub struct ProcessExit {
+    /// `<service>-<index>`.
+    pub node: String,
+    /// Its exit code (128 + signal if killed).
+    pub code: i32,
+}
+
+/// Runs nodes as local processes.
+#[derive(Debug)]
+pub struct LocalProvider {
+    runtime: PathBuf,
+    state_dir: PathBuf,
+    pids: HashMap<String, i32>,
+    exits: mpsc::UnboundedSender<ProcessExit>,
+}
+
+/// The runtime binary: `BOXER_RUNTIME`, or `boxer-runtime` beside this executable.
+pub fn runtime_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BOXER_RUNTIME") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the boxer executable")?;
+    let beside = exe.with_file_name("boxer-runtime");
+    anyhow::ensure!(
+        beside.is_file(),
+        "boxer-runtime not found beside {} (build it with `cargo build -p boxer-runtime -p boxer-shim`, or set BOXER_RUNTIME)",
+        exe.display()
+    );
+    Ok(beside)
+}
+
+impl LocalProvider {
+    /// A provider writing runtime logs under `state_dir/nodes`; process exits
+    /// are reported on the returned channel.
+    pub fn new(state_dir: PathBuf) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<ProcessExit>)> {
+        let (exits, rx) = mpsc::unbounded_channel();
+        Ok((Self { runtime: runtime_binary()?, state_dir, pids: HashMap::new(), exits }, rx))
+    }
+
+    /// The runtime log of a node.
+    pub fn runtime_log(&self, node: &str) -> PathBuf {
+        self.state_dir.join("nodes").join(node).join("runtime.log")
+    }
+
+    /// Starts replica `index` of `service`.
+    pub fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()> {
+        let node = format!("{}-{index}", service.name);
+        let dir = self.state_dir.join("nodes").join(&node);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = std::fs::File::create(self.runtime_log(&node))
+            .with_context(|| format!("creating {}", self.runtime_log(&node).display()))?;
+        let mut cmd = tokio::process::Command::new(&self.runtime);
+        cmd.arg("--rendezvous")
+            .arg(join.rendezvous.to_string())
+            .args(["--fingerprint", &join.fingerprint, "--cluster", &join.cluster, "--token", &join.token])
+            .args(["--service", &service.name, "--index", &index.to_string()])
+            .args(["--bind", "127.0.0.1:0", "--shared-namespace"])
+            .arg("--run-dir")
+            .arg(dir.join("run"));
+        for (name, port) in &service.wait_for {
+            cmd.arg("--wait-for").arg(format!("{name}:{port}"));
+        }
+        cmd.arg("--").args(&service.command);
+        cmd.envs(&service.env)
+            .env("RUST_LOG", std::env::var("BOXER_RUNTIME_LOG").unwrap_or_else(|_| "info".into()))
+            .current_dir(&service.workdir)
+            .stdin(Stdio::null())
+            // The program's output reaches us through the rendezvous; the
+            // runtime's echo of it is not needed.
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {} for {node}", self.runtime.display()))?;
+        if let Some(pid) = child.id() {
+            self.pids.insert(node.clone(), pid as i32);
+        }
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+                }
+                Err(_) => 1,
+            };
+            let _ = exits.send(ProcessExit { node, code });
+        });
+        Ok(())
+    }
+
+    /// Forgets a node whose process ended.
+    pub fn exited(&mut self, node: &str) {
+        self.pids.remove(node);
+    }
+
+    /// Number of node processes still running.
+    pub fn running(&self) -> usize {
+        self.pids.len()
+    }
+
+    /// Sends `signal` to every running node process.
+    pub fn signal_all(&self, signal: i32) {
+        for pid in self.pids.values() {
+            // SAFETY: kill(2) on our own children.
+            unsafe { libc::kill(*pid, signal) };
+        }
+    }
+}
+
+/// Time a runtime gets to stop its program and report before SIGKILL: the
+/// runtime's own grace for the program (10 s) plus reporting.
+pub const STOP_GRACE: Duration = Duration::from_secs(12);
