@@ -1,0 +1,275 @@
+//! End-to-end tests of `boxer up` / `boxer run`: every example runs for real
+//! and its output is checked. `boxer up` puts each cluster in its own network
+//! namespace with only loopback (`--net shared`, the default).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use boxer_e2e::*;
+
+/// A cluster run, with its own state directory.
+struct Run {
+    state: Scratch,
+}
+
+impl Run {
+    fn new(tag: &str) -> Self {
+        Self { state: Scratch::new(tag) }
+    }
+
+    fn boxer(&self) -> Command {
+        let mut cmd = Command::new(bin("boxer"));
+        cmd.env("BOXER_STATE_DIR", self.state.path()).env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn up(&self, spec: &Path) -> Output {
+        self.boxer().arg("up").arg(spec).output().expect("boxer runs")
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("boxer.toml")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn hello_http_serves_the_page_across_nodes() {
+    let run = Run::new("up-hello");
+    let out = run.up(&example("hello-http"));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("client-0 | Hello from web-0, served over the Boxer overlay."), "{stdout}");
+    // The server logs the client by its overlay address.
+    assert!(stdout.contains("web-0    | 100.96.0.") && stdout.contains("\"GET / HTTP/1.1\" 200"), "{stdout}");
+}
+
+#[test]
+fn redis_bench_prints_results_and_logs_stay_readable() {
+    let run = Run::new("up-redis");
+    let out = run.up(&example("redis-bench"));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for op in ["SET", "GET"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with("bench-0 | ")
+                && l.contains(&format!("{op}: "))
+                && l.contains("requests per second")),
+            "{op} result missing:\n{stdout}"
+        );
+    }
+    assert!(stderr.contains("cluster redis-bench: 2/2 nodes joined"), "{stderr}");
+    // After the cluster ended: status and stored logs.
+    let status = run.boxer().args(["status", "redis-bench"]).output().unwrap();
+    let (s, _) = text(&status);
+    assert!(s.contains("(not running)") && s.contains("ended (exit 0)"), "{s}");
+    assert!(s.contains("bench-0") && s.contains("exited 0"), "{s}");
+    let logs = run.boxer().args(["logs", "db-0", "--cluster", "redis-bench"]).output().unwrap();
+    let (l, e) = text(&logs);
+    assert!(logs.status.success() && l.contains("Ready to accept connections"), "{l}\n{e}");
+}
+
+#[test]
+fn nginx_proxy_balances_across_both_backends() {
+    let run = Run::new("up-nginx");
+    let out = run.up(&example("nginx-proxy"));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let answers: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("client-0  | served by ")).collect();
+    assert_eq!(answers.len(), 4, "{stdout}");
+    assert!(answers.contains(&"backend-0") && answers.contains(&"backend-1"), "round-robin: {answers:?}");
+}
+
+#[test]
+fn dask_computes_across_three_workers() {
+    let has_dask = Command::new("python3").args(["-c", "import distributed"]).status().is_ok_and(|s| s.success());
+    assert!(has_dask, "dask is not installed (`.ci/run` installs it: pip install 'dask[distributed]')");
+    let run = Run::new("up-dask");
+    let out = run.up(&example("dask"));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("sum of squares 0..999 = 332833500"), "{stdout}");
+    assert!(stdout.contains("computed on 3 workers: worker-0, worker-1, worker-2"), "{stdout}");
+    assert!(stdout.contains("distributed sum 0..999999 = 499999500000"), "{stdout}");
+}
+
+#[test]
+fn the_exit_code_is_the_failing_main_service_s() {
+    let run = Run::new("up-exit");
+    let out = run
+        .boxer()
+        .args(["run", "-n", "2", "--name", "fails", "--", "sh", "-c", "echo started; exit 7"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(7), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("fails-0 | started") && stdout.contains("fails-1 | started"), "{stdout}");
+    assert!(stderr.contains("main service node fails-") && stderr.contains("exit code 7"), "{stderr}");
+
+    let dir = Scratch::new("up-exit-spec");
+    let spec = dir.path().join("boxer.toml");
+    std::fs::write(
+        &spec,
+        "[cluster]\nname = \"mixed\"\n[services.ok]\ncommand = [\"true\"]\nmain = true\n\
+         [services.bad]\ncommand = [\"sh\", \"-c\", \"sleep 0.5; exit 3\"]\nmain = true\n\
+         [services.bystander]\ncommand = [\"sleep\", \"600\"]\n",
+    )
+    .unwrap();
+    let out = run.up(&spec);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
+#[test]
+fn spec_errors_name_the_file_line_and_key_and_start_nothing() {
+    let run = Run::new("up-spec");
+    let dir = Scratch::new("up-spec-files");
+    let cases = [
+        ("[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\nbogus = 1\n", ":5:1", "unknown field `bogus`"),
+        ("[cluster]\nname = \"c\"\n[services.DB]\ncommand = [\"x\"]\n", ":3:11: services.DB", "invalid service name"),
+        (
+            "[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\n[services.db]\ncommand = [\"y\"]\n",
+            ":5:",
+            "duplicate",
+        ),
+        (
+            "[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\nwait_for = [\"db-7:1\"]\n",
+            ":5:13: services.db.wait_for",
+            "impossible target",
+        ),
+        ("[cluster]\nname = \"c\"\n[services.db]\ncommand = []\n", ":4:11: services.db.command", "empty command"),
+    ];
+    for (i, (source, position, message)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("case{i}.toml"));
+        std::fs::write(&path, source).unwrap();
+        let out = run.up(&path);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {stderr}");
+        let expected = format!("{}{position}", path.display());
+        assert!(
+            stderr.contains(&expected) && stderr.contains(message),
+            "case {i}: expected {expected:?} and {message:?} in:\n{stderr}"
+        );
+    }
+    assert!(!run.state.path().join("c").exists(), "nothing was started for a bad spec");
+    let out = run.up(&dir.path().join("missing.toml"));
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("missing.toml: cannot read"), "{stderr}");
+}
+
+/// Pids of processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(marker) && pid != std::process::id() {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Pids of processes in the network namespace `ns` (a /proc/PID/ns/net link).
+fn processes_in_namespace(ns: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let link = std::fs::read_link(e.path().join("ns/net")).ok()?;
+            (link.to_string_lossy() == ns).then_some(pid)
+        })
+        .collect()
+}
+
+/// Interrupts a `boxer up` if the test panics before handing it over.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child; it tears its cluster down on SIGTERM.
+        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
+    }
+}
+
+fn start_long_cluster(run: &Run, name: &str, marker: &str) -> (std::process::Child, String) {
+    let dir = run.state.path().join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("boxer.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[cluster]\nname = \"{name}\"\n[services.a]\nreplicas = 2\ncommand = [\"sh\", \"-c\", \"sleep {marker} & sleep {marker}; wait\"]\n\
+             [services.b]\ncommand = [\"python3\", \"-m\", \"http.server\", \"{port}\"]\nmain = true\n",
+            port = 7900
+        ),
+    )
+    .unwrap();
+    let mut child = run.boxer().arg("up").arg(&spec).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let pid = child.id();
+    let kill_on_failure = KillOnPanic(pid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = std::fs::read_to_string(run.state.path().join(name).join("status.json")).unwrap_or_default();
+        let sleeping = processes_with(&format!("sleep {marker}"))
+            .into_iter()
+            .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"))
+            .count();
+        if status.contains("\"state\": \"running\"") && sleeping == 4 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cluster did not come up ({sleeping} sleeping): {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::mem::forget(kill_on_failure);
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap().to_string_lossy().into_owned();
+    assert_ne!(ns, std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy(), "own namespace");
+    (child, ns)
+}
+
+fn assert_all_gone(marker: &str, ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_with(marker);
+        let in_ns = processes_in_namespace(ns);
+        if left.is_empty() && in_ns.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?} with the marker, {in_ns:?} in the namespace");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctrl_c_leaves_no_process_and_no_namespace() {
+    let run = Run::new("up-sigint");
+    let marker = "987651";
+    let (mut child, ns) = start_long_cluster(&run, "sigint", marker);
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted clusters exit with 130");
+    assert_all_gone(marker, &ns);
+}
+
+#[test]
+fn boxer_down_stops_a_running_cluster() {
+    let run = Run::new("up-down");
+    let marker = "987652";
+    let (mut child, ns) = start_long_cluster(&run, "downed", marker);
+    let out = run.boxer().args(["down", "downed"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success() && stdout.contains("cluster downed stopped"), "{stdout}\n{stderr}");
+    child.wait().unwrap();
+    assert_all_gone(marker, &ns);
+    let out = run.boxer().args(["down", "downed"]).output().unwrap();
+    assert!(text(&out).0.contains("is not running"));
+}
