@@ -273,3 +273,54 @@ fn boxer_down_stops_a_running_cluster() {
     let out = run.boxer().args(["down", "downed"]).output().unwrap();
     assert!(text(&out).0.contains("is not running"));
 }
+
+#[test]
+fn port_forward_reaches_a_node_from_outside_the_cluster() {
+    use std::io::{Read, Write};
+    let run = Run::new("up-forward");
+    let dir = run.state.path().join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("boxer.toml");
+    std::fs::write(
+        &spec,
+        "[cluster]\nname = \"fwd\"\n[services.db]\ncommand = [\"redis-server\", \"--port\", \"6379\", \"--protected-mode\", \"no\", \"--save\", \"\"]\n",
+    )
+    .unwrap();
+    let mut up = run.boxer().arg("up").arg(&spec).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let _stop = KillOnPanic(up.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(run.state.path().join("fwd/status.json")).unwrap_or_default().contains("\"running\"")
+    {
+        assert!(Instant::now() < deadline, "cluster did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut forward = run
+        .boxer()
+        .args(["port-forward", "db-0:6379", &port.to_string(), "--cluster", "fwd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // This test process is outside the cluster's namespace: it reaches redis
+    // only through the forward (on loopback).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reply = loop {
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"PING\r\n").unwrap();
+            let mut buf = [0u8; 7];
+            if c.read_exact(&mut buf).is_ok() {
+                break String::from_utf8_lossy(&buf).into_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no answer through the forward");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(reply, "+PONG\r\n");
+    // Ending the cluster ends the forward.
+    assert!(run.boxer().args(["down", "fwd"]).status().unwrap().success());
+    up.wait().unwrap();
+    let status = forward.wait().unwrap();
+    assert!(status.success(), "port-forward exits cleanly when its cluster ends");
+}

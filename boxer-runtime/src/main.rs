@@ -92,7 +92,19 @@ fn parse_wait_for(s: &str) -> Result<(String, u16), String> {
     Ok((name.to_owned(), port))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Errors are for people: the cause chain on one line, no backtrace.
+    let code = match run_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run_main() -> anyhow::Result<i32> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -102,9 +114,7 @@ fn main() -> anyhow::Result<()> {
     // One current-thread runtime per process: QUIC bulk transfer was 10-80%
     // slower on a multi-thread runtime (cross-thread wakeups per packet).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let code = runtime.block_on(run(args))?;
-    drop(runtime);
-    std::process::exit(code)
+    runtime.block_on(run(args))
 }
 
 /// A run directory we created, removed on drop.

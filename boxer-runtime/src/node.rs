@@ -287,6 +287,13 @@ impl Node {
         self.shared.listen(port, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
     }
 
+    /// Carries connections accepted on `listener` to `spec.target:spec.port`
+    /// (`spec.listen` is informational). The listener may live in another
+    /// network namespace than the node.
+    pub fn forward(&self, listener: TcpListener, spec: crate::ForwardSpec) {
+        tokio::spawn(forward::serve(self.shared.clone(), listener, spec));
+    }
+
     /// Ships output lines of the node's program to the rendezvous.
     pub async fn ship_logs(&self, lines: Vec<boxer_proto::control::LogLine>) {
         let _ = self.shared.to_rendezvous.send(NodeMessage::Logs(lines)).await;

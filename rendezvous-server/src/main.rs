@@ -28,7 +28,19 @@ struct Args {
     admin_token: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Errors are for people: the cause chain on one line, no backtrace.
+    let code = match run_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run_main() -> anyhow::Result<i32> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -62,6 +74,6 @@ fn main() -> anyhow::Result<()> {
             closer.close();
         });
         server.run().await;
-        Ok(())
+        Ok(0)
     })
 }

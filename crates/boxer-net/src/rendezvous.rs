@@ -32,6 +32,13 @@ pub enum RendezvousError {
         /// The error.
         source: quinn::ConnectionError,
     },
+    /// The rendezvous closed the connection in an orderly way (it shut down,
+    /// or the cluster ended).
+    #[error("the rendezvous closed the connection{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    Closed {
+        /// What it said.
+        reason: String,
+    },
     /// The rendezvous refused the request and said why.
     #[error("rendezvous refused: {reason} (code {code})")]
     Refused {
@@ -117,6 +124,9 @@ fn frame_error(addr: SocketAddr, conn: &quinn::Connection, source: FrameError) -
 
 fn connection_error(addr: SocketAddr, source: quinn::ConnectionError) -> RendezvousError {
     match source {
+        quinn::ConnectionError::ApplicationClosed(close) if close.error_code.into_inner() == 0 => {
+            RendezvousError::Closed { reason: String::from_utf8_lossy(&close.reason).into_owned() }
+        }
         quinn::ConnectionError::ApplicationClosed(close) => RendezvousError::Refused {
             code: close.error_code.into_inner(),
             reason: String::from_utf8_lossy(&close.reason).into_owned(),

@@ -65,6 +65,25 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Reach a port of a node in a running cluster from this machine.
+    ///
+    /// Joins the cluster as a member (`port-forward-<i>`) and carries every
+    /// connection to LOCAL_PORT (default: the same port) on --address to
+    /// NAME:PORT over the overlay, like `ssh -L`. Runs until Ctrl-C or until
+    /// the cluster ends.
+    PortForward {
+        /// The target, e.g. db-0:6379 (a bare service name picks its first replica).
+        #[arg(value_name = "NAME:PORT")]
+        target: String,
+        /// Local port to listen on (default: PORT).
+        local_port: Option<u16>,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+        /// Cluster name (default: the most recent).
+        #[arg(long)]
+        cluster: Option<String>,
+    },
     /// Stop a running cluster (the `boxer up` that runs it tears it down).
     Down {
         /// Cluster name (default: the most recent).
@@ -177,7 +196,19 @@ impl RendezvousArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // Errors are for people: the cause chain on one line, no backtrace.
+    let code = match run_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run_main() -> anyhow::Result<i32> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -203,18 +234,25 @@ fn main() -> anyhow::Result<()> {
             )
         })?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let code = match launch {
-        Some((spec, launch)) => runtime.block_on(up::up(spec, launch.options()))?,
-        None => runtime.block_on(run(cli))?,
+    let forward = match &cli.command {
+        Command::PortForward { target, local_port, address, cluster } => {
+            Some(prepare_port_forward(target, *local_port, *address, cluster.clone())?)
+        }
+        _ => None,
     };
-    drop(runtime);
-    std::process::exit(code)
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if let Some(forward) = forward {
+        return runtime.block_on(port_forward(forward));
+    }
+    match launch {
+        Some((spec, launch)) => runtime.block_on(up::up(spec, launch.options())),
+        None => runtime.block_on(run(cli)),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Up { .. } | Command::Run { .. } => unreachable!("handled in main"),
+        Command::Up { .. } | Command::Run { .. } | Command::PortForward { .. } => unreachable!("handled in main"),
         Command::Status { cluster } => status(cluster)?,
         Command::Logs { node, cluster, follow } => logs(node, cluster, follow).await?,
         Command::Down { cluster } => down(cluster).await?,
@@ -361,6 +399,87 @@ async fn logs(node: Option<String>, cluster: Option<String>, follow: bool) -> an
             }
         }
     }
+}
+
+/// A port-forward set up before the runtime starts: the listener is bound in
+/// the caller's namespace, then the process enters the cluster's.
+struct PortForward {
+    listener: std::net::TcpListener,
+    join: state::JoinInfo,
+    target: String,
+    port: u16,
+}
+
+fn prepare_port_forward(
+    target: &str,
+    local_port: Option<u16>,
+    address: std::net::IpAddr,
+    cluster: Option<String>,
+) -> anyhow::Result<PortForward> {
+    let (name, port) = target
+        .rsplit_once(':')
+        .and_then(|(n, p)| Some((n.to_owned(), p.parse::<u16>().ok().filter(|p| *p != 0)?)))
+        .filter(|(n, _)| !n.is_empty())
+        .with_context(|| format!("{target:?}: expected NAME:PORT, e.g. db-0:6379"))?;
+    let cluster = pick_cluster(cluster)?;
+    let dir = state::cluster_dir(&cluster);
+    anyhow::ensure!(state::running_pid(&dir).is_some(), "cluster {cluster} is not running (start it with boxer up)");
+    let join = state::JoinInfo::read(&dir).with_context(|| format!("reading {}", dir.join("join.json").display()))?;
+    let local = SocketAddr::new(address, local_port.unwrap_or(port));
+    // Bound here, in the caller's namespace: it stays there after we enter the cluster's.
+    let listener = std::net::TcpListener::bind(local).with_context(|| format!("listening on {local}"))?;
+    if join.own_namespace {
+        netns::join(join.pid).map_err(|e| anyhow::anyhow!("entering the namespace of cluster {cluster}: {e}"))?;
+    }
+    Ok(PortForward { listener, join, target: name, port })
+}
+
+async fn port_forward(f: PortForward) -> anyhow::Result<i32> {
+    use boxer_runtime::{ForwardSpec, Node, NodeConfig};
+    let fingerprint: Fingerprint = f.join.fingerprint.parse()?;
+    let local = f.listener.local_addr()?;
+    let mut index = 0;
+    let node = loop {
+        let config = NodeConfig {
+            rendezvous: RendezvousAddr { addr: f.join.rendezvous, fingerprint },
+            cluster: f.join.cluster.clone(),
+            join_token: f.join.token.clone(),
+            service: "port-forward".into(),
+            index,
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            forwards: vec![],
+            expose: vec![],
+            status_file: None,
+            run_dir: None,
+            shared_namespace: false,
+        };
+        match Node::start(config).await {
+            Ok(node) => break node,
+            // Another port-forward holds this index: take the next.
+            Err(boxer_runtime::NodeError::Rendezvous(rendezvous::RendezvousError::Refused { code, .. }))
+                if code == boxer_proto::control::CloseCode::Conflict.code() as u64 && index < 255 =>
+            {
+                index += 1;
+            }
+            Err(e) => return Err(e).context(format!("joining cluster {}", f.join.cluster)),
+        }
+    };
+    f.listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(f.listener)?;
+    node.forward(listener, ForwardSpec { listen: local, target: f.target.clone(), port: f.port });
+    eprintln!(
+        "forwarding {local} -> {}:{} in cluster {} as {} (Ctrl-C to stop)",
+        f.target,
+        f.port,
+        f.join.cluster,
+        node.joined().names[0]
+    );
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        e = node.stopped() => eprintln!("cluster {} ended: {e}", f.join.cluster),
+    }
+    node.shutdown().await;
+    Ok(0)
 }
 
 async fn down(cluster: Option<String>) -> anyhow::Result<()> {

@@ -28,6 +28,29 @@ pub fn enter() -> Result<(), String> {
     }
 }
 
+/// Enters the network namespace of process `pid` (and first its user
+/// namespace when not root). Single-threaded callers only.
+pub fn join(pid: i32) -> Result<(), String> {
+    let open = |kind: &str| {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))
+    };
+    // SAFETY: setns on namespace files we opened; runs single-threaded.
+    unsafe {
+        if libc::geteuid() != 0 {
+            let user = open("user")?;
+            if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&user), libc::CLONE_NEWUSER) != 0 {
+                return Err(format!("entering the user namespace of {pid}: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let net = open("net")?;
+        if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&net), libc::CLONE_NEWNET) != 0 {
+            return Err(format!("entering the network namespace of {pid}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 /// `ip link set lo up`, by ioctl.
 unsafe fn loopback_up() -> Result<(), String> {
     // SAFETY: a throwaway socket and an ifreq naming "lo".

@@ -98,7 +98,9 @@ impl LocalProvider {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("starting {} for {node}", self.runtime.display()))?;
+        let mut child = cmd.spawn().with_context(|| {
+            format!("starting {} for {node} in {}", self.runtime.display(), service.workdir.display())
+        })?;
         if let Some(pid) = child.id() {
             self.pids.insert(node.clone(), pid as i32);
         }

@@ -152,6 +152,8 @@ impl Ctx<'_> {
 
 /// Reads and validates a spec file.
 pub fn load(path: &Path) -> Result<Spec, SpecError> {
+    // Absolute, so that workdirs relative to the file are too.
+    let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let source = std::fs::read_to_string(path).map_err(|e| SpecError {
         path: path.to_owned(),
         position: None,

@@ -95,3 +95,41 @@ impl Status {
         serde_json::from_slice(&std::fs::read(dir.join("status.json"))?).map_err(std::io::Error::other)
     }
 }
+
+/// How to join a running cluster (`join.json`, readable by the owner only):
+/// what `boxer port-forward` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinInfo {
+    /// Rendezvous address.
+    pub rendezvous: std::net::SocketAddr,
+    /// Its certificate fingerprint (hex).
+    pub fingerprint: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Join token.
+    pub token: String,
+    /// Pid of `boxer up`, whose network namespace the cluster lives in.
+    pub pid: i32,
+    /// Whether the cluster has its own namespace (`--net shared`).
+    pub own_namespace: bool,
+}
+
+impl JoinInfo {
+    /// Writes `join.json` with mode 0600.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join("join.json"))?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)
+    }
+
+    /// Reads `join.json`.
+    pub fn read(dir: &Path) -> std::io::Result<Self> {
+        serde_json::from_slice(&std::fs::read(dir.join("join.json"))?).map_err(std::io::Error::other)
+    }
+}

@@ -76,6 +76,7 @@ pub async fn up(spec: Spec, options: UpOptions) -> anyhow::Result<i32> {
         .with_context(|| format!("writing {}", dir.join("up.pid").display()))?;
     let result = run(&spec, &options, &dir).await;
     let _ = std::fs::remove_file(dir.join("up.pid"));
+    let _ = std::fs::remove_file(dir.join("join.json"));
     result
 }
 
@@ -183,6 +184,16 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
         let _ = status.write(dir);
     };
 
+    state::JoinInfo {
+        rendezvous: join.rendezvous,
+        fingerprint: join.fingerprint.clone(),
+        cluster: join.cluster.clone(),
+        token: join.token.clone(),
+        pid: std::process::id() as i32,
+        own_namespace: options.net == NetMode::Shared,
+    }
+    .write(dir)
+    .with_context(|| format!("writing {}", dir.join("join.json").display()))?;
     for (service, index) in spec.nodes() {
         provider.launch(&join, service, index)?;
     }
