@@ -26,7 +26,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbou
         let shared = shared.clone();
         tokio::spawn(
             async move {
-                let (tcp, local_port) = match connect_local(&shared, target).await {
+                let (tcp, local_port) = match connect_local(&shared, target, stream.header.src).await {
                     Ok(x) => x,
                     Err(e) => {
                         warn!(%target, "local connect failed: {e}");
@@ -38,7 +38,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbou
                         return;
                     }
                 };
-                shared.registry.lock().expect("registry lock").inbound(local_port, stream.header.src);
                 let _ = tcp.set_nodelay(true);
                 match proxy::splice(tcp, stream.send, stream.recv).await {
                     Ok(stats) => debug!(sent = stats.sent, received = stats.received, "closed"),
@@ -52,10 +51,22 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbou
 }
 
 /// Connects to the app from the node's loopback address, so the shim in the
-/// app recognises the connection and reports its overlay peer.
-async fn connect_local(shared: &Shared, target: SocketAddr) -> std::io::Result<(TcpStream, u16)> {
+/// app recognises the connection and reports its overlay peer `src`. The
+/// registration comes first: the app may `accept` before `connect` returns.
+async fn connect_local(
+    shared: &Shared,
+    target: SocketAddr,
+    src: std::net::SocketAddrV4,
+) -> std::io::Result<(TcpStream, u16)> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((shared.loopback, 0)))?;
     let port = socket.local_addr()?.port();
-    Ok((socket.connect(target).await?, port))
+    shared.registry.lock().expect("registry lock").inbound(port, src);
+    match socket.connect(target).await {
+        Ok(tcp) => Ok((tcp, port)),
+        Err(e) => {
+            shared.registry.lock().expect("registry lock").end_inbound(port);
+            Err(e)
+        }
+    }
 }

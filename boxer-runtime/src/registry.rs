@@ -68,7 +68,12 @@ impl Registry {
 
     /// Overlay peer of an app socket with loopback `local` and `peer` ports.
     pub fn lookup(&self, local_port: u16, peer_port: u16) -> Option<SocketAddrV4> {
-        self.outbound.get(&local_port).or_else(|| self.inbound.get(&peer_port)).copied()
+        self.outbound
+            .get(&local_port)
+            // Connected but not yet accepted by the proxy (the app may ask at once).
+            .or_else(|| self.pending.get(&local_port).map(|p| &p.dst))
+            .or_else(|| self.inbound.get(&peer_port))
+            .copied()
     }
 }
 
@@ -81,6 +86,7 @@ mod tests {
         let mut r = Registry::default();
         let dst: SocketAddrV4 = "100.96.0.2:6379".parse().unwrap();
         r.register(40000, NodeId(2), dst);
+        assert_eq!(r.lookup(40000, 5555), Some(dst), "known before the proxy accepts");
         assert_eq!(r.claim(40000).map(|p| p.dst), Some(dst));
         assert!(r.claim(40000).is_none(), "claimed once");
         assert_eq!(r.lookup(40000, 5555), Some(dst));

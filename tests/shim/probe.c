@@ -166,6 +166,16 @@ static int client(const char *host, int port, int closed, const char *unknown) {
     check_exchange("blocking", fd, server_addr);
     close(fd);
 
+    /* A repeated connect answers like the kernel; a destination on a connected
+     * TCP socket's sendto is ignored, not refused. */
+    fd = connect_v4(ip, port, 0, &err);
+    struct sockaddr_in again = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr = ip};
+    CHECK("connect on a connected socket: EISCONN",
+          connect(fd, (void *)&again, sizeof again) < 0 && errno == EISCONN, "errno %s", strerror(errno));
+    CHECK("sendto with an overlay address on a connected TCP socket is sent",
+          sendto(fd, "x", 1, 0, (void *)&again, sizeof again) == 1, "errno %s", strerror(errno));
+    close(fd);
+
     /* Non-blocking connect: EINPROGRESS (or immediate success), then SO_ERROR 0. */
     fd = connect_v4(ip, port, 1, &err);
     CHECK("non-blocking connect returns EINPROGRESS or succeeds", err == EINPROGRESS || err == 0, "errno %s",
@@ -220,6 +230,10 @@ static int client(const char *host, int port, int closed, const char *unknown) {
           strerror(errno));
     char peer6[80], want6[100];
     name_of(f6, 1, peer6, sizeof peer6);
+    int f24 = socket(AF_INET6, SOCK_STREAM, 0);
+    CHECK("AF_INET6 connect with a 24-byte (RFC 2133) address", connect(f24, (void *)&s6, 24) == 0, "%s",
+          strerror(errno));
+    close(f24);
     snprintf(want6, sizeof want6, "::ffff:%s", server_addr);
     CHECK("AF_INET6 getpeername is the v4-mapped overlay address", strcmp(peer6, want6) == 0, "got %s, want %s",
           peer6, want6);

@@ -71,6 +71,13 @@ impl Config {
     }
 }
 
+/// Whether `ip` is in Boxer's default overlay network. Used when the shim is
+/// loaded without its environment, to fail closed rather than send there.
+pub fn in_default_overlay(ip: Ipv4Addr) -> bool {
+    static DEFAULT: OnceLock<Ipv4Net> = OnceLock::new();
+    DEFAULT.get_or_init(|| boxer_proto::control::DEFAULT_OVERLAY.parse().expect("valid default network")).contains(&ip)
+}
+
 /// Reads the configuration once (called from the load-time constructor).
 pub fn init() {
     CONFIG.get_or_init(Config::from_env);

@@ -33,13 +33,31 @@ pub unsafe fn read(addr: *const sockaddr, len: socklen_t) -> Option<(SocketAddrV
                 let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
                 Some((SocketAddrV4::new(ip, u16::from_be(sin.sin_port)), Family::V4))
             }
-            AF_INET6 if len as usize >= std::mem::size_of::<sockaddr_in6>() => {
-                let sin6 = std::ptr::read_unaligned(addr.cast::<sockaddr_in6>());
+            // Linux accepts the 24-byte RFC 2133 form (no scope id) too.
+            AF_INET6 if len as usize >= SIN6_LEN_RFC2133 => {
+                let sin6 = read_sin6(addr, len);
                 let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).to_ipv4_mapped()?;
                 Some((SocketAddrV4::new(ip, u16::from_be(sin6.sin6_port)), Family::V6Mapped))
             }
             _ => None,
         }
+    }
+}
+
+/// Shortest IPv6 socket address the kernel accepts: without `sin6_scope_id`.
+pub const SIN6_LEN_RFC2133: usize = 24;
+
+/// Copies an app's IPv6 address (24 or 28 bytes) into a full structure.
+///
+/// # Safety
+/// `addr` must point to `len >= 24` readable bytes.
+pub unsafe fn read_sin6(addr: *const sockaddr, len: socklen_t) -> sockaddr_in6 {
+    // SAFETY: all-zero is a valid sockaddr_in6; we copy at most its size.
+    unsafe {
+        let mut sin6: sockaddr_in6 = std::mem::zeroed();
+        let n = (len as usize).min(std::mem::size_of::<sockaddr_in6>());
+        std::ptr::copy_nonoverlapping(addr.cast::<u8>(), (&raw mut sin6).cast::<u8>(), n);
+        sin6
     }
 }
 

@@ -66,6 +66,10 @@ real_table! {
     open64: fn(*const c_char, c_int, libc::mode_t) -> c_int;
     openat: fn(c_int, *const c_char, c_int, libc::mode_t) -> c_int;
     openat64: fn(c_int, *const c_char, c_int, libc::mode_t) -> c_int;
+    __open_2: fn(*const c_char, c_int) -> c_int;
+    __open64_2: fn(*const c_char, c_int) -> c_int;
+    __openat_2: fn(c_int, *const c_char, c_int) -> c_int;
+    __openat64_2: fn(c_int, *const c_char, c_int) -> c_int;
     fopen: fn(*const c_char, *const c_char) -> *mut FILE;
     fopen64: fn(*const c_char, *const c_char) -> *mut FILE;
 }

@@ -85,6 +85,38 @@ macro_rules! fopen_hook {
     };
 }
 
+macro_rules! fortify_open_hook {
+    ($name:ident) => {
+        /// Redirecting `_FORTIFY_SOURCE` entry point of two-argument `open`.
+        ///
+        /// # Safety
+        /// Called by C with the arguments of `open(2)` without a mode.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int) -> c_int {
+            let Some(real) = real::get().$name else { return fail(libc::ENOSYS) };
+            with_path(path, |p| unsafe { real(p, flags) })
+        }
+    };
+}
+
+macro_rules! fortify_openat_hook {
+    ($name:ident) => {
+        /// Redirecting `_FORTIFY_SOURCE` entry point of two-argument `openat`.
+        ///
+        /// # Safety
+        /// Called by C with the arguments of `openat(2)` without a mode.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int {
+            let Some(real) = real::get().$name else { return fail(libc::ENOSYS) };
+            with_path(path, |p| unsafe { real(dirfd, p, flags) })
+        }
+    };
+}
+
+fortify_open_hook!(__open_2);
+fortify_open_hook!(__open64_2);
+fortify_openat_hook!(__openat_2);
+fortify_openat_hook!(__openat64_2);
 open_hook!(open);
 open_hook!(open64);
 openat_hook!(openat);

@@ -13,7 +13,7 @@ use std::net::SocketAddrV4;
 use boxer_proto::shim::{ShimRequest, ShimResponse};
 use libc::{
     AF_INET6, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ENOSYS, SO_TYPE, SOCK_STREAM, SOL_SOCKET, c_int, c_uint, c_void,
-    mmsghdr, msghdr, size_t, sockaddr, sockaddr_in6, sockaddr_storage, socklen_t, ssize_t,
+    mmsghdr, msghdr, size_t, sockaddr, sockaddr_storage, socklen_t, ssize_t,
 };
 
 use crate::config::{self, Config};
@@ -54,14 +54,34 @@ fn v6_only(fd: c_int) -> bool {
     r == 0 && on != 0
 }
 
-/// Whether a real IPv6 address is the wildcard `::`.
-unsafe fn is_v6_wildcard(addr: *const sockaddr, len: socklen_t) -> bool {
-    if addr.is_null() || (len as usize) < std::mem::size_of::<sockaddr_in6>() {
-        return false;
+/// The port of a real IPv6 wildcard address `[::]:port`.
+unsafe fn v6_wildcard_port(addr: *const sockaddr, len: socklen_t) -> Option<u16> {
+    if addr.is_null() || (len as usize) < inet::SIN6_LEN_RFC2133 {
+        return None;
     }
-    // SAFETY: length checked; unaligned read of the app's buffer.
-    let sin6 = unsafe { std::ptr::read_unaligned(addr.cast::<sockaddr_in6>()) };
-    sin6.sin6_family as c_int == AF_INET6 && sin6.sin6_addr.s6_addr == [0; 16]
+    // SAFETY: length checked.
+    let sin6 = unsafe { inet::read_sin6(addr, len) };
+    (sin6.sin6_family as c_int == AF_INET6 && sin6.sin6_addr.s6_addr == [0; 16]).then(|| u16::from_be(sin6.sin6_port))
+}
+
+/// The local port of `fd` whatever its family (0 if unbound).
+fn local_port(fd: c_int) -> Option<u16> {
+    let (s, len) = real_addr(real::get().getsockname, fd)?;
+    let ptr: *const sockaddr = (&raw const s).cast();
+    // SAFETY: `s` holds `len` bytes written by getsockname.
+    unsafe { inet::read(ptr, len).map(|(a, _)| a.port()).or_else(|| v6_wildcard_port(ptr, len)) }
+}
+
+/// Whether a TCP socket is past `TCP_CLOSE`: connecting or connected. Such a
+/// socket's `connect` goes straight to the kernel, which answers `EALREADY`
+/// or `EISCONN` without sending anything.
+fn already_connecting(fd: c_int) -> bool {
+    // SAFETY: zeroed tcp_info is valid; we pass its size.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as socklen_t;
+    let r = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) };
+    const TCP_CLOSE: u8 = 7;
+    r == 0 && info.tcpi_state != TCP_CLOSE
 }
 
 fn call_real(
@@ -93,8 +113,12 @@ unsafe fn connect_impl(
     len: socklen_t,
 ) -> c_int {
     let passthrough = || unsafe { real(fd, addr, len) };
-    let Some(config) = config::get() else { return passthrough() };
     let Some((dst, family)) = (unsafe { inet::read(addr, len) }) else { return passthrough() };
+    let Some(config) = config::get() else {
+        // Loaded without its runtime's environment (a child that cleared
+        // it): the overlay is unreachable, and must not be tried for real.
+        return if config::in_default_overlay(*dst.ip()) { fail(ENETUNREACH) } else { passthrough() };
+    };
     if !config.is_overlay(*dst.ip()) {
         return passthrough();
     }
@@ -106,19 +130,25 @@ unsafe fn connect_impl(
         // Our own overlay address: the app's listener is on our loopback address.
         return call_real(real, fd, SocketAddrV4::new(config.loopback, dst.port()), family);
     }
+    if already_connecting(fd) {
+        // A repeated connect (event loops poll with it): the kernel answers.
+        return passthrough();
+    }
     let saved = errno();
-    let src = match local_v4(fd) {
-        Some(a) if a.port() != 0 => a,
+    let port = match local_port(fd) {
+        Some(p) if p != 0 => p,
         _ => {
             if let Some(bind) = real::get().bind {
                 call_real(bind, fd, SocketAddrV4::new(config.loopback, 0), family);
             }
-            match local_v4(fd) {
-                Some(a) if a.port() != 0 => a,
+            match local_port(fd) {
+                Some(p) if p != 0 => p,
                 _ => return fail(ENETUNREACH),
             }
         }
     };
+    // The runtime matches the accepted connection by its source port.
+    let src = SocketAddrV4::new(config.loopback, port);
     set_errno(saved);
     match control::ask(config, &ShimRequest::Connect { src, dst }) {
         Some(ShimResponse::Proxy(proxy)) => call_real(real, fd, proxy, family),
@@ -152,7 +182,7 @@ unsafe fn bind_impl(
         Some((a, family)) if *a.ip() == config.overlay_ip || (a.ip().is_unspecified() && config.shared_namespace) => {
             call_real(real, fd, SocketAddrV4::new(config.loopback, a.port()), family)
         }
-        None if config.shared_namespace && unsafe { is_v6_wildcard(addr, len) } => {
+        None if config.shared_namespace && unsafe { v6_wildcard_port(addr, len) }.is_some() => {
             if v6_only(fd) {
                 // An IPv6-only listener cannot serve the (IPv4) overlay, and
                 // every node's would collide on [::]:port in a shared
@@ -160,8 +190,7 @@ unsafe fn bind_impl(
                 // both families (redis, nginx) handle by skipping IPv6.
                 return fail(libc::EADDRNOTAVAIL);
             }
-            // SAFETY: is_v6_wildcard checked the length.
-            let port = u16::from_be(unsafe { std::ptr::read_unaligned(addr.cast::<sockaddr_in6>()) }.sin6_port);
+            let port = unsafe { v6_wildcard_port(addr, len) }.unwrap_or(0);
             call_real(real, fd, SocketAddrV4::new(config.loopback, port), Family::V6Mapped)
         }
         _ => passthrough(),
@@ -195,9 +224,7 @@ fn announce_listener(config: &Config, fd: c_int) {
         // SAFETY: `s` holds `len` bytes written by getsockname.
         let port = match unsafe { inet::read(ptr, len) } {
             Some((a, _)) if a.ip().is_unspecified() || *a.ip() == config.loopback => Some(a.port()),
-            None if unsafe { is_v6_wildcard(ptr, len) } => {
-                Some(u16::from_be(unsafe { std::ptr::read_unaligned(ptr.cast::<sockaddr_in6>()) }.sin6_port))
-            }
+            None => unsafe { v6_wildcard_port(ptr, len) },
             _ => None,
         };
         if let Some(port) = port {
@@ -336,11 +363,17 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
     unsafe { name_common(fd, addr, len, real::get().getsockname, false) }
 }
 
-/// Whether a datagram destination is in the overlay (and must not be sent).
-unsafe fn overlay_destination(addr: *const sockaddr, len: socklen_t) -> bool {
-    let Some(config) = config::get() else { return false };
+/// Whether a send with an explicit destination must be refused: a datagram
+/// (or a TCP Fast Open SYN) towards the overlay. Connected TCP sockets
+/// ignore the destination, so their sends pass.
+unsafe fn overlay_destination(fd: c_int, flags: c_int, addr: *const sockaddr, len: socklen_t) -> bool {
     // SAFETY: the caller's address and length.
-    unsafe { inet::read(addr, len) }.is_some_and(|(a, _)| config.is_overlay(*a.ip()))
+    let Some((dst, _)) = (unsafe { inet::read(addr, len) }) else { return false };
+    let overlay = match config::get() {
+        Some(config) => config.is_overlay(*dst.ip()),
+        None => config::in_default_overlay(*dst.ip()),
+    };
+    overlay && (flags & libc::MSG_FASTOPEN != 0 || socket_type(fd) != Some(SOCK_STREAM))
 }
 
 /// `sendto`: only the destination is checked; overlay UDP fails with
@@ -359,7 +392,7 @@ pub unsafe extern "C" fn sendto(
 ) -> ssize_t {
     let Some(real) = real::get().sendto else { return fail(ENOSYS) as ssize_t };
     // SAFETY: arguments passed through from the caller.
-    if !addr.is_null() && guard(|| unsafe { overlay_destination(addr, len) }, || false) {
+    if !addr.is_null() && guard(|| unsafe { overlay_destination(fd, flags, addr, len) }, || false) {
         return fail(ENETUNREACH) as ssize_t;
     }
     unsafe { real(fd, buf, n, flags, addr, len) }
@@ -373,7 +406,8 @@ pub unsafe extern "C" fn sendto(
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     let Some(real) = real::get().sendmsg else { return fail(ENOSYS) as ssize_t };
     // SAFETY: `msg` is the caller's valid msghdr.
-    if !msg.is_null() && guard(|| unsafe { overlay_destination((*msg).msg_name.cast(), (*msg).msg_namelen) }, || false)
+    if !msg.is_null()
+        && guard(|| unsafe { overlay_destination(fd, flags, (*msg).msg_name.cast(), (*msg).msg_namelen) }, || false)
     {
         return fail(ENETUNREACH) as ssize_t;
     }
@@ -391,7 +425,7 @@ pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, count: c_uint, 
         (0..count as usize).any(|i| {
             // SAFETY: the caller's array of `count` messages.
             let hdr = unsafe { &(*msgs.add(i)).msg_hdr };
-            unsafe { overlay_destination(hdr.msg_name.cast(), hdr.msg_namelen) }
+            unsafe { overlay_destination(fd, flags, hdr.msg_name.cast(), hdr.msg_namelen) }
         })
     };
     if !msgs.is_null() && guard(any_overlay, || false) {

@@ -256,6 +256,38 @@ unsafe fn fill_hostent(
     Ok(())
 }
 
+/// The `_r` result convention: 0 and `*result = ret` on success; `ERANGE`
+/// with `*h_errnop = NETDB_INTERNAL` and `errno = ERANGE` when the buffer is
+/// too small (callers grow it and retry).
+unsafe fn fill_r(
+    names: &[String],
+    ips: &[Ipv4Addr],
+    ret: *mut hostent,
+    buf: *mut c_char,
+    len: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    const NETDB_INTERNAL: c_int = -1;
+    // SAFETY: the caller's buffers and out-pointers.
+    unsafe {
+        match fill_hostent(names, ips, ret, buf, len) {
+            Ok(()) => {
+                *result = ret;
+                0
+            }
+            Err(e) => {
+                *result = std::ptr::null_mut();
+                if !h_errnop.is_null() {
+                    *h_errnop = NETDB_INTERNAL;
+                }
+                crate::set_errno(e);
+                e
+            }
+        }
+    }
+}
+
 /// Storage behind the non-reentrant calls (glibc keeps one per thread too).
 struct Static {
     host: hostent,
@@ -364,23 +396,13 @@ pub unsafe extern "C" fn gethostbyname2_r(
                 *h_errnop = code;
             }
         }
-        // glibc reports "no such host" as ENOENT with a null result.
-        libc::ENOENT
+        // glibc (nss/getXXbyYY_r.c) reports "no such host" as 0 with a null result.
+        0
     };
     guard(
         || match unsafe { lookup(name) } {
             (Lookup::Found(_), _, _) if af != AF_INET => not_found(NO_DATA),
-            (Lookup::Found(ips), _, text) => match unsafe { fill_hostent(&[text], &ips, ret, buf, len) } {
-                Ok(()) => {
-                    // SAFETY: the caller's out-pointer.
-                    unsafe { *result = ret };
-                    0
-                }
-                Err(e) => {
-                    unsafe { *result = std::ptr::null_mut() };
-                    e
-                }
-            },
+            (Lookup::Found(ips), _, text) => unsafe { fill_r(&[text], &ips, ret, buf, len, result, h_errnop) },
             (Lookup::NotFound, _, _) => not_found(HOST_NOT_FOUND),
             (Lookup::Real, _, _) => real(),
         },
@@ -454,17 +476,8 @@ pub unsafe extern "C" fn gethostbyaddr_r(
             // SAFETY: 4 readable bytes (checked `len`).
             let ip = Ipv4Addr::from(unsafe { std::ptr::read_unaligned(addr.cast::<[u8; 4]>()) });
             let Some(names) = reverse(ip) else { return real() };
-            // SAFETY: the caller's buffers and out-pointer.
-            match unsafe { fill_hostent(&names, &[ip], ret, buf, buflen) } {
-                Ok(()) => {
-                    unsafe { *result = ret };
-                    0
-                }
-                Err(e) => {
-                    unsafe { *result = std::ptr::null_mut() };
-                    e
-                }
-            }
+            // SAFETY: the caller's buffers and out-pointers.
+            unsafe { fill_r(&names, &[ip], ret, buf, buflen, result, h_errnop) }
         },
         real,
     )
