@@ -16,8 +16,19 @@ use crate::node::Shared;
 /// Takes every inbound stream and splices it to its local port.
 pub(crate) async fn serve(shared: Arc<Shared>, mut inbound: mpsc::Receiver<InboundStream>) {
     while let Some(stream) = inbound.recv().await {
-        let target = shared.exposed.lock().expect("exposed lock").get(&stream.header.dst_port).copied();
         let span = info_span!("inbound", peer = %stream.from, src = %stream.header.src, port = stream.header.dst_port);
+        // The sender must still be a member, and may only claim its own
+        // overlay address as the source (apps may trust it for access control).
+        let sender_ip = shared.membership.borrow().get(stream.from).map(|m| m.overlay_ip);
+        if sender_ip != Some(*stream.header.src.ip()) {
+            span.in_scope(|| match sender_ip {
+                None => warn!("refused: the sender is no longer a member"),
+                Some(ip) => warn!(%ip, "refused: the sender claims another node's address"),
+            });
+            proxy::refuse(stream.send, stream.recv, StreamError::Protocol);
+            continue;
+        }
+        let target = shared.exposed.lock().expect("exposed lock").get(&stream.header.dst_port).copied();
         let Some(target) = target else {
             span.in_scope(|| debug!("refused: port not exposed"));
             proxy::refuse(stream.send, stream.recv, StreamError::Refused);

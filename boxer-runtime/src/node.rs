@@ -361,22 +361,28 @@ fn start_shim_side(shared: &Arc<Shared>, dir: &std::path::Path, span: &tracing::
     Ok(ShimFiles { control, etc_dir })
 }
 
-/// Most log lines merged into one message. Bounds a frame well under the
-/// 1 MiB limit even with maximal lines (64 x 16 KiB).
-const LOG_BATCH: usize = 64;
-
 async fn send_loop(mut sender: SessionSender, mut rx: mpsc::Receiver<NodeMessage>, fail: impl Fn(NodeError)) {
-    while let Some(mut msg) = rx.recv().await {
-        // Merge log lines that are already queued into one message.
+    use boxer_proto::control::{MAX_LOG_BATCH_BYTES, MAX_LOG_BATCH_LINES};
+    let mut next: Option<NodeMessage> = None;
+    loop {
+        let Some(mut msg) = next.take().or(rx.recv().await) else { return };
+        // Merge log lines already queued into one message, within the
+        // server's batch limits (lines arrive one by one, each <= MAX_LOG_LINE).
         if let NodeMessage::Logs(lines) = &mut msg {
-            while lines.len() < LOG_BATCH {
+            let mut bytes: usize = lines.iter().map(|l| l.text.len()).sum();
+            while lines.len() < MAX_LOG_BATCH_LINES {
                 match rx.try_recv() {
-                    Ok(NodeMessage::Logs(more)) => lines.extend(more),
-                    Ok(other) => {
-                        let batch = std::mem::replace(&mut msg, other);
-                        if let Err(e) = sender.send(&batch).await {
-                            return fail(e.into());
+                    Ok(NodeMessage::Logs(more)) => {
+                        let more_bytes: usize = more.iter().map(|l| l.text.len()).sum();
+                        if bytes + more_bytes > MAX_LOG_BATCH_BYTES || lines.len() + more.len() > MAX_LOG_BATCH_LINES {
+                            next = Some(NodeMessage::Logs(more));
+                            break;
                         }
+                        bytes += more_bytes;
+                        lines.extend(more);
+                    }
+                    Ok(other) => {
+                        next = Some(other);
                         break;
                     }
                     Err(_) => break,

@@ -20,9 +20,27 @@ pub async fn relay(node: Node, pipe: impl AsyncRead + Unpin, stream: Stream, mut
         let _ = echo.write_all(&buf[..n]).await;
         let _ = echo.flush().await;
         let text = String::from_utf8_lossy(buf.strip_suffix(b"\n").unwrap_or(&buf));
-        let text = terminal_view(&text).to_owned();
-        node.ship_logs(vec![LogLine { stream, text }]).await;
+        // Lossy conversion can grow the text (3 bytes per invalid byte): cut
+        // again, at character boundaries, to the carried limit.
+        for piece in split_at_most(terminal_view(&text), MAX_LOG_LINE) {
+            node.ship_logs(vec![LogLine { stream, text: piece.to_owned() }]).await;
+        }
     }
+}
+
+/// `text` in pieces of at most `max` bytes, cut at character boundaries.
+pub fn split_at_most(mut text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    while text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.push(&text[..cut]);
+        text = &text[cut..];
+    }
+    out.push(text);
+    out
 }
 
 /// What a terminal would finally show of a line that redraws itself with
@@ -33,7 +51,14 @@ pub fn terminal_view(line: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::terminal_view;
+    use super::{split_at_most, terminal_view};
+
+    #[test]
+    fn long_lines_are_cut_at_character_boundaries() {
+        assert_eq!(split_at_most("abcdef", 4), ["abcd", "ef"]);
+        assert_eq!(split_at_most("ééé", 3), ["é", "é", "é"]);
+        assert_eq!(split_at_most("", 3), [""]);
+    }
 
     #[test]
     fn carriage_returns_keep_the_final_text() {

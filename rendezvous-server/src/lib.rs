@@ -21,6 +21,10 @@ use tracing::{Instrument, info, info_span};
 
 pub use registry::{Refusal, Registry};
 
+/// Most client connections served at once. Each costs a task and a few KiB;
+/// beyond this new connections are refused rather than exhausting memory.
+pub const MAX_CONNECTIONS: usize = 16_384;
+
 /// File in the state directory that keeps a generated admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
@@ -143,12 +147,25 @@ impl Rendezvous {
     /// Serves connections until [`Rendezvous::close`] is called.
     pub async fn run(self) {
         info!(addr = ?self.local_addr().ok(), fingerprint = %self.fingerprint, "rendezvous serving");
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         while let Some(incoming) = self.endpoint.accept().await {
+            use std::sync::atomic::Ordering;
+            if active.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                tracing::warn!(remote = %incoming.remote_address(), "refusing connection: {MAX_CONNECTIONS} connections open");
+                incoming.refuse();
+                continue;
+            }
+            active.fetch_add(1, Ordering::Relaxed);
+            let active = active.clone();
             let registry = self.registry.clone();
             let remote = incoming.remote_address();
+            let logs = self.logs.clone();
             tokio::spawn(
-                session::serve(registry, self.logs.clone(), incoming)
-                    .instrument(info_span!("client", %remote, node = tracing::field::Empty)),
+                async move {
+                    session::serve(registry, logs, incoming).await;
+                    active.fetch_sub(1, Ordering::Relaxed);
+                }
+                .instrument(info_span!("client", %remote, node = tracing::field::Empty)),
             );
         }
     }

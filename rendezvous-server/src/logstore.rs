@@ -14,11 +14,16 @@ pub struct LogStore {
     dir: PathBuf,
 }
 
+/// Most output stored per node; beyond it lines are still streamed to
+/// watchers but not written, so a chatty program cannot fill the disk.
+pub const MAX_NODE_LOG: u64 = 256 << 20;
+
 /// One node's open log file.
 #[derive(Debug)]
 pub struct NodeLog {
     file: Option<File>,
     path: PathBuf,
+    written: u64,
 }
 
 impl LogStore {
@@ -42,7 +47,8 @@ impl LogStore {
             .map_err(|e| tracing::warn!("cannot store output of {node} in {}: {e}", path.display()))
             .ok();
         let _ = std::fs::remove_file(dir.join(format!("{node}.exit")));
-        NodeLog { file, path }
+        let written = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+        NodeLog { file, path, written }
     }
 }
 
@@ -55,9 +61,18 @@ impl NodeLog {
                 buf.extend_from_slice(l.text.as_bytes());
                 buf.push(b'\n');
             }
-            if let Err(e) = f.write_all(&buf) {
-                tracing::warn!("cannot write {}: {e}", self.path.display());
+            if self.written + buf.len() as u64 > MAX_NODE_LOG {
+                buf = format!("[boxer: output beyond {} MiB is not stored]\n", MAX_NODE_LOG >> 20).into_bytes();
+                let _ = f.write_all(&buf);
                 self.file = None;
+                return;
+            }
+            match f.write_all(&buf) {
+                Ok(()) => self.written += buf.len() as u64,
+                Err(e) => {
+                    tracing::warn!("cannot write {}: {e}", self.path.display());
+                    self.file = None;
+                }
             }
         }
     }

@@ -23,8 +23,13 @@ use tokio::sync::{broadcast, watch};
 pub const EVENT_BUFFER: usize = 4096;
 
 /// Log batches buffered per cluster for watchers; a watcher further behind
-/// is told how many batches it lost (the files keep everything).
-pub const LOG_BUFFER: usize = 1024;
+/// is told how many batches it lost (the files keep everything). With
+/// batches of at most 256 KiB this bounds the memory to 32 MiB per cluster.
+pub const LOG_BUFFER: usize = 128;
+
+/// Exit reports buffered per cluster: one per node, so a watcher would have
+/// to miss this many node exits to lose one.
+pub const EXIT_BUFFER: usize = 4096;
 
 /// Output or exit of one node, as broadcast to a cluster's log watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +56,10 @@ pub const MAX_TOKEN_LEN: usize = 256;
 /// Largest number of local addresses a node may announce.
 pub const MAX_LOCAL_ADDRS: usize = 16;
 
-/// Largest number of listening ports a node may announce.
-pub const MAX_LISTENING: usize = 4096;
+/// Largest number of listening ports a node may announce. At up to 3 bytes
+/// each this keeps a member under 2 KiB, so a snapshot of several hundred
+/// members fits one frame.
+pub const MAX_LISTENING: usize = 512;
 
 /// A refused request: the close code and the reason shown to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,8 +84,10 @@ pub struct Feed {
     pub events: broadcast::Receiver<MembershipEvent>,
     /// Becomes `true` when the cluster is deleted.
     pub deleted: watch::Receiver<bool>,
-    /// Node output, for watchers that asked for it.
-    pub output: broadcast::Receiver<NodeOutput>,
+    /// Node output lines, for watchers that asked for them.
+    pub output: Option<broadcast::Receiver<NodeOutput>>,
+    /// Node exits, for watchers that asked for output.
+    pub exits: Option<broadcast::Receiver<NodeOutput>>,
 }
 
 #[derive(Debug)]
@@ -90,6 +99,7 @@ struct Cluster {
     events: broadcast::Sender<MembershipEvent>,
     deleted: watch::Sender<bool>,
     output: broadcast::Sender<NodeOutput>,
+    exits: broadcast::Sender<NodeOutput>,
 }
 
 impl Cluster {
@@ -97,8 +107,15 @@ impl Cluster {
         MembershipSnapshot { seq: self.seq, members: self.members.values().cloned().collect() }
     }
 
-    fn feed(&self) -> Feed {
-        Feed { events: self.events.subscribe(), deleted: self.deleted.subscribe(), output: self.output.subscribe() }
+    /// A subscription; `output` only for watchers that read it (an unread
+    /// receiver would only pin memory).
+    fn feed(&self, output: bool) -> Feed {
+        Feed {
+            events: self.events.subscribe(),
+            deleted: self.deleted.subscribe(),
+            output: output.then(|| self.output.subscribe()),
+            exits: output.then(|| self.exits.subscribe()),
+        }
     }
 
     fn publish(&mut self, change: MemberChange) {
@@ -209,6 +226,7 @@ impl Registry {
             events: broadcast::channel(EVENT_BUFFER).0,
             deleted: watch::channel(false).0,
             output: broadcast::channel(LOG_BUFFER).0,
+            exits: broadcast::channel(EXIT_BUFFER).0,
         };
         self.clusters.insert(req.name, cluster);
         Ok(info)
@@ -279,7 +297,7 @@ impl Registry {
             local: req.local,
             listening,
         };
-        let feed = cluster.feed();
+        let feed = cluster.feed(false);
         cluster.publish(MemberChange::Joined(member));
         let joined = Joined {
             node_id,
@@ -335,7 +353,11 @@ impl Registry {
     /// Broadcasts a node's output to the cluster's log watchers.
     pub fn publish_output(&self, cluster: &str, output: NodeOutput) {
         if let Some(c) = self.clusters.get(cluster) {
-            let _ = c.output.send(output);
+            let channel = match output {
+                NodeOutput::Lines { .. } => &c.output,
+                NodeOutput::Exited { .. } => &c.exits,
+            };
+            let _ = channel.send(output);
         }
     }
 
@@ -346,12 +368,12 @@ impl Registry {
         if !admin && !secret_eq(&req.token, &cluster.info.join_token) {
             return Err(Refusal::new(CloseCode::Unauthorized, format!("wrong token for cluster {:?}", req.cluster)));
         }
-        Ok((cluster.snapshot(), cluster.feed()))
+        Ok((cluster.snapshot(), cluster.feed(req.logs)))
     }
 
     /// A fresh snapshot and feed, for a subscriber that fell behind.
     pub fn resync(&mut self, cluster: &str) -> Option<(MembershipSnapshot, Feed)> {
-        self.clusters.get(cluster).map(|c| (c.snapshot(), c.feed()))
+        self.clusters.get(cluster).map(|c| (c.snapshot(), c.feed(false)))
     }
 
     /// Names of all clusters with their member counts.

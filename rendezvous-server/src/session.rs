@@ -164,7 +164,7 @@ async fn forward(
         Err(broadcast::error::RecvError::Lagged(n)) => {
             debug!(skipped = n, "subscriber lagged, resending snapshot");
             let Some((snapshot, fresh)) = lock(registry).resync(cluster) else { return false };
-            *feed = fresh;
+            feed.events = fresh.events;
             *membership = Membership::from_snapshot(cluster, snapshot.clone());
             ServerMessage::Snapshot(snapshot)
         }
@@ -199,7 +199,12 @@ async fn member_session(
     let (tx, mut node_messages) = mpsc::channel::<Result<NodeMessage, FrameError>>(NODE_MESSAGE_BUFFER);
     let reader = tokio::spawn(async move {
         loop {
-            let msg = frame::read_opt(&mut recv).await.transpose();
+            let msg = frame::read_opt::<NodeMessage, _>(&mut recv).await.transpose().map(|m| {
+                m.and_then(|m| match m.check_limits() {
+                    Ok(()) => Ok(m),
+                    Err(why) => Err(FrameError::Encode(why)),
+                })
+            });
             let end = !matches!(msg, Some(Ok(_)));
             if let Some(msg) = msg
                 && tx.send(msg).await.is_err()
@@ -214,9 +219,16 @@ async fn member_session(
     let mut pending: Vec<(u32, Barrier)> = Vec::new();
     loop {
         tokio::select! {
+            // The node's own messages first: its last log lines and exit
+            // report must be recorded before a close or deletion ends this.
+            biased;
             msg = node_messages.recv() => {
                 let msg = match msg {
                     Some(Ok(m)) => m,
+                    Some(Err(FrameError::Encode(why))) => {
+                        refuse(conn, &Refusal { code: CloseCode::Invalid, reason: why });
+                        break;
+                    }
                     Some(Err(e)) => {
                         if conn.close_reason().is_none() {
                             protocol_error(conn, "bad node message", &e);
@@ -281,6 +293,14 @@ async fn member_session(
     reader.abort();
 }
 
+/// Receives from an optional broadcast; pending forever without one.
+async fn recv_opt(rx: &mut Option<broadcast::Receiver<NodeOutput>>) -> Result<NodeOutput, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn watch_session(
     registry: &Shared,
     conn: &quinn::Connection,
@@ -300,11 +320,25 @@ async fn watch_session(
                     break;
                 }
             }
-            output = feed.output.recv(), if req.logs => {
+            output = recv_opt(&mut feed.output) => {
                 let msg = match output {
                     Ok(NodeOutput::Lines { node, lines }) => ServerMessage::Logs { node, lines },
                     Ok(NodeOutput::Exited { node, status }) => ServerMessage::Exited { node, status },
                     Err(broadcast::error::RecvError::Lagged(batches)) => ServerMessage::LogsDropped { batches },
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if frame::write(&mut send, &msg).await.is_err() {
+                    break;
+                }
+            }
+            exit = recv_opt(&mut feed.exits) => {
+                let msg = match exit {
+                    Ok(NodeOutput::Exited { node, status }) => ServerMessage::Exited { node, status },
+                    Ok(NodeOutput::Lines { .. }) => continue,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "watcher missed exit reports");
+                        continue;
+                    }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
                 if frame::write(&mut send, &msg).await.is_err() {

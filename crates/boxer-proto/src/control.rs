@@ -81,9 +81,51 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// Longest log line carried; longer lines are split. Keeps a batch of lines
-/// well inside one frame.
+/// Longest log line carried; longer lines are split.
 pub const MAX_LOG_LINE: usize = 16 << 10;
+
+/// Most lines in one [`NodeMessage::Logs`].
+pub const MAX_LOG_BATCH_LINES: usize = 256;
+
+/// Most text bytes in one [`NodeMessage::Logs`]: a quarter of a frame, so a
+/// batch re-sent with its node name to watchers always fits.
+pub const MAX_LOG_BATCH_BYTES: usize = 256 << 10;
+
+/// Most names in a [`Barrier::Names`].
+pub const MAX_BARRIER_NAMES: usize = 256;
+
+/// Longest name in a [`Barrier::Names`] (a DNS name).
+pub const MAX_NAME_LEN: usize = 253;
+
+impl NodeMessage {
+    /// Checks the size limits a server enforces; `Err` says which was broken.
+    pub fn check_limits(&self) -> Result<(), String> {
+        match self {
+            NodeMessage::Logs(lines) => {
+                let bytes: usize = lines.iter().map(|l| l.text.len()).sum();
+                if lines.len() > MAX_LOG_BATCH_LINES || bytes > MAX_LOG_BATCH_BYTES {
+                    return Err(format!(
+                        "log batch of {} lines / {bytes} bytes exceeds {MAX_LOG_BATCH_LINES} lines / {MAX_LOG_BATCH_BYTES} bytes",
+                        lines.len()
+                    ));
+                }
+                if lines.iter().any(|l| l.text.len() > MAX_LOG_LINE) {
+                    return Err(format!("log line longer than {MAX_LOG_LINE} bytes"));
+                }
+            }
+            NodeMessage::Wait { barrier: Barrier::Names(names), .. } => {
+                if names.len() > MAX_BARRIER_NAMES || names.iter().any(|n| n.len() > MAX_NAME_LEN) {
+                    return Err(format!(
+                        "barrier of {} names exceeds {MAX_BARRIER_NAMES} names of up to {MAX_NAME_LEN} bytes",
+                        names.len()
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
 
 /// How a node's program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

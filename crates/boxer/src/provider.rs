@@ -138,5 +138,6 @@ impl LocalProvider {
 }
 
 /// Time a runtime gets to stop its program and report before SIGKILL: the
-/// runtime's own grace for the program (10 s) plus reporting.
-pub const STOP_GRACE: Duration = Duration::from_secs(12);
+/// runtime's own grace for the program (10 s), draining output (2 s), the
+/// exit report (3 s) and leaving (1 s), plus slack.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);

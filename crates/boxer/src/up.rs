@@ -111,13 +111,15 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
     )
     .await
     .with_context(|| format!("creating cluster {:?} on rendezvous {}", spec.name, addr.addr))?;
-    let (snapshot, mut feed) = rendezvous::watch(
+    let (snapshot, feed_session) = rendezvous::watch(
         &endpoint,
         addr,
         WatchRequest { cluster: spec.name.clone(), token: admin_token.clone(), logs: true },
     )
     .await
     .context("subscribing to the cluster's membership and output")?;
+    // Frame reads are not cancel-safe: a task reads, the loop selects on a channel.
+    let mut feed = spawn_feed_reader(feed_session);
 
     let (mut provider, mut exits) = LocalProvider::new(dir.to_owned())?;
     let join = Join {
@@ -240,9 +242,10 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
             break Ok(());
         }
         tokio::select! {
-            msg = feed.next() => match msg {
-                Ok(msg) => handle(&msg, &mut nodes, &printer, &progress, &mut failing_main),
-                Err(e) => break Err(e).context("lost the rendezvous"),
+            msg = feed.recv() => match msg {
+                Some(Ok(msg)) => handle(&msg, &mut nodes, &printer, &progress, &mut failing_main),
+                Some(Err(e)) => break Err(e).context("lost the rendezvous"),
+                None => break Err(anyhow::anyhow!("lost the rendezvous")),
             },
             Some(ProcessExit { node, code }) = exits.recv() => {
                 provider.exited(&node);
@@ -291,11 +294,7 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
         while provider.running() > 0 {
             tokio::select! {
                 Some(ProcessExit { node, .. }) = exits.recv() => provider.exited(&node),
-                msg = feed.next() => {
-                    if let Ok(msg) = msg {
-                        handle(&msg, &mut nodes, &printer, &progress, &mut failing_main);
-                    }
-                }
+                Some(Ok(msg)) = feed.recv() => handle(&msg, &mut nodes, &printer, &progress, &mut failing_main),
                 _ = tokio::time::sleep_until(deadline) => {
                     eprintln!("nodes did not stop within {STOP_GRACE:?}; killing them");
                     provider.signal_all(libc::SIGKILL);
@@ -323,6 +322,23 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
         eprintln!("cluster {}: main service node {node} failed with exit code {code}", spec.name);
     }
     Ok(code)
+}
+
+/// Reads the watch session in its own task; ends after the first error.
+fn spawn_feed_reader(
+    mut session: rendezvous::SessionReceiver,
+) -> tokio::sync::mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let msg = session.next().await;
+            let end = msg.is_err();
+            if tx.send(msg).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn handle(
