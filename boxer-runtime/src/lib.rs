@@ -11,6 +11,7 @@ mod control;
 pub mod etc;
 mod forward;
 mod inbound;
+pub mod interfaces;
 pub mod node;
 mod outbound;
 pub mod output;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use boxer_net::peers::Peers;
+use boxer_net::punch::Pathfinder;
 use boxer_net::rendezvous::{self, RendezvousError, SessionReceiver, SessionSender};
 use boxer_net::{EndpointError, Identity, NodeEndpoint};
 use boxer_proto::control::{Barrier, JoinRequest, Joined, NodeMessage, ServerMessage};
@@ -24,6 +25,17 @@ const INBOUND_BUFFER: usize = 256;
 
 /// Messages to the rendezvous waiting to be sent.
 const OUTBOUND_BUFFER: usize = 64;
+
+/// Punch requests waiting to be sent to the rendezvous; more are dropped
+/// (the caller falls back to the relay, and upgrades retry).
+const PUNCH_REQUEST_BUFFER: usize = 256;
+
+/// How often the node checks whether its peer paths changed, for
+/// `boxer status`.
+const PATH_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Paths are re-sent at least this often while they exist (RTTs move).
+const PATH_REPORT_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a node failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +81,7 @@ pub(crate) struct Shared {
     pub(crate) joined: Joined,
     pub(crate) membership: watch::Receiver<Membership>,
     pub(crate) peers: Arc<Peers>,
+    pathfinder: Arc<Pathfinder>,
     /// Local ports other nodes may reach, with the address to connect to.
     pub(crate) exposed: Mutex<HashMap<u16, SocketAddr>>,
     /// This node's private loopback address (see `boxer_proto::shim::loopback_for`).
@@ -144,7 +157,7 @@ impl Node {
             listeners.push((listener, spec.clone()));
         }
         let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr: config.bind, source })?;
-        let local = if local_addr.ip().is_unspecified() { vec![] } else { vec![local_addr] };
+        let local = crate::interfaces::candidates(local_addr);
         let mut exposed: BTreeSet<u16> = config.expose.iter().copied().collect();
         exposed.remove(&0);
         let request = JoinRequest {
@@ -172,12 +185,16 @@ impl Node {
             _ => SocketAddrV4::new(loopback, 0),
         };
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BUFFER);
-        let peers = Peers::new(endpoint.clone(), membership.clone(), inbound_tx);
+        let (punch_tx, punch_rx) = mpsc::channel(PUNCH_REQUEST_BUFFER);
+        let (pathfinder, ready) =
+            Pathfinder::new(joined.node_id, joined.disco_key, endpoint.socket().clone(), membership.clone(), punch_tx);
+        let peers = Peers::new(endpoint.clone(), membership.clone(), pathfinder.clone(), inbound_tx);
         let (to_rendezvous, outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);
         let shared = Arc::new(Shared {
             joined,
             membership,
             peers: peers.clone(),
+            pathfinder: pathfinder.clone(),
             exposed: Mutex::new(exposed.iter().map(|&p| (p, SocketAddr::from((Ipv4Addr::LOCALHOST, p)))).collect()),
             loopback,
             proxy_addr,
@@ -187,6 +204,7 @@ impl Node {
         });
         let (failed_tx, failed) = watch::channel(None);
         let failed_tx = Arc::new(failed_tx);
+        let rendezvous_conn = session.connection().clone();
         let (sender, receiver) = session.split();
 
         let fail = {
@@ -205,7 +223,23 @@ impl Node {
         };
         tokio::spawn(send_loop(sender, outbound_rx, fail.clone()).instrument(span.clone()));
         tokio::spawn(feed_loop(shared.clone(), receiver, membership_tx, fail).instrument(span.clone()));
-        tokio::spawn(peers.run().instrument(span.clone()));
+        tokio::spawn(peers.run(ready).instrument(span.clone()));
+        if let Some(probes) = endpoint.take_probes() {
+            tokio::spawn(pathfinder.clone().run(probes).instrument(span.clone()));
+        }
+        tokio::spawn(forward_punch_requests(punch_rx, shared.to_rendezvous.clone()).instrument(span.clone()));
+        tokio::spawn(report_paths(shared.clone()).instrument(span.clone()));
+        {
+            let socket = endpoint.socket().clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = boxer_net::relay::attach(&rendezvous_conn, &socket).await {
+                        warn!("no relay: peers without a direct path are unreachable: {e}");
+                    }
+                }
+                .instrument(span.clone()),
+            );
+        }
         tokio::spawn(inbound::serve(shared.clone(), inbound_rx).instrument(span.clone()));
         for (listener, spec) in listeners {
             tokio::spawn(forward::serve(shared.clone(), listener, spec).instrument(span.clone()));
@@ -395,6 +429,33 @@ async fn send_loop(mut sender: SessionSender, mut rx: mpsc::Receiver<NodeMessage
     }
 }
 
+async fn forward_punch_requests(mut requests: mpsc::Receiver<NodeId>, to_rendezvous: mpsc::Sender<NodeMessage>) {
+    while let Some(peer) = requests.recv().await {
+        if to_rendezvous.send(NodeMessage::Punch { peer }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the node's peer paths to the rendezvous when they change.
+async fn report_paths(shared: Arc<Shared>) {
+    let mut last: Vec<(NodeId, boxer_proto::control::PathKind)> = Vec::new();
+    let mut sent_at = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(PATH_REPORT_INTERVAL);
+    loop {
+        tick.tick().await;
+        let paths = shared.peers.paths();
+        let kinds: Vec<_> = paths.iter().map(|p| (p.peer, p.kind)).collect();
+        if kinds != last || (!paths.is_empty() && sent_at.elapsed() >= PATH_REPORT_REFRESH) {
+            last = kinds;
+            sent_at = tokio::time::Instant::now();
+            if shared.to_rendezvous.send(NodeMessage::Paths(paths)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 async fn feed_loop(
     shared: Arc<Shared>,
     mut receiver: SessionReceiver,
@@ -430,6 +491,7 @@ async fn feed_loop(
                 warn!("fell behind the membership feed; resynchronised from a snapshot");
                 membership.send_replace(Membership::from_snapshot(&cluster, snapshot));
             }
+            ServerMessage::Punch { peer } => shared.pathfinder.start_punch(peer),
             ServerMessage::BarrierReached { request_id } => {
                 let waiter = shared.barriers.lock().expect("barrier lock").1.remove(&request_id);
                 if let Some(tx) = waiter {

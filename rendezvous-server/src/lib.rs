@@ -7,6 +7,7 @@
 
 pub mod logstore;
 pub mod registry;
+pub mod relay;
 pub mod session;
 
 use std::net::SocketAddr;

@@ -9,12 +9,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use boxer_proto::control::{
     CloseCode, ClusterInfo, CreateClusterRequest, DEFAULT_OVERLAY, ExitStatus, JoinRequest, Joined, LogLine,
-    WatchRequest,
+    PathReport, WatchRequest,
 };
+use boxer_proto::disco::DiscoKey;
 use boxer_proto::membership::{MemberChange, MembershipEvent, MembershipSnapshot};
 use boxer_proto::{Fingerprint, Member, NodeId, names};
 use ipnet::Ipv4Net;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Events buffered per cluster for slow subscribers. A subscriber that falls
 /// further behind gets a fresh snapshot instead (see `Lagged`), so this only
@@ -40,6 +41,13 @@ pub enum NodeOutput {
         node: String,
         /// The lines.
         lines: Vec<LogLine>,
+    },
+    /// The node's paths to its peers changed.
+    Paths {
+        /// `<service>-<index>`.
+        node: String,
+        /// Its paths.
+        paths: Vec<PathReport>,
     },
     /// The program ended.
     Exited {
@@ -100,6 +108,35 @@ struct Cluster {
     deleted: watch::Sender<bool>,
     output: broadcast::Sender<NodeOutput>,
     exits: broadcast::Sender<NodeOutput>,
+    /// Key of the members' path probes.
+    disco_key: DiscoKey,
+    /// Direct delivery to each member's session.
+    mailboxes: HashMap<NodeId, MailboxSenders>,
+}
+
+/// Punch requests delivered to one member's session.
+pub const PUNCH_QUEUE: usize = 64;
+
+/// Relayed packets queued for one member; more are dropped like on a
+/// congested UDP path (and QUIC slows down).
+pub const RELAY_QUEUE: usize = 2048;
+
+#[derive(Debug, Clone)]
+struct MailboxSenders {
+    punch: mpsc::Sender<NodeId>,
+    relay: mpsc::Sender<RelayPacket>,
+}
+
+/// A relayed packet: the other node and its QUIC packet.
+pub type RelayPacket = (NodeId, Vec<u8>);
+
+/// What other members send one member through the rendezvous.
+#[derive(Debug)]
+pub struct Mailbox {
+    /// Peers to punch with now.
+    pub punch: mpsc::Receiver<NodeId>,
+    /// Packets relayed from peers.
+    pub relay: mpsc::Receiver<RelayPacket>,
 }
 
 impl Cluster {
@@ -169,6 +206,14 @@ fn secret_eq(a: &str, b: &str) -> bool {
 }
 
 /// A fresh random token: 128 bits, hex.
+/// A fresh random disco key.
+fn random_key() -> DiscoKey {
+    let mut key = DiscoKey::default();
+    getrandom::fill(&mut key).expect("the OS random source is available");
+    key
+}
+
+/// A fresh random token.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
@@ -227,6 +272,8 @@ impl Registry {
             deleted: watch::channel(false).0,
             output: broadcast::channel(LOG_BUFFER).0,
             exits: broadcast::channel(EXIT_BUFFER).0,
+            disco_key: random_key(),
+            mailboxes: HashMap::new(),
         };
         self.clusters.insert(req.name, cluster);
         Ok(info)
@@ -306,6 +353,7 @@ impl Registry {
             names: names::all_names(&req.service, req.index, id, &cluster_name),
             reflexive,
             snapshot: cluster.snapshot(),
+            disco_key: cluster.disco_key,
         };
         Ok((joined, feed))
     }
@@ -313,10 +361,55 @@ impl Registry {
     /// Removes a node (its connection ended). Unknown nodes are ignored: the
     /// cluster may have been deleted meanwhile.
     pub fn leave(&mut self, cluster: &str, node_id: NodeId) {
+        if let Some(c) = self.clusters.get_mut(cluster) {
+            c.mailboxes.remove(&node_id);
+            if c.members.contains_key(&node_id) {
+                c.publish(MemberChange::Left { node_id });
+            }
+        }
+    }
+
+    /// The mailbox of a member that just joined (once per member).
+    pub fn open_mailbox(&mut self, cluster: &str, node_id: NodeId) -> Option<Mailbox> {
+        let c = self.clusters.get_mut(cluster)?;
+        if !c.members.contains_key(&node_id) {
+            return None;
+        }
+        let (punch, punch_rx) = mpsc::channel(PUNCH_QUEUE);
+        let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
+        c.mailboxes.insert(node_id, MailboxSenders { punch, relay });
+        Some(Mailbox { punch: punch_rx, relay: relay_rx })
+    }
+
+    /// Tells `from` and `to` to punch each other now. Both must be members
+    /// of `cluster`; a full queue drops the request (punches are retried).
+    pub fn punch(&self, cluster: &str, from: NodeId, to: NodeId) -> Result<(), Refusal> {
+        let c = self.clusters.get(cluster).ok_or_else(|| Refusal::new(CloseCode::UnknownCluster, "cluster deleted"))?;
+        if from == to {
+            return Err(Refusal::new(CloseCode::Invalid, "a node cannot punch to itself"));
+        }
+        let (Some(a), Some(b)) = (c.mailboxes.get(&from), c.mailboxes.get(&to)) else {
+            // The peer left (or never was): nothing to do; its Left event explains.
+            return Ok(());
+        };
+        let _ = b.punch.try_send(from);
+        let _ = a.punch.try_send(to);
+        Ok(())
+    }
+
+    /// Where packets relayed to `to` go, if it is a member of `cluster`.
+    pub fn relay_to(&self, cluster: &str, to: NodeId) -> Option<mpsc::Sender<RelayPacket>> {
+        self.clusters.get(cluster)?.mailboxes.get(&to).map(|m| m.relay.clone())
+    }
+
+    /// Records a member's new reflexive address (its NAT mapping changed).
+    pub fn set_reflexive(&mut self, cluster: &str, node_id: NodeId, reflexive: SocketAddr) {
         if let Some(c) = self.clusters.get_mut(cluster)
-            && c.members.contains_key(&node_id)
+            && let Some(m) = c.members.get(&node_id)
+            && m.reflexive != reflexive
         {
-            c.publish(MemberChange::Left { node_id });
+            let local = m.local.clone();
+            c.publish(MemberChange::Addresses { node_id, reflexive, local });
         }
     }
 
@@ -354,7 +447,7 @@ impl Registry {
     pub fn publish_output(&self, cluster: &str, output: NodeOutput) {
         if let Some(c) = self.clusters.get(cluster) {
             let channel = match output {
-                NodeOutput::Lines { .. } => &c.output,
+                NodeOutput::Lines { .. } | NodeOutput::Paths { .. } => &c.output,
                 NodeOutput::Exited { .. } => &c.exits,
             };
             let _ = channel.send(output);

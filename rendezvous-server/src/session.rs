@@ -9,10 +9,11 @@ use boxer_proto::control::{Barrier, CloseCode, JoinRequest, NodeMessage, Request
 use boxer_proto::membership::{MembershipEvent, MembershipSnapshot};
 use boxer_proto::{FrameError, Hello, Membership, NodeId, frame, names};
 use tokio::sync::{broadcast, mpsc};
-use tracing::{Span, debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::logstore::LogStore;
-use crate::registry::{Feed, NodeOutput, Refusal, Registry};
+use crate::registry::{Feed, Mailbox, NodeOutput, Refusal, Registry};
+use crate::relay;
 
 /// Time a client has from connecting to sending its request. A request is
 /// two frames in one packet; a slower client is broken or hostile.
@@ -24,9 +25,9 @@ pub const MAX_PENDING_BARRIERS: usize = 64;
 /// Messages from a node buffered before the session applies them.
 const NODE_MESSAGE_BUFFER: usize = 16;
 
-type Shared = Arc<Mutex<Registry>>;
+pub(crate) type Shared = Arc<Mutex<Registry>>;
 
-fn lock(registry: &Shared) -> std::sync::MutexGuard<'_, Registry> {
+pub(crate) fn lock(registry: &Shared) -> std::sync::MutexGuard<'_, Registry> {
     // A panic while holding the lock would be a bug in the registry's pure
     // code; keep serving rather than poisoning every later connection.
     registry.lock().unwrap_or_else(|e| e.into_inner())
@@ -91,9 +92,13 @@ pub async fn serve(registry: Shared, logs: LogStore, incoming: quinn::Incoming) 
                     Span::current().record("node", tracing::field::display(node));
                     info!(%node, ip = %joined.overlay_ip, service = %req.service, index = req.index, "joined");
                     let snapshot = joined.snapshot.clone();
-                    if frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok() {
+                    let mailbox = lock(&registry).open_mailbox(&req.cluster, node);
+                    if let Some(mailbox) = mailbox
+                        && frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok()
+                    {
                         let log = logs.open(&req.cluster, &names::replica_name(&req.service, req.index));
-                        member_session(&registry, &conn, &req, node, snapshot, feed, send, recv, log).await;
+                        let member = MemberSession { registry: &registry, conn: &conn, req: &req, node };
+                        member.run(snapshot, feed, mailbox, send, recv, log).await;
                     }
                     lock(&registry).leave(&req.cluster, node);
                     info!(%node, "left");
@@ -180,117 +185,199 @@ fn holds(barrier: &Barrier, membership: &Membership) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn member_session(
-    registry: &Shared,
-    conn: &quinn::Connection,
-    req: &JoinRequest,
+/// A member's connection: whom it belongs to.
+struct MemberSession<'a> {
+    registry: &'a Shared,
+    conn: &'a quinn::Connection,
+    req: &'a JoinRequest,
     node: NodeId,
-    snapshot: MembershipSnapshot,
-    mut feed: Feed,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    mut log: crate::logstore::NodeLog,
-) {
-    let cluster = req.cluster.as_str();
-    let node_name = names::replica_name(&req.service, req.index);
-    let mut membership = Membership::from_snapshot(cluster, snapshot);
-    // Frame reads are not cancel-safe, so a task reads and the loop selects.
-    let (tx, mut node_messages) = mpsc::channel::<Result<NodeMessage, FrameError>>(NODE_MESSAGE_BUFFER);
-    let reader = tokio::spawn(async move {
+}
+
+impl MemberSession<'_> {
+    async fn run(
+        self,
+        snapshot: MembershipSnapshot,
+        mut feed: Feed,
+        mailbox: Mailbox,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        mut log: crate::logstore::NodeLog,
+    ) {
+        let Self { registry, conn, req, node } = self;
+        let Mailbox { punch: mut punches, relay: relay_inbox } = mailbox;
+        let relay = tokio::spawn(
+            relay::serve(registry.clone(), conn.clone(), req.cluster.clone(), node, relay_inbox).in_current_span(),
+        );
+        let mut punch_budget = RateLimit::new(PUNCH_RATE, PUNCH_BURST);
+        let mut reflexive = conn.remote_address();
+        let mut address_check = tokio::time::interval(ADDRESS_CHECK);
+        let cluster = req.cluster.as_str();
+        let node_name = names::replica_name(&req.service, req.index);
+        let mut membership = Membership::from_snapshot(cluster, snapshot);
+        // Frame reads are not cancel-safe, so a task reads and the loop selects.
+        let (tx, mut node_messages) = mpsc::channel::<Result<NodeMessage, FrameError>>(NODE_MESSAGE_BUFFER);
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = frame::read_opt::<NodeMessage, _>(&mut recv).await.transpose().map(|m| {
+                    m.and_then(|m| match m.check_limits() {
+                        Ok(()) => Ok(m),
+                        Err(why) => Err(FrameError::Encode(why)),
+                    })
+                });
+                let end = !matches!(msg, Some(Ok(_)));
+                if let Some(msg) = msg
+                    && tx.send(msg).await.is_err()
+                {
+                    return;
+                }
+                if end {
+                    return;
+                }
+            }
+        });
+        let mut pending: Vec<(u32, Barrier)> = Vec::new();
         loop {
-            let msg = frame::read_opt::<NodeMessage, _>(&mut recv).await.transpose().map(|m| {
-                m.and_then(|m| match m.check_limits() {
-                    Ok(()) => Ok(m),
-                    Err(why) => Err(FrameError::Encode(why)),
-                })
-            });
-            let end = !matches!(msg, Some(Ok(_)));
-            if let Some(msg) = msg
-                && tx.send(msg).await.is_err()
-            {
-                return;
-            }
-            if end {
-                return;
-            }
-        }
-    });
-    let mut pending: Vec<(u32, Barrier)> = Vec::new();
-    loop {
-        tokio::select! {
-            // The node's own messages first: its last log lines and exit
-            // report must be recorded before a close or deletion ends this.
-            biased;
-            msg = node_messages.recv() => {
-                let msg = match msg {
-                    Some(Ok(m)) => m,
-                    Some(Err(FrameError::Encode(why))) => {
-                        refuse(conn, &Refusal { code: CloseCode::Invalid, reason: why });
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        if conn.close_reason().is_none() {
-                            protocol_error(conn, "bad node message", &e);
+            tokio::select! {
+                // The node's own messages first: its last log lines and exit
+                // report must be recorded before a close or deletion ends this.
+                biased;
+                msg = node_messages.recv() => {
+                    let msg = match msg {
+                        Some(Ok(m)) => m,
+                        Some(Err(FrameError::Encode(why))) => {
+                            refuse(conn, &Refusal { code: CloseCode::Invalid, reason: why });
+                            break;
                         }
-                        break;
-                    }
-                    None => break,
-                };
-                let result = match msg {
-                    NodeMessage::Listening(ports) => lock(registry).set_listening(cluster, node, ports),
-                    NodeMessage::Addresses(local) => lock(registry).set_addresses(cluster, node, local),
-                    NodeMessage::Logs(lines) => {
-                        log.append(&lines);
-                        lock(registry).publish_output(cluster, NodeOutput::Lines { node: node_name.clone(), lines });
-                        Ok(())
-                    }
-                    NodeMessage::Exited(status) => {
-                        info!(%node, code = status.code, "program exited");
-                        log.exited(status);
-                        lock(registry).publish_output(cluster, NodeOutput::Exited { node: node_name.clone(), status });
-                        conn.close(CloseCode::Normal.code().into(), b"exit recorded");
-                        break;
-                    }
-                    NodeMessage::Wait { request_id, barrier } => {
-                        if pending.len() >= MAX_PENDING_BARRIERS {
-                            Err(Refusal { code: CloseCode::Capacity, reason: format!("more than {MAX_PENDING_BARRIERS} pending barrier waits") })
-                        } else {
-                            pending.push((request_id, barrier));
+                        Some(Err(e)) => {
+                            if conn.close_reason().is_none() {
+                                protocol_error(conn, "bad node message", &e);
+                            }
+                            break;
+                        }
+                        None => break,
+                    };
+                    let result = match msg {
+                        NodeMessage::Listening(ports) => lock(registry).set_listening(cluster, node, ports),
+                        NodeMessage::Addresses(local) => lock(registry).set_addresses(cluster, node, local),
+                        NodeMessage::Logs(lines) => {
+                            log.append(&lines);
+                            lock(registry).publish_output(cluster, NodeOutput::Lines { node: node_name.clone(), lines });
                             Ok(())
                         }
+                        NodeMessage::Exited(status) => {
+                            info!(%node, code = status.code, "program exited");
+                            log.exited(status);
+                            lock(registry).publish_output(cluster, NodeOutput::Exited { node: node_name.clone(), status });
+                            conn.close(CloseCode::Normal.code().into(), b"exit recorded");
+                            break;
+                        }
+                        NodeMessage::Punch { peer } => {
+                            if punch_budget.take() {
+                                lock(registry).punch(cluster, node, peer)
+                            } else {
+                                debug!(%peer, "punch request over the rate limit dropped");
+                                Ok(())
+                            }
+                        }
+                        NodeMessage::Paths(paths) => {
+                            lock(registry).publish_output(cluster, NodeOutput::Paths { node: node_name.clone(), paths });
+                            Ok(())
+                        }
+                        NodeMessage::Wait { request_id, barrier } => {
+                            if pending.len() >= MAX_PENDING_BARRIERS {
+                                Err(Refusal { code: CloseCode::Capacity, reason: format!("more than {MAX_PENDING_BARRIERS} pending barrier waits") })
+                            } else {
+                                pending.push((request_id, barrier));
+                                Ok(())
+                            }
+                        }
+                    };
+                    if let Err(r) = result {
+                        refuse(conn, &r);
+                        break;
                     }
-                };
-                if let Err(r) = result {
-                    refuse(conn, &r);
+                }
+                received = feed.events.recv() => {
+                    if !forward(registry, cluster, &mut feed, received, &mut send, &mut membership).await {
+                        break;
+                    }
+                }
+                Some(peer) = punches.recv() => {
+                    if frame::write(&mut send, &ServerMessage::Punch { peer }).await.is_err() {
+                        break;
+                    }
+                }
+                _ = address_check.tick() => {
+                    // The node's NAT mapping changed (QUIC followed the migration).
+                    let now = conn.remote_address();
+                    if now != reflexive {
+                        info!(%node, from = %reflexive, to = %now, "reflexive address changed");
+                        reflexive = now;
+                        lock(registry).set_reflexive(cluster, node, now);
+                    }
+                }
+                _ = feed.deleted.changed() => {
+                    refuse(conn, &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {cluster:?} was deleted") });
                     break;
                 }
+                _ = conn.closed() => break,
             }
-            received = feed.events.recv() => {
-                if !forward(registry, cluster, &mut feed, received, &mut send, &mut membership).await {
-                    break;
+            // Answer every barrier that now holds.
+            let mut i = 0;
+            while i < pending.len() {
+                if holds(&pending[i].1, &membership) {
+                    let (request_id, _) = pending.swap_remove(i);
+                    if frame::write(&mut send, &ServerMessage::BarrierReached { request_id }).await.is_err() {
+                        break;
+                    }
+                } else {
+                    i += 1;
                 }
             }
-            _ = feed.deleted.changed() => {
-                refuse(conn, &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {cluster:?} was deleted") });
-                break;
-            }
-            _ = conn.closed() => break,
         }
-        // Answer every barrier that now holds.
-        let mut i = 0;
-        while i < pending.len() {
-            if holds(&pending[i].1, &membership) {
-                let (request_id, _) = pending.swap_remove(i);
-                if frame::write(&mut send, &ServerMessage::BarrierReached { request_id }).await.is_err() {
-                    break;
-                }
-            } else {
-                i += 1;
-            }
+        reader.abort();
+        relay.abort();
+    }
+}
+
+/// Punch requests a node may make per second, sustained. A punch makes two
+/// nodes send a few dozen probes; this bounds what one member can make
+/// others send.
+pub const PUNCH_RATE: f64 = 20.0;
+
+/// Punch requests a node may make at once (a node meeting many peers at
+/// start-up, e.g. a scheduler contacting 100 workers).
+pub const PUNCH_BURST: f64 = 200.0;
+
+/// How often a member's observed address is compared with the one in
+/// membership (a NAT rebinding moves it).
+pub const ADDRESS_CHECK: Duration = Duration::from_secs(1);
+
+/// A token bucket.
+#[derive(Debug)]
+struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl RateLimit {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self { rate, burst, tokens: burst, at: std::time::Instant::now() }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
-    reader.abort();
 }
 
 /// Receives from an optional broadcast; pending forever without one.
@@ -323,6 +410,7 @@ async fn watch_session(
             output = recv_opt(&mut feed.output) => {
                 let msg = match output {
                     Ok(NodeOutput::Lines { node, lines }) => ServerMessage::Logs { node, lines },
+                    Ok(NodeOutput::Paths { node, paths }) => ServerMessage::Paths { node, paths },
                     Ok(NodeOutput::Exited { node, status }) => ServerMessage::Exited { node, status },
                     Err(broadcast::error::RecvError::Lagged(batches)) => ServerMessage::LogsDropped { batches },
                     Err(broadcast::error::RecvError::Closed) => break,
@@ -334,7 +422,7 @@ async fn watch_session(
             exit = recv_opt(&mut feed.exits) => {
                 let msg = match exit {
                     Ok(NodeOutput::Exited { node, status }) => ServerMessage::Exited { node, status },
-                    Ok(NodeOutput::Lines { .. }) => continue,
+                    Ok(NodeOutput::Lines { .. } | NodeOutput::Paths { .. }) => continue,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         warn!(missed = n, "watcher missed exit reports");
                         continue;

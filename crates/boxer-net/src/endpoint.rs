@@ -5,11 +5,12 @@
 //! The endpoint is client and server at once: it dials peers and accepts them.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use boxer_proto::{ALPN_PEER, Fingerprint, TLS_SERVER_NAME};
 
 use crate::identity::Identity;
+use crate::socket::{PeerSocket, ReceivedProbe};
 use crate::tls::{self, TlsError};
 use crate::transport;
 
@@ -42,15 +43,39 @@ pub enum EndpointError {
 pub struct NodeEndpoint {
     endpoint: quinn::Endpoint,
     identity: Arc<Identity>,
+    socket: Arc<PeerSocket>,
+    probes: Arc<Mutex<Option<tokio::sync::mpsc::Receiver<ReceivedProbe>>>>,
 }
 
 impl NodeEndpoint {
     /// Binds `addr` and accepts peer connections (ALPN [`ALPN_PEER`]) that
     /// present any certificate; the caller checks who they are.
+    ///
+    /// quinn runs on a [`PeerSocket`], so peers are reached at their
+    /// [`crate::socket::peer_addr`] over whatever path they have.
     pub fn bind(addr: SocketAddr, identity: Identity) -> Result<Self, EndpointError> {
         let server = tls::server_config(&identity, ALPN_PEER, transport::peer())?;
-        let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| EndpointError::Bind { addr, source })?;
-        Ok(Self { endpoint, identity: Arc::new(identity) })
+        let bind_error = |source| EndpointError::Bind { addr, source };
+        let udp = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+        let (socket, probes) = PeerSocket::new(udp).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
+        Ok(Self { endpoint, identity: Arc::new(identity), socket, probes: Arc::new(Mutex::new(Some(probes))) })
+    }
+
+    /// The routing socket under quinn.
+    pub fn socket(&self) -> &Arc<PeerSocket> {
+        &self.socket
+    }
+
+    /// The probes received on the socket; `None` after the first call.
+    pub fn take_probes(&self) -> Option<tokio::sync::mpsc::Receiver<ReceivedProbe>> {
+        self.probes.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The bound local address.

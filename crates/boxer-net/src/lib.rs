@@ -8,6 +8,10 @@
 //! * [`endpoint`]: the one UDP socket + quinn endpoint of a node, client and
 //!   server at once.
 //! * [`rendezvous`]: the client side of the rendezvous protocol.
+//! * [`socket`]: the socket under quinn that routes each peer's packets
+//!   directly or through the relay, and sorts out path probes.
+//! * [`punch`]: hole punching, relay fallback, heartbeats and upgrades.
+//! * [`relay`]: the relay stream on the rendezvous connection.
 //! * [`peers`]: one QUIC connection per peer node, dialled on demand, with the
 //!   peer's key pinned from membership.
 //! * [`proxy`]: TCP connections carried as QUIC streams.
@@ -16,7 +20,10 @@ pub mod endpoint;
 pub mod identity;
 pub mod peers;
 pub mod proxy;
+pub mod punch;
+pub mod relay;
 pub mod rendezvous;
+pub mod socket;
 pub mod tls;
 pub mod transport;
 

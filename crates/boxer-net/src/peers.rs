@@ -1,18 +1,18 @@
 //! The peer table: one QUIC connection per peer node.
 //!
-//! Connections are dialled on demand when the first stream to a peer is
-//! opened, and accepted from peers that dial us. Every connection is mutually
+//! Connections are set up on demand when the first stream to a peer is
+//! opened: the [`Pathfinder`] finds a path (punched or relayed), then the node
+//! with the lower id dials the peer's [`peer_addr`] and the other accepts. Every connection is mutually
 //! authenticated: we dial pinning the fingerprint membership publishes for the
 //! peer, and we serve a dialler only if the certificate it presented belongs to
 //! a current member. Streams the peer opens on either kind of connection are
 //! handed to the runtime through a channel, already past their preamble.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use boxer_proto::control::CloseCode;
+use boxer_proto::control::{CloseCode, PathKind, PathReport};
 use boxer_proto::peer::{StreamError, StreamHeader};
 use boxer_proto::{ALPN_PEER, FrameError, Member, Membership, NodeId};
 use tokio::sync::{mpsc, watch};
@@ -20,6 +20,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::endpoint::{EndpointError, NodeEndpoint};
 use crate::proxy;
+use crate::punch::{PUNCH_REQUEST_SLACK, PUNCH_TIMEOUT, Pathfinder};
+use crate::socket::{Route, peer_addr};
 use crate::tls::peer_fingerprint;
 use crate::transport;
 
@@ -82,39 +84,57 @@ pub struct InboundStream {
     pub recv: quinn::RecvStream,
 }
 
-/// Per-peer slot: the lock serialises dials so two app connections to a new
-/// peer share one handshake.
-type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+/// Per-peer slot: the dial lock serialises dials so two app connections to a
+/// new peer share one handshake; `conn` announces the connection to waiters.
+#[derive(Debug)]
+struct SlotInner {
+    dial: tokio::sync::Mutex<()>,
+    conn: watch::Sender<Option<quinn::Connection>>,
+}
+
+type Slot = Arc<SlotInner>;
+
+fn live(conn: &Option<quinn::Connection>) -> Option<quinn::Connection> {
+    conn.as_ref().filter(|c| c.close_reason().is_none()).cloned()
+}
 
 /// The peer table of one node.
 #[derive(Debug)]
 pub struct Peers {
     endpoint: NodeEndpoint,
     membership: watch::Receiver<Membership>,
+    pathfinder: Arc<Pathfinder>,
     slots: Mutex<HashMap<NodeId, Slot>>,
     inbound: mpsc::Sender<InboundStream>,
 }
 
 impl Peers {
-    /// A peer table on `endpoint`, checking peers against `membership` and
-    /// delivering accepted streams to `inbound`. Call [`Peers::run`] to accept.
+    /// A peer table on `endpoint`, checking peers against `membership`,
+    /// finding paths with `pathfinder` and delivering accepted streams to
+    /// `inbound`. Call [`Peers::run`] to accept.
     pub fn new(
         endpoint: NodeEndpoint,
         membership: watch::Receiver<Membership>,
+        pathfinder: Arc<Pathfinder>,
         inbound: mpsc::Sender<InboundStream>,
     ) -> Arc<Self> {
-        Arc::new(Self { endpoint, membership, slots: Mutex::default(), inbound })
+        Arc::new(Self { endpoint, membership, pathfinder, slots: Mutex::default(), inbound })
     }
 
     fn slot(&self, peer: NodeId) -> Slot {
-        self.slots.lock().expect("peer table lock").entry(peer).or_default().clone()
+        self.slots
+            .lock()
+            .expect("peer table lock")
+            .entry(peer)
+            .or_insert_with(|| Arc::new(SlotInner { dial: Default::default(), conn: watch::channel(None).0 }))
+            .clone()
     }
 
     fn member(&self, peer: NodeId) -> Option<Member> {
         self.membership.borrow().get(peer).cloned()
     }
 
-    /// Opens a stream to `peer` carrying `header`, dialling if needed. A
+    /// Opens a stream to `peer` carrying `header`, connecting if needed. A
     /// connection found dead is replaced once.
     pub async fn open_stream(
         self: &Arc<Self>,
@@ -133,47 +153,50 @@ impl Peers {
                 }
                 Err(source) if retried => return Err(PeerError::Lost { peer, source }),
                 Err(source) => {
-                    debug!(%peer, %source, "connection lost, redialling");
+                    debug!(%peer, %source, "connection lost, reconnecting");
                     retried = true;
                 }
             }
         }
     }
 
-    /// The live connection to `peer`, dialled if there is none.
+    /// The live connection to `peer`, set up if there is none: a path is
+    /// found (punched or relayed), then the side with the lower node id dials
+    /// and the other waits for that dial.
     pub async fn connection(self: &Arc<Self>, peer: NodeId) -> Result<quinn::Connection, PeerError> {
         let slot = self.slot(peer);
-        let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref().filter(|c| c.close_reason().is_none()) {
-            return Ok(conn.clone());
+        if let Some(conn) = live(&slot.conn.borrow()) {
+            return Ok(conn);
+        }
+        let _dialling = slot.dial.lock().await;
+        if let Some(conn) = live(&slot.conn.borrow()) {
+            return Ok(conn);
         }
         let member = self.member(peer).ok_or(PeerError::UnknownPeer(peer))?;
-        let conn = self.dial(&member).await?;
-        *guard = Some(conn.clone());
-        self.spawn_serve(conn.clone(), peer);
-        Ok(conn)
-    }
-
-    /// Tries each candidate address of `member` in turn.
-    async fn dial(&self, member: &Member) -> Result<quinn::Connection, PeerError> {
-        let peer = member.node_id;
-        let mut tried = Vec::new();
-        for addr in member.candidates() {
-            match self.dial_one(member, addr).await {
-                Ok(conn) => {
-                    info!(%peer, %addr, "peer connection established");
-                    return Ok(conn);
-                }
-                Err(e) => {
-                    debug!(%peer, %addr, error = %e, "dial failed");
-                    tried.push(format!("{addr}: {e}"));
-                }
+        if self.pathfinder.me() < peer {
+            let route = self.pathfinder.ensure_route(peer).await;
+            let conn = self.dial(&member).await.map_err(|e| PeerError::Unreachable {
+                peer,
+                tried: format!("{} via {}: {e}", peer_addr(peer), route_text(route)),
+            })?;
+            info!(%peer, route = %route_text(route), "peer connection established");
+            slot.conn.send_replace(Some(conn.clone()));
+            self.spawn_serve(conn.clone(), peer);
+            Ok(conn)
+        } else {
+            // The peer dials us once the rendezvous had us both punch.
+            let mut conn = slot.conn.subscribe();
+            self.pathfinder.request_punch(peer);
+            let wait = PUNCH_TIMEOUT + PUNCH_REQUEST_SLACK + DIAL_TIMEOUT;
+            match tokio::time::timeout(wait, conn.wait_for(|c| live(c).is_some())).await {
+                Ok(Ok(c)) => Ok(live(&c).expect("checked by wait_for")),
+                _ => Err(PeerError::Unreachable { peer, tried: format!("{peer} did not connect within {wait:?}") }),
             }
         }
-        Err(PeerError::Unreachable { peer, tried: tried.join("; ") })
     }
 
-    async fn dial_one(&self, member: &Member, addr: SocketAddr) -> Result<quinn::Connection, String> {
+    async fn dial(&self, member: &Member) -> Result<quinn::Connection, String> {
+        let addr = peer_addr(member.node_id);
         let connecting =
             self.endpoint.connect(addr, member.fingerprint, ALPN_PEER, transport::peer()).map_err(|e| e.to_string())?;
         match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
@@ -183,28 +206,56 @@ impl Peers {
         }
     }
 
+    /// The path and round-trip time of every live peer connection.
+    pub fn paths(&self) -> Vec<PathReport> {
+        let slots: Vec<(NodeId, Slot)> =
+            self.slots.lock().expect("peer table lock").iter().map(|(p, s)| (*p, s.clone())).collect();
+        let mut out: Vec<PathReport> = slots
+            .into_iter()
+            .filter_map(|(peer, slot)| {
+                let conn = live(&slot.conn.borrow())?;
+                let kind = match self.endpoint.socket().route(peer) {
+                    Some(Route::Direct(addr)) => PathKind::Direct(addr),
+                    Some(Route::Relay) | None => PathKind::Relayed,
+                };
+                Some(PathReport { peer, kind, rtt_us: conn.rtt().as_micros().min(u32::MAX as u128) as u32 })
+            })
+            .collect();
+        out.sort_by_key(|p| p.peer);
+        out
+    }
+
     /// Closes the connection to a peer that left.
     pub fn forget(&self, peer: NodeId) {
         let slot = self.slots.lock().expect("peer table lock").remove(&peer);
-        if let Some(slot) = slot
-            && let Ok(guard) = slot.try_lock()
-            && let Some(conn) = guard.as_ref()
-        {
+        if let Some(conn) = slot.and_then(|s| live(&s.conn.borrow())) {
             conn.close(CloseCode::Normal.code().into(), b"peer left the cluster");
         }
+        self.pathfinder.forget(peer);
     }
 
     /// Number of peers with a live connection.
     pub fn connected(&self) -> usize {
         let slots: Vec<Slot> = self.slots.lock().expect("peer table lock").values().cloned().collect();
-        slots
-            .iter()
-            .filter(|s| s.try_lock().map(|g| g.as_ref().is_some_and(|c| c.close_reason().is_none())).unwrap_or(true))
-            .count()
+        slots.iter().filter(|s| live(&s.conn.borrow()).is_some()).count()
     }
 
-    /// Accepts peer connections until the endpoint closes.
-    pub async fn run(self: Arc<Self>) {
+    /// Accepts peer connections until the endpoint closes, and dials the
+    /// peers a punch made ready when this node is the dialling side.
+    pub async fn run(self: Arc<Self>, mut ready: mpsc::UnboundedReceiver<NodeId>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(peer) = ready.recv().await {
+                if this.pathfinder.me() < peer && live(&this.slot(peer).conn.borrow()).is_none() {
+                    let this = this.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = this.connection(peer).await {
+                            warn!(%peer, "connecting after a punch failed: {e}");
+                        }
+                    });
+                }
+            }
+        });
         while let Some(incoming) = self.endpoint.quinn().accept().await {
             let this = self.clone();
             let remote = incoming.remote_address();
@@ -237,14 +288,16 @@ impl Peers {
             }
         };
         let peer = member.node_id;
-        info!(%peer, "peer connection accepted");
+        info!(%peer, remote = %conn.remote_address(), "peer connection accepted");
         // Adopt the connection if we have none; if we are dialling the same
         // peer right now, both connections live and each side uses its own.
-        if let Ok(mut guard) = self.slot(peer).try_lock()
-            && guard.as_ref().is_none_or(|c| c.close_reason().is_some())
-        {
-            *guard = Some(conn.clone());
-        }
+        self.slot(peer).conn.send_if_modified(|c| {
+            if live(c).is_some() {
+                return false;
+            }
+            *c = Some(conn.clone());
+            true
+        });
         self.spawn_serve(conn, peer);
         Ok(())
     }
@@ -281,5 +334,12 @@ impl Peers {
             }
             .instrument(info_span!("peer", %peer)),
         );
+    }
+}
+
+fn route_text(route: Route) -> String {
+    match route {
+        Route::Direct(addr) => format!("direct path {addr}"),
+        Route::Relay => "the relay".to_owned(),
     }
 }

@@ -121,10 +121,45 @@ impl NodeMessage {
                     ));
                 }
             }
+            NodeMessage::Paths(paths) if paths.len() > MAX_PATH_REPORTS => {
+                return Err(format!("path report of {} peers exceeds {MAX_PATH_REPORTS}", paths.len()));
+            }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// Most peers in one [`NodeMessage::Paths`].
+pub const MAX_PATH_REPORTS: usize = 1024;
+
+/// How a node reaches one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathKind {
+    /// Straight over UDP to this address (same network or hole punched).
+    Direct(SocketAddr),
+    /// Through the rendezvous' relay.
+    Relayed,
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathKind::Direct(addr) => write!(f, "direct {addr}"),
+            PathKind::Relayed => f.write_str("relayed"),
+        }
+    }
+}
+
+/// One entry of [`NodeMessage::Paths`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathReport {
+    /// The peer.
+    pub peer: NodeId,
+    /// The path in use.
+    pub kind: PathKind,
+    /// Smoothed round-trip time of the QUIC connection, in microseconds.
+    pub rtt_us: u32,
 }
 
 /// How a node's program ended.
@@ -186,6 +221,8 @@ pub struct Joined {
     pub reflexive: SocketAddr,
     /// Membership at admission, the node itself included.
     pub snapshot: MembershipSnapshot,
+    /// The cluster's key for path probes ([`crate::disco`]); members only.
+    pub disco_key: crate::disco::DiscoKey,
 }
 
 /// A condition a node can wait for.
@@ -216,6 +253,15 @@ pub enum NodeMessage {
     /// The node's program ended; the server records it and closes the
     /// connection (which is the node leaving).
     Exited(ExitStatus),
+    /// Ask the rendezvous to start a hole punch with `peer`: both nodes get
+    /// [`ServerMessage::Punch`] at once and probe each other.
+    Punch {
+        /// The node to punch to.
+        peer: NodeId,
+    },
+    /// The node's current path to each peer it has a connection with, for
+    /// `boxer status`.
+    Paths(Vec<PathReport>),
 }
 
 /// Messages from the server after a request.
@@ -254,6 +300,18 @@ pub enum ServerMessage {
         status: ExitStatus,
     },
     /// Some log lines were dropped because this watcher fell behind.
+    /// Start probing `peer` now (it was told the same).
+    Punch {
+        /// The other node.
+        peer: NodeId,
+    },
+    /// A node's paths to its peers (watchers that asked for output).
+    Paths {
+        /// `<service>-<index>`.
+        node: String,
+        /// Its paths.
+        paths: Vec<PathReport>,
+    },
     LogsDropped {
         /// How many batches were lost.
         batches: u64,

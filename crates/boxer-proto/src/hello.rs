@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the protocol spoken by this build. Bump on any change to a message
 /// that an older build would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Magic bytes that open every stream, so that a stray client gets "not a Boxer
 /// peer" instead of a confusing decode error.

@@ -2,7 +2,9 @@
 //!
 //! Every message that crosses a process boundary in Boxer is defined here:
 //! between a runtime and the rendezvous ([`control`]), between two runtimes
-//! ([`peer`]), and the membership data both carry ([`membership`]). Messages are
+//! ([`peer`]), path probes on the UDP socket ([`disco`]), packets relayed
+//! through the rendezvous ([`relay`]), and the membership data both carry
+//! ([`membership`]). Messages are
 //! serde types encoded with postcard inside length-prefixed frames ([`frame`]).
 //!
 //! Every stream starts with a [`Hello`] frame carrying [`PROTOCOL_VERSION`], so
@@ -10,11 +12,13 @@
 //! instead of misreading each other's bytes.
 
 pub mod control;
+pub mod disco;
 pub mod frame;
 pub mod hello;
 pub mod membership;
 pub mod names;
 pub mod peer;
+pub mod relay;
 pub mod shim;
 
 pub use frame::{FrameError, MAX_FRAME_LEN};

@@ -1,0 +1,427 @@
+//! Finding and keeping a path to each peer: hole punching with probes,
+//! relay fallback, heartbeats and upgrades.
+//!
+//! When a node needs a peer it has no route to, it asks the rendezvous for a
+//! punch ([`PunchRequests`]); the rendezvous tells *both* nodes at once, and
+//! each sends [`Probe::Ping`]s from its one UDP socket to every candidate
+//! address of the other (the reflexive address the rendezvous saw, then its
+//! local addresses) on [`PUNCH_SCHEDULE`]. Each outgoing ping opens (or keeps
+//! open) the sender's NAT mapping towards that address; once both mappings
+//! exist, pings get through and are answered. The first [`Probe::Pong`] that
+//! echoes one of our pings makes its source address the peer's direct route.
+//! A ping from an address we never heard of (a peer behind an
+//! address-dependent NAT uses a new mapping towards us) is answered and
+//! pinged back, which is how one open side can still reach a symmetric one.
+//!
+//! If no pong arrives within [`PUNCH_TIMEOUT`], the peer is routed through the
+//! relay. A relayed peer is punched again every [`UPGRADE_INTERVAL`]; a direct
+//! route is pinged every [`HEARTBEAT_INTERVAL`] (which also keeps NAT
+//! mappings alive) and falls back to the relay when it stops answering. Route
+//! changes happen under the QUIC connection (see [`crate::socket`]), so open
+//! streams survive them.
+//!
+//! Which side dials QUIC is decided by node id (the lower id dials), so a pair
+//! ends with exactly one connection even when both start at once.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boxer_proto::disco::{DiscoKey, Probe, TX_LEN};
+use boxer_proto::{Membership, NodeId};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, trace, warn};
+
+use crate::socket::{PeerSocket, ReceivedProbe, Route};
+
+/// IP TTL of the first round of pings. It must carry a ping through our own
+/// NAT (creating our mapping) but not into the peer's NAT: a Linux
+/// `masquerade` NAT without an inbound filter answers an unsolicited packet by
+/// creating a conntrack entry for itself, and that entry then collides with the
+/// mapping its own host needs, so the host's packets leave from another port
+/// and the punch fails (ZeroTier's "low TTL first packet" trick). Two hops is
+/// the host's NAT plus one router: the same value ZeroTier uses.
+pub const LOW_TTL: u8 = 2;
+
+/// When each round of pings goes out, from the punch start. Round 0 is sent
+/// with [`LOW_TTL`] only; normal pings start after the peer had time to open
+/// its own mapping (both sides start within the rendezvous' delivery skew,
+/// well under 20 ms in a region). Then the gaps double, so that a lost ping
+/// or a late peer costs little, and the rounds end before the timeout.
+pub const PUNCH_SCHEDULE: [Duration; 9] = [
+    Duration::from_millis(0),
+    Duration::from_millis(20),
+    Duration::from_millis(40),
+    Duration::from_millis(80),
+    Duration::from_millis(160),
+    Duration::from_millis(320),
+    Duration::from_millis(640),
+    Duration::from_millis(1280),
+    Duration::from_millis(2000),
+];
+
+/// A punch with no pong by then has failed and the peer goes through the
+/// relay. Generous against RTTs (the last ping leaves at 2 s and has 500 ms
+/// to come back); short enough that a symmetric-NAT peer is reachable within
+/// 3 s of the first connect.
+pub const PUNCH_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// How long a node waits for the rendezvous to start a punch it asked for
+/// before it uses the relay anyway (the rendezvous may have dropped the
+/// request under its rate limit).
+pub const PUNCH_REQUEST_SLACK: Duration = Duration::from_secs(1);
+
+/// Pings on every direct route: liveness, RTT, and NAT mappings kept fresh at
+/// a sixth of the common 30 s UDP mapping timeout (Tailscale pings every 3 s,
+/// ZeroTier every 20 s).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A direct route without a pong for this long is dead (three heartbeats
+/// lost): its peer goes through the relay until a punch finds a new path. Well
+/// inside the peer connections' 30 s idle timeout.
+pub const DIRECT_STALE: Duration = Duration::from_secs(16);
+
+/// How often a relayed pair tries again to go direct. NAT state changes
+/// rarely; a punch costs a few dozen small packets.
+pub const UPGRADE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Pings older than this are forgotten unanswered.
+const PING_MEMORY: Duration = Duration::from_secs(10);
+
+/// Most unanswered pings remembered; beyond it the oldest are forgotten (a
+/// peer with many candidates cannot make us keep unbounded state).
+const MAX_PENDING_PINGS: usize = 4096;
+
+/// Punch requests from this node to the rendezvous (`NodeMessage::Punch`).
+pub type PunchRequests = mpsc::Sender<NodeId>;
+
+#[derive(Debug)]
+struct SentPing {
+    peer: NodeId,
+    sent: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    addr: SocketAddr,
+    last_pong: Instant,
+    rtt: Duration,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pings: HashMap<[u8; TX_LEN], SentPing>,
+    punching: HashSet<NodeId>,
+    direct: HashMap<NodeId, Direct>,
+    /// Peers we route (direct or relayed), for heartbeats and upgrades.
+    known: HashSet<NodeId>,
+}
+
+/// Finds and keeps routes to peers (see the module docs).
+#[derive(Debug)]
+pub struct Pathfinder {
+    me: NodeId,
+    key: DiscoKey,
+    socket: Arc<PeerSocket>,
+    membership: watch::Receiver<Membership>,
+    requests: PunchRequests,
+    state: Mutex<State>,
+    /// Bumped whenever a route is chosen or a punch ends.
+    changed: watch::Sender<u64>,
+    /// Peers whose route became ready through a punch (the dialling side
+    /// connects to them).
+    ready: mpsc::UnboundedSender<NodeId>,
+}
+
+impl Pathfinder {
+    /// A pathfinder for node `me`. Call [`Pathfinder::run`] with the socket's
+    /// probe channel. Peers whose route a punch made ready arrive on the
+    /// returned channel.
+    pub fn new(
+        me: NodeId,
+        key: DiscoKey,
+        socket: Arc<PeerSocket>,
+        membership: watch::Receiver<Membership>,
+        requests: PunchRequests,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<NodeId>) {
+        let (ready, ready_rx) = mpsc::unbounded_channel();
+        let this = Self {
+            me,
+            key,
+            socket,
+            membership,
+            requests,
+            state: Mutex::default(),
+            changed: watch::channel(0).0,
+            ready,
+        };
+        (Arc::new(this), ready_rx)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The route to `peer`, punching (through the rendezvous) if there is
+    /// none yet; the relay when punching fails.
+    pub async fn ensure_route(&self, peer: NodeId) -> Route {
+        if let Some(route) = self.socket.route(peer) {
+            return route;
+        }
+        let mut changed = self.changed.subscribe();
+        self.request_punch(peer);
+        let wait = tokio::time::timeout(PUNCH_TIMEOUT + PUNCH_REQUEST_SLACK, async {
+            loop {
+                if let Some(route) = self.socket.route(peer) {
+                    return route;
+                }
+                if changed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+        match wait.await {
+            Ok(route) => route,
+            Err(_) => {
+                info!(%peer, "no punch happened; using the relay");
+                self.use_relay(peer);
+                Route::Relay
+            }
+        }
+    }
+
+    /// Asks the rendezvous to have this node and `peer` punch now (the
+    /// non-dialling side uses this to make the dialling side connect).
+    pub fn request_punch(&self, peer: NodeId) {
+        if self.requests.try_send(peer).is_err() {
+            debug!(%peer, "punch request not sent (rendezvous queue full or closed)");
+        }
+    }
+
+    fn use_relay(&self, peer: NodeId) {
+        if self.socket.route(peer).is_none() {
+            self.socket.set_route(peer, Route::Relay);
+        }
+        self.state().known.insert(peer);
+        self.bump();
+    }
+
+    /// The round-trip time of `peer`'s direct route.
+    pub fn direct_rtt(&self, peer: NodeId) -> Option<Duration> {
+        self.state().direct.get(&peer).map(|d| d.rtt)
+    }
+
+    /// Forgets a peer that left.
+    pub fn forget(&self, peer: NodeId) {
+        let mut s = self.state();
+        s.direct.remove(&peer);
+        s.known.remove(&peer);
+        s.pings.retain(|_, p| p.peer != peer);
+        drop(s);
+        self.socket.forget(peer);
+    }
+
+    /// Starts punching `peer` (the rendezvous said so). A punch already
+    /// under way for that peer is not doubled.
+    pub fn start_punch(self: &Arc<Self>, peer: NodeId) {
+        if peer == self.me || !self.state().punching.insert(peer) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.punch(peer).await;
+            this.state().punching.remove(&peer);
+            this.bump();
+        });
+    }
+
+    async fn punch(&self, peer: NodeId) {
+        let Some(member) = self.membership.borrow().get(peer).cloned() else {
+            debug!(%peer, "not punching: not a member");
+            return;
+        };
+        let candidates = member.candidates();
+        let start = Instant::now();
+        debug!(%peer, ?candidates, "punching");
+        for (round, offset) in PUNCH_SCHEDULE.iter().enumerate() {
+            tokio::time::sleep_until((start + *offset).into()).await;
+            if self.direct_since(peer, start) {
+                break;
+            }
+            let ttl = (round == 0).then_some(LOW_TTL);
+            for &addr in &candidates {
+                self.ping(peer, addr, ttl);
+            }
+        }
+        let deadline = start + PUNCH_TIMEOUT;
+        let mut changed = self.changed.subscribe();
+        while !self.direct_since(peer, start) && Instant::now() < deadline {
+            let _ = tokio::time::timeout_at(deadline.into(), changed.changed()).await;
+        }
+        self.state().known.insert(peer);
+        if self.direct_since(peer, start) {
+            let route = self.socket.route(peer);
+            info!(%peer, ?route, took_ms = start.elapsed().as_millis() as u64, "punched a direct path");
+        } else if self.socket.route(peer).is_none_or(|r| r == Route::Relay) {
+            info!(%peer, "no direct path found; using the relay");
+            self.socket.set_route(peer, Route::Relay);
+        }
+        let _ = self.ready.send(peer);
+    }
+
+    fn direct_since(&self, peer: NodeId, since: Instant) -> bool {
+        self.state().direct.get(&peer).is_some_and(|d| d.last_pong >= since)
+            && matches!(self.socket.route(peer), Some(Route::Direct(_)))
+    }
+
+    fn ping(&self, peer: NodeId, addr: SocketAddr, ttl: Option<u8>) {
+        let mut tx = [0u8; TX_LEN];
+        if getrandom::fill(&mut tx).is_err() {
+            return;
+        }
+        {
+            let mut s = self.state();
+            if s.pings.len() >= MAX_PENDING_PINGS {
+                let cutoff = Instant::now() - PING_MEMORY / 10;
+                s.pings.retain(|_, p| p.sent > cutoff);
+            }
+            s.pings.insert(tx, SentPing { peer, sent: Instant::now() });
+        }
+        let packet = Probe::Ping { from: self.me, tx }.encode(&self.key);
+        if let Err(e) = self.socket.send_probe(addr, &packet, ttl) {
+            trace!(%peer, %addr, "ping not sent: {e}");
+        }
+    }
+
+    /// Handles received probes and sends heartbeats until the socket closes.
+    pub async fn run(self: Arc<Self>, mut probes: mpsc::Receiver<ReceivedProbe>) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut upgrade = tokio::time::interval(UPGRADE_INTERVAL);
+        upgrade.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                probe = probes.recv() => match probe {
+                    Some((from, bytes)) => self.handle_probe(from, &bytes),
+                    None => return,
+                },
+                _ = heartbeat.tick() => self.heartbeat(),
+                _ = upgrade.tick() => self.upgrade(),
+            }
+        }
+    }
+
+    fn handle_probe(&self, from: SocketAddr, bytes: &[u8]) {
+        let probe = match Probe::decode(bytes, &self.key) {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(%from, "dropped probe: {e}");
+                return;
+            }
+        };
+        let peer = probe.from();
+        if peer == self.me || self.membership.borrow().get(peer).is_none() {
+            debug!(%from, %peer, "dropped probe from a non-member");
+            return;
+        }
+        match probe {
+            Probe::Ping { tx, .. } => {
+                self.socket.learn(from, peer);
+                let pong = Probe::Pong { from: self.me, tx, observed: from }.encode(&self.key);
+                if let Err(e) = self.socket.send_probe(from, &pong, None) {
+                    trace!(%peer, %from, "pong not sent: {e}");
+                }
+                // A new address of the peer: find out whether it works our way too.
+                let known = self.state().direct.get(&peer).is_some_and(|d| d.addr == from);
+                if !known {
+                    self.ping(peer, from, None);
+                }
+            }
+            Probe::Pong { tx, observed, .. } => {
+                let Some(sent) = self.state().pings.remove(&tx) else {
+                    trace!(%peer, %from, "pong for no ping of ours");
+                    return;
+                };
+                if sent.peer != peer {
+                    debug!(%peer, %from, "pong from another node than pinged");
+                    return;
+                }
+                self.confirm(peer, from, sent.sent.elapsed(), observed);
+            }
+        }
+    }
+
+    fn confirm(&self, peer: NodeId, addr: SocketAddr, rtt: Duration, observed: SocketAddr) {
+        let now = Instant::now();
+        let switch = {
+            let mut s = self.state();
+            let current = s.direct.get(&peer).copied();
+            let switch = match current {
+                None => true,
+                Some(d) if d.addr == addr => false,
+                // Another path answered: keep the current one while it lives.
+                Some(d) => now.duration_since(d.last_pong) > HEARTBEAT_INTERVAL * 2,
+            };
+            if switch || current.is_some_and(|d| d.addr == addr) {
+                s.direct.insert(peer, Direct { addr, last_pong: now, rtt });
+            }
+            s.known.insert(peer);
+            switch
+        };
+        if switch || self.socket.route(peer) != Some(Route::Direct(addr)) {
+            let before = self.socket.route(peer);
+            if switch || before.is_none_or(|r| r == Route::Relay) {
+                info!(%peer, %addr, rtt_us = rtt.as_micros() as u64, %observed, ?before, "direct path confirmed");
+                self.socket.set_route(peer, Route::Direct(addr));
+            }
+        }
+        self.bump();
+    }
+
+    fn heartbeat(&self) {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        let direct: Vec<(NodeId, Direct)> = {
+            let mut s = self.state();
+            s.pings.retain(|_, p| now.duration_since(p.sent) < PING_MEMORY);
+            s.direct.iter().map(|(p, d)| (*p, *d)).collect()
+        };
+        for (peer, d) in direct {
+            if now.duration_since(d.last_pong) > DIRECT_STALE {
+                stale.push(peer);
+            } else {
+                self.ping(peer, d.addr, None);
+            }
+        }
+        for peer in stale {
+            warn!(%peer, "direct path stopped answering; using the relay while looking for a new one");
+            self.state().direct.remove(&peer);
+            self.socket.set_route(peer, Route::Relay);
+            self.bump();
+        }
+    }
+
+    fn upgrade(&self) {
+        let relayed: Vec<NodeId> = {
+            let s = self.state();
+            s.known.iter().copied().filter(|p| !s.direct.contains_key(p) && !s.punching.contains(p)).collect()
+        };
+        for peer in relayed {
+            // One side asks, so a pair does not punch twice per interval.
+            if self.me < peer && self.socket.route(peer) == Some(Route::Relay) {
+                debug!(%peer, "relayed: trying to go direct");
+                let _ = self.requests.try_send(peer);
+            }
+        }
+    }
+}

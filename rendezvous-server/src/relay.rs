@@ -1,0 +1,97 @@
+//! The relay: forwards peer QUIC packets between members of one cluster that
+//! have no direct path ([`boxer_proto::relay`]). The packets are the two
+//! runtimes' end-to-end encrypted QUIC packets; the relay only reads the
+//! node id in front of each.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use boxer_proto::control::CloseCode;
+use boxer_proto::{Hello, NodeId, frame, relay};
+use tokio::io::BufReader;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::registry::RelayPacket;
+use crate::session::{Shared, lock};
+
+/// Time a member has to say hello on its relay stream once opened.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes gathered into one stream write.
+const WRITE_BATCH: usize = 64 << 10;
+
+/// Serves `node`'s relay stream (the second stream it opens on its
+/// connection), until the connection ends. `inbox` holds packets other
+/// members relay to it.
+pub async fn serve(
+    registry: Shared,
+    conn: quinn::Connection,
+    cluster: String,
+    node: NodeId,
+    mut inbox: mpsc::Receiver<RelayPacket>,
+) {
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
+        frame::write(&mut send, &Hello::current()).await?;
+        frame::read::<Hello, _>(&mut recv).await
+    })
+    .await;
+    match hello {
+        Ok(Ok(h)) if h.check().is_ok() => {}
+        _ => {
+            warn!(%node, "bad hello on the relay stream");
+            conn.close(CloseCode::Protocol.code().into(), b"bad hello on the relay stream");
+            return;
+        }
+    }
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::with_capacity(WRITE_BATCH + relay::MAX_PACKET);
+        while let Some((from, packet)) = inbox.recv().await {
+            buf.clear();
+            let _ = relay::encode(from, &packet, &mut buf);
+            while buf.len() < WRITE_BATCH {
+                match inbox.try_recv() {
+                    Ok((from, packet)) => {
+                        let _ = relay::encode(from, &packet, &mut buf);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut recv = BufReader::with_capacity(WRITE_BATCH, recv);
+    // Senders looked up once per destination, not once per packet.
+    let mut routes: HashMap<NodeId, mpsc::Sender<RelayPacket>> = HashMap::new();
+    loop {
+        let (to, packet) = match relay::io::read(&mut recv).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                warn!(%node, "bad relay frame: {e}");
+                conn.close(CloseCode::Protocol.code().into(), format!("bad relay frame: {e}").as_bytes());
+                break;
+            }
+        };
+        let sender = match routes.get(&to) {
+            Some(s) if !s.is_closed() => s.clone(),
+            _ => match lock(&registry).relay_to(&cluster, to) {
+                Some(s) if to != node => {
+                    routes.insert(to, s.clone());
+                    s
+                }
+                // Not a member of this cluster (or gone): dropped.
+                _ => {
+                    debug!(%node, peer = %to, "relay packet for a non-member dropped");
+                    continue;
+                }
+            },
+        };
+        // Full: the receiver is slower than the sender; drop like UDP would.
+        let _ = sender.try_send((node, packet));
+    }
+    writer.abort();
+}
