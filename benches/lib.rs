@@ -31,6 +31,7 @@ pub fn start_rendezvous(state_dir: &std::path::Path) -> anyhow::Result<(Rendezvo
                 listen: (Ipv4Addr::LOCALHOST, 0).into(),
                 state_dir,
                 admin_token: Some("bench-admin".into()),
+                socket: None,
             });
             let server = match server {
                 Ok(s) => s,

@@ -25,7 +25,24 @@ pub struct Status<'a> {
     pub seq: u64,
     /// Every member.
     pub members: Vec<MemberStatus>,
+    /// The path to each peer with a live connection.
+    pub paths: Vec<PathStatus>,
 }
+
+/// One peer path in the status file.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PathStatus {
+    /// The peer's node id.
+    pub peer: u32,
+    /// `direct <addr>` or `relayed`.
+    pub path: String,
+    /// Round-trip time of the QUIC connection in microseconds.
+    pub rtt_us: u32,
+}
+
+/// How often paths are checked for the status file (they change without a
+/// membership change: punches, upgrades, fallbacks).
+const PATH_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One member in the status file.
 #[derive(Debug, Serialize)]
@@ -46,7 +63,16 @@ pub struct MemberStatus {
 
 pub(crate) async fn keep_written(shared: Arc<Shared>, path: PathBuf) {
     let mut membership = shared.membership.clone();
+    let mut tick = tokio::time::interval(PATH_CHECK);
+    let mut last_paths: Vec<(u32, String)>;
     loop {
+        let paths: Vec<PathStatus> = shared
+            .peers
+            .paths()
+            .into_iter()
+            .map(|p| PathStatus { peer: p.peer.0, path: p.kind.to_string(), rtt_us: p.rtt_us })
+            .collect();
+        last_paths = paths.iter().map(|p| (p.peer, p.path.clone())).collect();
         let text = {
             let m = membership.borrow_and_update();
             let status = Status {
@@ -66,14 +92,29 @@ pub(crate) async fn keep_written(shared: Arc<Shared>, path: PathBuf) {
                         fingerprint: m.fingerprint.to_string(),
                     })
                     .collect(),
+                paths,
             };
             serde_json::to_string_pretty(&status).expect("status serialises")
         };
         if let Err(e) = write_atomically(&path, text.as_bytes()).await {
             warn!("cannot write status file {}: {e}", path.display());
         }
-        if membership.changed().await.is_err() {
-            return;
+        loop {
+            tokio::select! {
+                changed = membership.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = tick.tick() => {
+                    let now: Vec<(u32, String)> =
+                        shared.peers.paths().into_iter().map(|p| (p.peer.0, p.kind.to_string())).collect();
+                    if now != last_paths {
+                        break;
+                    }
+                }
+            }
         }
     }
 }

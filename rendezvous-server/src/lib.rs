@@ -62,7 +62,7 @@ pub enum ServerError {
 }
 
 /// How to start a rendezvous.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     /// UDP address to listen on.
     pub listen: SocketAddr,
@@ -70,6 +70,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Admin token; `None` to load the one in the state directory or generate one.
     pub admin_token: Option<String>,
+    /// An already bound socket to serve on instead of binding `listen` (an
+    /// embedding program that made it in another network namespace).
+    pub socket: Option<std::net::UdpSocket>,
 }
 
 /// A running rendezvous.
@@ -109,8 +112,14 @@ impl Rendezvous {
             None => load_or_create_token(&dir)?,
         };
         let server = boxer_net::tls::server_config(&identity, ALPN_RENDEZVOUS, boxer_net::transport::rendezvous())?;
-        let endpoint = quinn::Endpoint::server(server, config.listen)
-            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let bind_error = |source| ServerError::Bind { addr: config.listen, source };
+        let socket = match config.socket {
+            Some(s) => s,
+            None => std::net::UdpSocket::bind(config.listen).map_err(bind_error)?,
+        };
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
+                .map_err(bind_error)?;
         Ok(Self {
             endpoint,
             fingerprint: identity.fingerprint(),

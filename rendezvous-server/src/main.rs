@@ -53,6 +53,7 @@ fn run_main() -> anyhow::Result<i32> {
             listen: args.listen,
             state_dir: args.state_dir.clone(),
             admin_token: args.admin_token.clone(),
+            socket: None,
         })
         .with_context(|| format!("starting rendezvous on {} (state in {})", args.listen, args.state_dir.display()))?;
         let addr = server.local_addr().context("reading the bound address")?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod lab;
+pub mod natlab;
 
 /// Set to `1` to build and use release binaries (benchmarks do).
 pub const RELEASE_ENV: &str = "BOXER_E2E_RELEASE";

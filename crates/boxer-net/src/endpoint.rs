@@ -54,9 +54,16 @@ impl NodeEndpoint {
     /// quinn runs on a [`PeerSocket`], so peers are reached at their
     /// [`crate::socket::peer_addr`] over whatever path they have.
     pub fn bind(addr: SocketAddr, identity: Identity) -> Result<Self, EndpointError> {
-        let server = tls::server_config(&identity, ALPN_PEER, transport::peer())?;
+        let udp = std::net::UdpSocket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
+        Self::from_socket(udp, identity)
+    }
+
+    /// Like [`NodeEndpoint::bind`] on an already bound socket (made, say, in
+    /// another network namespace).
+    pub fn from_socket(udp: std::net::UdpSocket, identity: Identity) -> Result<Self, EndpointError> {
+        let addr = udp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let bind_error = |source| EndpointError::Bind { addr, source };
-        let udp = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
+        let server = tls::server_config(&identity, ALPN_PEER, transport::peer())?;
         let (socket, probes) = PeerSocket::new(udp).map_err(bind_error)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             quinn::EndpointConfig::default(),

@@ -253,9 +253,20 @@ impl Pathfinder {
         let candidates = member.candidates();
         let start = Instant::now();
         debug!(%peer, ?candidates, "punching");
+        let mut changed = self.changed.subscribe();
+        // Waits until `at` or until a direct path is confirmed (then `true`).
+        let mut wait_direct = async |at: Instant| {
+            while !self.direct_since(peer, start) {
+                if tokio::time::timeout_at(at.into(), changed.changed()).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let mut direct = false;
         for (round, offset) in PUNCH_SCHEDULE.iter().enumerate() {
-            tokio::time::sleep_until((start + *offset).into()).await;
-            if self.direct_since(peer, start) {
+            if wait_direct(start + *offset).await {
+                direct = true;
                 break;
             }
             let ttl = (round == 0).then_some(LOW_TTL);
@@ -263,10 +274,8 @@ impl Pathfinder {
                 self.ping(peer, addr, ttl);
             }
         }
-        let deadline = start + PUNCH_TIMEOUT;
-        let mut changed = self.changed.subscribe();
-        while !self.direct_since(peer, start) && Instant::now() < deadline {
-            let _ = tokio::time::timeout_at(deadline.into(), changed.changed()).await;
+        if !direct {
+            wait_direct(start + PUNCH_TIMEOUT).await;
         }
         self.state().known.insert(peer);
         if self.direct_since(peer, start) {

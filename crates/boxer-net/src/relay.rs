@@ -6,7 +6,7 @@ use std::sync::Arc;
 use boxer_proto::{Hello, frame, relay};
 use tokio::io::BufReader;
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span};
 
 use crate::socket::{PeerSocket, RelayPacket};
 
@@ -72,8 +72,9 @@ pub async fn attach(conn: &quinn::Connection, socket: &Arc<PeerSocket>) -> Resul
                         }
                     }
                     Ok(None) => return,
+                    // The connection ending (the node leaving) ends the stream too.
                     Err(e) => {
-                        warn!("relay stream broken: {e}");
+                        debug!("relay stream ended: {e}");
                         return;
                     }
                 }

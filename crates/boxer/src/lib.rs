@@ -1,5 +1,6 @@
 //! The `boxer` command line, as a library for tests.
 
+pub mod lab;
 pub mod netns;
 pub mod printer;
 pub mod provider;

@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use boxer::lab::NatKind;
 use boxer::up::{External, NetMode, UpOptions};
 use boxer::{netns, printer, spec, state, up};
 use boxer_net::rendezvous::{self, RendezvousAddr};
@@ -141,11 +142,17 @@ enum ClusterCommand {
 /// How `boxer up` and `boxer run` launch nodes.
 #[derive(Debug, Args)]
 struct LaunchArgs {
-    /// Network: `shared` puts every node in one fresh network namespace with
-    /// only loopback (nothing can leave the machine); `host` uses this
-    /// machine's network namespace.
-    #[arg(long, value_enum, default_value = "shared")]
+    /// Network: `lab` puts every node behind its own simulated NAT router
+    /// and the rendezvous on a public one (network namespaces with no way
+    /// out); `shared` puts every node in one fresh network namespace with
+    /// only loopback; `host` uses this machine's network namespace.
+    #[arg(long, value_enum, default_value = "lab")]
     net: NetMode,
+    /// NAT of every node with `--net lab`: `moderate` behaves like AWS
+    /// Lambda's (port-restricted cone); `strict` (symmetric) forces the
+    /// relay; `masquerade` is plain Linux masquerade.
+    #[arg(long, value_enum, default_value = "moderate")]
+    nat: NatKind,
     /// Use this rendezvous instead of starting one (needs --fingerprint and --admin-token).
     #[arg(long, requires_all = ["fingerprint", "admin_token"])]
     rendezvous: Option<SocketAddr>,
@@ -165,7 +172,7 @@ impl LaunchArgs {
             }
             _ => None,
         };
-        UpOptions { net: self.net, external }
+        UpOptions { net: self.net, external, nat: self.nat }
     }
 }
 
@@ -225,8 +232,18 @@ fn run_main() -> anyhow::Result<i32> {
         _ => None,
     };
     if let Some((_, launch)) = &launch
-        && launch.net == NetMode::Shared
+        && launch.net == NetMode::Lab
+        // SAFETY: geteuid has no preconditions.
+        && unsafe { libc::geteuid() } != 0
     {
+        // Lets an ordinary user create the lab's namespaces.
+        boxer::lab::init()?;
+    }
+    if let Some((_, launch)) = &launch
+        && launch.net != NetMode::Host
+    {
+        // In the lab too: this process itself then has no network but
+        // loopback, so nothing it opens by mistake can leave the machine.
         // Before any thread exists: the namespace is entered by the whole process.
         netns::enter().map_err(|e| {
             anyhow::anyhow!(
@@ -342,6 +359,14 @@ fn status(cluster: Option<String>) -> anyhow::Result<()> {
             n.output
         );
     }
+    let paths: Vec<_> = s.nodes.iter().flat_map(|n| n.paths.iter().map(move |p| (&n.name, p))).collect();
+    if !paths.is_empty() {
+        println!();
+        println!("{:<16} {:<16} {:<28} RTT", "NODE", "PEER", "PATH");
+        for (node, p) in paths {
+            println!("{:<16} {:<16} {:<28} {:.2} ms", node, p.peer, p.path, f64::from(p.rtt_us) / 1000.0);
+        }
+    }
     Ok(())
 }
 
@@ -446,7 +471,11 @@ async fn port_forward(f: PortForward) -> anyhow::Result<i32> {
             join_token: f.join.token.clone(),
             service: "port-forward".into(),
             index,
-            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            // Loopback for a rendezvous on loopback, else any interface (the lab).
+            bind: SocketAddr::from((
+                if f.join.rendezvous.ip().is_loopback() { Ipv4Addr::LOCALHOST } else { Ipv4Addr::UNSPECIFIED },
+                0,
+            )),
             forwards: vec![],
             expose: vec![],
             status_file: None,

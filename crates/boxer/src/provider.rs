@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use crate::lab::{LabNet, NatKind, NatOptions};
 use crate::spec::Service;
 
 /// How a node joins: the same for every node of a cluster.
@@ -37,6 +39,8 @@ pub struct ProcessExit {
 #[derive(Debug)]
 pub struct LocalProvider {
     runtime: PathBuf,
+    /// In `--net lab`: the lab and the NAT each node gets.
+    lab: Option<(Arc<LabNet>, NatKind)>,
     state_dir: PathBuf,
     pids: HashMap<String, i32>,
     exits: mpsc::UnboundedSender<ProcessExit>,
@@ -60,9 +64,14 @@ pub fn runtime_binary() -> anyhow::Result<PathBuf> {
 impl LocalProvider {
     /// A provider writing runtime logs under `state_dir/nodes`; process exits
     /// are reported on the returned channel.
-    pub fn new(state_dir: PathBuf) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<ProcessExit>)> {
+    /// With `lab`, every node gets a device of its own behind a NAT of that
+    /// kind; otherwise nodes share this process' namespace.
+    pub fn new(
+        state_dir: PathBuf,
+        lab: Option<(Arc<LabNet>, NatKind)>,
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<ProcessExit>)> {
         let (exits, rx) = mpsc::unbounded_channel();
-        Ok((Self { runtime: runtime_binary()?, state_dir, pids: HashMap::new(), exits }, rx))
+        Ok((Self { runtime: runtime_binary()?, lab, state_dir, pids: HashMap::new(), exits }, rx))
     }
 
     /// The runtime log of a node.
@@ -71,7 +80,7 @@ impl LocalProvider {
     }
 
     /// Starts replica `index` of `service`.
-    pub fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()> {
+    pub async fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()> {
         let node = format!("{}-{index}", service.name);
         let dir = self.state_dir.join("nodes").join(&node);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -82,7 +91,11 @@ impl LocalProvider {
             .arg(join.rendezvous.to_string())
             .args(["--fingerprint", &join.fingerprint, "--cluster", &join.cluster, "--token", &join.token])
             .args(["--service", &service.name, "--index", &index.to_string()])
-            .args(["--bind", "127.0.0.1:0", "--shared-namespace"])
+            .args(match self.lab {
+                // Its own namespace: any interface, its NAT's mapping is what peers see.
+                Some(_) => &["--bind", "0.0.0.0:0"][..],
+                None => &["--bind", "127.0.0.1:0", "--shared-namespace"][..],
+            })
             .arg("--run-dir")
             .arg(dir.join("run"));
         for (name, port) in &service.wait_for {
@@ -98,9 +111,14 @@ impl LocalProvider {
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| {
-            format!("starting {} for {node} in {}", self.runtime.display(), service.workdir.display())
-        })?;
+        let what = || format!("starting {} for {node} in {}", self.runtime.display(), service.workdir.display());
+        let mut child = match &self.lab {
+            Some((lab, nat)) => {
+                let device = lab.add_node(&node, NatOptions::new(*nat)).await?;
+                device.spawn_command(cmd).with_context(what)?
+            }
+            None => cmd.spawn().with_context(what)?,
+        };
         if let Some(pid) = child.id() {
             self.pids.insert(node.clone(), pid as i32);
         }

@@ -80,6 +80,9 @@ pub struct NodeStatus {
     pub output: String,
     /// The runtime's own log.
     pub runtime_log: String,
+    /// Paths to the peers it has connections with.
+    #[serde(default)]
+    pub paths: Vec<PathStatus>,
 }
 
 impl Status {
@@ -132,4 +135,15 @@ impl JoinInfo {
     pub fn read(dir: &Path) -> std::io::Result<Self> {
         serde_json::from_slice(&std::fs::read(dir.join("join.json"))?).map_err(std::io::Error::other)
     }
+}
+
+/// How a node reaches one peer, as `boxer status` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PathStatus {
+    /// The peer's name.
+    pub peer: String,
+    /// `direct <addr>` or `relayed`.
+    pub path: String,
+    /// Round-trip time in microseconds.
+    pub rtt_us: u32,
 }

@@ -5,20 +5,22 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use boxer_net::rendezvous::{self, RendezvousAddr};
 use boxer_net::{Identity, NodeEndpoint};
-use boxer_proto::control::{CreateClusterRequest, DeleteClusterRequest, ServerMessage, WatchRequest};
+use boxer_proto::control::{CreateClusterRequest, DeleteClusterRequest, PathReport, ServerMessage, WatchRequest};
 use boxer_proto::membership::MemberChange;
 use boxer_proto::{Fingerprint, Member};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::lab::{LabNet, NatKind};
 use crate::printer::Printer;
 use crate::provider::{Join, LocalProvider, ProcessExit, STOP_GRACE};
 use crate::spec::Spec;
-use crate::state::{self, NodeStatus, Status};
+use crate::state::{self, NodeStatus, PathStatus, Status};
 
 /// How long after a node's runtime exits we wait for its exit report (and
 /// last output lines) through the rendezvous before using the process status.
@@ -27,6 +29,10 @@ const REPORT_WAIT: Duration = Duration::from_secs(2);
 /// Network mode of the local provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetMode {
+    /// Every node on its own device behind its own NAT router, the
+    /// rendezvous on a public router: a lab of network namespaces with no
+    /// way out of the machine.
+    Lab,
     /// All nodes in one fresh network namespace with only loopback.
     Shared,
     /// The caller's own network namespace.
@@ -51,6 +57,8 @@ pub struct UpOptions {
     pub net: NetMode,
     /// Use this rendezvous instead of an embedded one.
     pub external: Option<External>,
+    /// NAT of every node in `--net lab`.
+    pub nat: NatKind,
 }
 
 struct NodeState {
@@ -58,6 +66,7 @@ struct NodeState {
     exit: Option<i32>,
     process_exit: Option<(i32, Instant)>,
     main: bool,
+    paths: Vec<PathReport>,
 }
 
 /// Runs a cluster to completion; returns the exit code for the CLI.
@@ -82,6 +91,16 @@ pub async fn up(spec: Spec, options: UpOptions) -> anyhow::Result<i32> {
 
 async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow::Result<i32> {
     let started = Instant::now();
+    let lab = match options.net {
+        NetMode::Lab => {
+            anyhow::ensure!(
+                options.external.is_none(),
+                "--rendezvous cannot be used with --net lab: the lab has no way out of its namespaces (use --net shared or --net host)"
+            );
+            Some(Arc::new(LabNet::new().await?))
+        }
+        _ => None,
+    };
     // The rendezvous: embedded (this process) or external.
     let (addr, admin_token, embedded) = match &options.external {
         Some(ext) => (RendezvousAddr { addr: ext.addr, fingerprint: ext.fingerprint }, ext.admin_token.clone(), None),
@@ -91,14 +110,23 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 state_dir: dir.join("rendezvous"),
                 admin_token: Some(token.clone()),
+                // In the lab the rendezvous lives on the public router's LAN.
+                socket: lab.as_ref().map(|l| LabNet::udp_socket(l.rendezvous(), 0)).transpose()?,
             })
             .with_context(|| format!("starting the embedded rendezvous in {}", dir.join("rendezvous").display()))?;
-            let addr = RendezvousAddr { addr: server.local_addr()?, fingerprint: server.fingerprint() };
+            let mut listen = server.local_addr()?;
+            if let Some(lab) = &lab {
+                listen.set_ip(lab.rendezvous_ip()?.into());
+            }
+            let addr = RendezvousAddr { addr: listen, fingerprint: server.fingerprint() };
             tokio::spawn(server.clone().run());
             (addr, token, Some(server))
         }
     };
-    let endpoint = NodeEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Identity::generate()?)?;
+    let endpoint = match &lab {
+        Some(lab) => NodeEndpoint::from_socket(LabNet::udp_socket(lab.rendezvous(), 0)?, Identity::generate()?)?,
+        None => NodeEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Identity::generate()?)?,
+    };
     let info = rendezvous::create_cluster(
         &endpoint,
         addr,
@@ -121,7 +149,7 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
     // Frame reads are not cancel-safe: a task reads, the loop selects on a channel.
     let mut feed = spawn_feed_reader(feed_session);
 
-    let (mut provider, mut exits) = LocalProvider::new(dir.to_owned())?;
+    let (mut provider, mut exits) = LocalProvider::new(dir.to_owned(), lab.clone().map(|l| (l, options.nat)))?;
     let join = Join {
         rendezvous: addr.addr,
         fingerprint: addr.fingerprint.to_string(),
@@ -135,7 +163,7 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
         .map(|(s, i)| {
             (
                 format!("{}-{i}", s.name),
-                NodeState { member: None, exit: None, process_exit: None, main: s.main || !any_main },
+                NodeState { member: None, exit: None, process_exit: None, main: s.main || !any_main, paths: vec![] },
             )
         })
         .collect();
@@ -181,23 +209,45 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
                 },
                 output: output_dir.join(format!("{name}.log")).display().to_string(),
                 runtime_log: provider.runtime_log(name).display().to_string(),
+                paths: n
+                    .paths
+                    .iter()
+                    .map(|p| PathStatus {
+                        peer: nodes
+                            .iter()
+                            .find(|(_, other)| other.member.as_ref().is_some_and(|m| m.node_id == p.peer))
+                            .map_or_else(|| p.peer.to_string(), |(name, _)| name.clone()),
+                        path: p.kind.to_string(),
+                        rtt_us: p.rtt_us,
+                    })
+                    .collect(),
             })
             .collect();
         let _ = status.write(dir);
     };
 
+    // `boxer port-forward` joins from this namespace: ours, or in the lab
+    // that of a placeholder process on the rendezvous' public network.
+    let holder = match &lab {
+        Some(lab) => {
+            let mut cmd = tokio::process::Command::new("sleep");
+            cmd.arg("infinity").kill_on_drop(true).stdin(std::process::Stdio::null());
+            Some(lab.rendezvous().spawn_command(cmd).context("starting the lab's port-forward placeholder (sleep)")?)
+        }
+        None => None,
+    };
     state::JoinInfo {
         rendezvous: join.rendezvous,
         fingerprint: join.fingerprint.clone(),
         cluster: join.cluster.clone(),
         token: join.token.clone(),
-        pid: std::process::id() as i32,
-        own_namespace: options.net == NetMode::Shared,
+        pid: holder.as_ref().and_then(|h| h.id()).map_or(std::process::id() as i32, |p| p as i32),
+        own_namespace: options.net != NetMode::Host,
     }
     .write(dir)
     .with_context(|| format!("writing {}", dir.join("join.json").display()))?;
     for (service, index) in spec.nodes() {
-        provider.launch(&join, service, index)?;
+        provider.launch(&join, service, index).await?;
     }
     write_status(&mut status, &nodes, &provider);
 
@@ -243,7 +293,11 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
         }
         tokio::select! {
             msg = feed.recv() => match msg {
-                Some(Ok(msg)) => handle(&msg, &mut nodes, &printer, &progress, &mut failing_main),
+                Some(Ok(msg)) => {
+                    if handle(&msg, &mut nodes, &printer, &progress, &mut failing_main) {
+                        write_status(&mut status, &nodes, &provider);
+                    }
+                }
                 Some(Err(e)) => break Err(e).context("lost the rendezvous"),
                 None => break Err(anyhow::anyhow!("lost the rendezvous")),
             },
@@ -294,7 +348,9 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
         while provider.running() > 0 {
             tokio::select! {
                 Some(ProcessExit { node, .. }) = exits.recv() => provider.exited(&node),
-                Some(Ok(msg)) = feed.recv() => handle(&msg, &mut nodes, &printer, &progress, &mut failing_main),
+                Some(Ok(msg)) = feed.recv() => {
+                    handle(&msg, &mut nodes, &printer, &progress, &mut failing_main);
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     eprintln!("nodes did not stop within {STOP_GRACE:?}; killing them");
                     provider.signal_all(libc::SIGKILL);
@@ -341,14 +397,22 @@ fn spawn_feed_reader(
     rx
 }
 
+/// Applies one message from the rendezvous; `true` when paths changed (the
+/// status file is rewritten then).
 fn handle(
     msg: &ServerMessage,
     nodes: &mut BTreeMap<String, NodeState>,
     printer: &Printer,
     progress: &ProgressBar,
     failing_main: &mut Option<(String, i32)>,
-) {
+) -> bool {
     match msg {
+        ServerMessage::Paths { node, paths } => {
+            if let Some(n) = nodes.get_mut(node) {
+                n.paths = paths.clone();
+                return true;
+            }
+        }
         ServerMessage::Event(event) => {
             if let MemberChange::Joined(m) = &event.change
                 && let Some(n) = nodes.get_mut(&m.replica_name())
@@ -384,6 +448,7 @@ fn handle(
         }
         _ => {}
     }
+    false
 }
 
 /// Paths of a cluster's stored node output, for `boxer logs`.

@@ -1,0 +1,216 @@
+//! A cluster in the NAT lab for tests and benchmarks: a real
+//! `rendezvous-server` on the lab's public router and real `boxer-runtime`s,
+//! each on its own device behind its own NAT router (`boxer::lab`). Every
+//! process runs inside the lab's namespaces, which have no way out.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+pub use boxer::lab::{LabNet, NatKind, NatOptions};
+use patchbay::Device;
+
+use crate::{Proc, Scratch, bin, read, read_status, wait_until};
+
+/// Port the rendezvous listens on inside its device.
+const RENDEZVOUS_PORT: u16 = 4740;
+
+/// A lab with a rendezvous and one cluster.
+pub struct LabCluster {
+    /// The lab (dropped after the processes are stopped, before the runtime).
+    pub lab: LabNet,
+    /// The tokio runtime patchbay's handles were made on.
+    pub rt: tokio::runtime::Runtime,
+    /// Logs and status files.
+    pub dir: Scratch,
+    /// Rendezvous address inside the lab.
+    pub rendezvous: SocketAddr,
+    fingerprint: String,
+    token: String,
+    procs: Vec<Proc>,
+}
+
+/// A node started by [`LabCluster::node`].
+pub struct LabNode {
+    /// `<service>-<index>`.
+    pub name: String,
+    /// Its device.
+    pub device: Device,
+    /// Its `--status-file`.
+    pub status: PathBuf,
+    /// Its runtime log.
+    pub log: PathBuf,
+}
+
+impl LabCluster {
+    /// Builds a lab and starts the rendezvous with cluster `name`.
+    pub fn start(name: &str) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let lab = rt.block_on(LabNet::new())?;
+        let dir = Scratch::new(&format!("lab-{name}"));
+        let log = dir.path().join("rendezvous.log");
+        let mut cmd = Command::new(bin("rendezvous-server"));
+        cmd.args(["--listen", &format!("0.0.0.0:{RENDEZVOUS_PORT}"), "--state-dir"])
+            .arg(dir.path().join("rendezvous-state"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = lab.rendezvous().spawn_command_sync(cmd).context("starting rendezvous-server in the lab")?;
+        let stdout = child.stdout.take().context("piped stdout")?;
+        let mut proc = Proc { child, name: "rendezvous".into(), stderr: log };
+        let (mut fingerprint, mut admin) = (None, None);
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(v) = line.strip_prefix("fingerprint:") {
+                fingerprint = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("admin token:") {
+                admin = v.split_whitespace().next().map(str::to_owned);
+                break;
+            }
+        }
+        let (Some(fingerprint), Some(admin)) = (fingerprint, admin) else {
+            proc.kill();
+            bail!("rendezvous did not start: {}", proc.stderr_text());
+        };
+        let rendezvous = SocketAddr::from((lab.rendezvous_ip()?, RENDEZVOUS_PORT));
+        let mut create = Command::new(bin("boxer"));
+        create
+            .args(["cluster", "create", name, "--rendezvous", &rendezvous.to_string()])
+            .args(["--fingerprint", &fingerprint, "--admin-token", &admin])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = lab.rendezvous().spawn_command_sync(create)?.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stderr));
+        let token = String::from_utf8(out.stdout)?
+            .lines()
+            .find_map(|l| l.strip_prefix("join token:"))
+            .map(|t| t.trim().to_owned())
+            .context("no join token printed")?;
+        Ok(Self { lab, rt, dir, rendezvous, fingerprint, token, procs: vec![proc] })
+    }
+
+    /// The cluster's name is the scratch tag; this is its join flags.
+    fn runtime_command(&self, cluster: &str, service: &str, index: u32) -> Command {
+        let mut cmd = Command::new(bin("boxer-runtime"));
+        cmd.args(["--rendezvous", &self.rendezvous.to_string(), "--fingerprint", &self.fingerprint])
+            .args(["--cluster", cluster, "--token", &self.token, "--service", service])
+            .args(["--index", &index.to_string(), "--bind", "0.0.0.0:0"])
+            .env("RUST_LOG", "info,boxer_net=debug");
+        cmd
+    }
+
+    /// A device for a node behind a NAT of its own.
+    pub fn device(&self, name: &str, nat: NatOptions) -> anyhow::Result<Device> {
+        self.rt.block_on(self.lab.add_node(name, nat))
+    }
+
+    /// A device behind the existing NAT router `router`.
+    pub fn device_behind(&self, name: &str, router: &str) -> anyhow::Result<Device> {
+        self.rt.block_on(self.lab.add_node_behind(name, router))
+    }
+
+    /// Starts `boxer-runtime` for `<service>-<index>` of `cluster` on
+    /// `device` with `extra` arguments, and waits until it has joined.
+    pub fn node(
+        &mut self,
+        cluster: &str,
+        device: Device,
+        service: &str,
+        index: u32,
+        extra: &[&str],
+    ) -> anyhow::Result<LabNode> {
+        let name = format!("{service}-{index}");
+        let status = self.dir.path().join(format!("{name}.json"));
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = self.runtime_command(cluster, service, index);
+        cmd.arg("--status-file").arg(&status).args(extra);
+        cmd.stdout(std::fs::File::create(self.dir.path().join(format!("{name}.out")))?)
+            .stderr(std::fs::File::create(&log)?);
+        let child = device.spawn_command_sync(cmd).with_context(|| format!("starting {name}"))?;
+        self.procs.push(Proc { child, name: name.clone(), stderr: log.clone() });
+        wait_until(Duration::from_secs(20), &format!("{name} to join"), || {
+            read_status(&status).map(|_| ()).map_err(|e| format!("{e}; log:\n{}", read(&log)))
+        })?;
+        Ok(LabNode { name, device, status, log })
+    }
+
+    /// Waits until `node` sees `peer` as a member listening on `port`.
+    pub fn wait_listening(&self, node: &LabNode, peer: &str, port: u16) -> anyhow::Result<()> {
+        wait_until(Duration::from_secs(20), &format!("{} to see {peer} listening on {port}", node.name), || {
+            let status = read_status(&node.status)?;
+            let listening = status["members"].as_array().and_then(|members| {
+                members.iter().find(|m| m["name"] == peer).map(|m| {
+                    m["listening"].as_array().is_some_and(|ports| ports.iter().any(|p| p.as_u64() == Some(port as u64)))
+                })
+            });
+            if listening == Some(true) { Ok(()) } else { Err(format!("{status}")) }
+        })
+    }
+
+    /// The path `node` uses to `peer` (`direct <addr>` or `relayed`), once
+    /// it has a connection.
+    pub fn path(&self, node: &LabNode, peer: &str) -> anyhow::Result<String> {
+        wait_until(Duration::from_secs(10), &format!("{}'s path to {peer}", node.name), || {
+            let status = read_status(&node.status)?;
+            let id = status["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["name"] == peer))
+                .and_then(|m| m["node_id"].as_u64())
+                .ok_or_else(|| format!("{peer} is not a member: {status}"))?;
+            status["paths"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["peer"].as_u64() == Some(id)))
+                .and_then(|p| p["path"].as_str().map(str::to_owned))
+                .ok_or_else(|| format!("no path to {peer}: {status}"))
+        })
+    }
+
+    /// Runs `f` on `device`'s runtime (sockets it makes live in the device's
+    /// namespace) and waits for its result.
+    pub fn run_in<T, F, Fut>(&self, device: &Device, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let handle = device.spawn(move |_| f())?;
+        self.rt.block_on(handle).context("lab task panicked or was cancelled")?
+    }
+
+    /// Starts `f` on `device`'s runtime without waiting.
+    pub fn spawn_in<F, Fut>(&self, device: &Device, f: F) -> anyhow::Result<()>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        device.spawn(move |_| f())?;
+        Ok(())
+    }
+
+    /// Every process' log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.procs.iter().map(|p| format!("--- {}:\n{}\n", p.name, tail(&p.stderr_text(), 60))).collect()
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for LabCluster {
+    fn drop(&mut self) {
+        // Runtimes first (they leave cleanly), the rendezvous last.
+        for p in self.procs.iter_mut().rev() {
+            p.stop();
+        }
+    }
+}
+
+/// A local address in a device: `127.0.0.1:port`.
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
