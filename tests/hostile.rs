@@ -51,18 +51,15 @@ async fn broken_frames_are_refused_and_the_server_keeps_serving() -> anyhow::Res
     let mut truncated = 100u32.to_be_bytes().to_vec();
     truncated.extend_from_slice(&[1; 10]);
     let with_hello = |rest: &[u8]| [hello.clone(), rest.to_vec()].concat();
+    let version_text =
+        &*format!("peer speaks version 99, this build speaks version {}", boxer_proto::PROTOCOL_VERSION).leak();
     let cases: Vec<(&str, Vec<u8>, bool, &str)> = vec![
         ("truncated frame", truncated, true, "truncated frame: expected 100 bytes, got 10"),
         ("oversize frame", u32::MAX.to_be_bytes().to_vec(), false, "oversize frame: 4294967295 bytes announced"),
         ("HTTP request", b"GET / HTTP/1.1\r\n\r\n".to_vec(), false, "oversize frame"),
         ("garbage hello", vec![0, 0, 0, 6, 0xde, 0xad, 0xbe, 0xef, 1, 2], false, "not a Boxer peer"),
         ("short garbage", vec![0, 0, 0, 2, 0xff, 0xff], false, "undecodable frame"),
-        (
-            "other version",
-            framed(&Hello { magic: MAGIC, version: 99 }),
-            false,
-            "peer speaks version 99, this build speaks version 1",
-        ),
+        ("other version", framed(&Hello { magic: MAGIC, version: 99 }), false, version_text),
         ("garbage request", with_hello(&[0, 0, 0, 3, 0xff, 0xff, 0xff]), false, "bad request: undecodable frame"),
         ("truncated request", with_hello(&[0, 0]), true, "bad request: truncated frame"),
         ("silent client", vec![], false, "no request within"),

@@ -184,3 +184,35 @@ fn an_idle_connection_outlives_the_nat_timeout() {
     }
     assert!(c.path(&a, "b-0").unwrap().starts_with("direct"), "{}", c.logs());
 }
+
+/// A relayed pair whose NATs start allowing a direct path moves to it under
+/// an open connection: the transfer that began on the relay finishes intact.
+#[test]
+fn a_relayed_pair_upgrades_to_direct_without_breaking_streams() {
+    lab::require_isolation();
+    let (c, a, b) = pair("upgrade", Placement::Own(NatKind::Strict, NatKind::Strict)).unwrap();
+    let client = a.device.spawn(|_| exchange_client(Some(Duration::from_secs(25)))).unwrap();
+    // The connection starts on the relay...
+    let before = c.path(&a, "b-0").unwrap();
+    assert_eq!(before, "relayed", "{}", c.logs());
+    // ...then both NATs become port-restricted cones and forget their
+    // mappings: every flow is remapped (a NAT rebinding), the rendezvous sees
+    // and publishes the new addresses, and the next upgrade punch (within
+    // 10 s) finds the direct path.
+    for router in ["nat-a-0", "nat-b-0"] {
+        let router = c.lab.router(router).expect("router exists");
+        c.rt.block_on(async {
+            router.set_nat(patchbay::Nat::Moderate).await?;
+            router.flush_nat_state().await
+        })
+        .unwrap();
+    }
+    let result = c.rt.block_on(client).expect("client task");
+    if let Err(e) = result {
+        panic!("transfer across the upgrade: {e:#}\n{}", c.logs());
+    }
+    let after = c.path(&a, "b-0").unwrap();
+    assert!(after.starts_with("direct"), "still {after} after the NATs opened\n{}", c.logs());
+    let dials: usize = [&a, &b].iter().map(|n| read(&n.log).matches("peer connection established").count()).sum();
+    assert_eq!(dials, 1, "one connection throughout\n{}", c.logs());
+}

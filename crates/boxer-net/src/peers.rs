@@ -241,7 +241,7 @@ impl Peers {
     }
 
     /// Accepts peer connections until the endpoint closes, and dials the
-    /// peers a punch made ready when this node is the dialling side.
+    /// peers a punch started with when this node is the dialling side.
     pub async fn run(self: Arc<Self>, mut ready: mpsc::UnboundedReceiver<NodeId>) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -307,6 +307,7 @@ impl Peers {
     /// Accepts the streams `peer` opens on `conn`.
     fn spawn_serve(self: &Arc<Self>, conn: quinn::Connection, peer: NodeId) {
         let inbound = self.inbound.clone();
+        let this = self.clone();
         tokio::spawn(
             async move {
                 loop {
@@ -314,6 +315,9 @@ impl Peers {
                         Ok(s) => s,
                         Err(e) => {
                             debug!("peer connection ended: {e}");
+                            if live(&this.slot(peer).conn.borrow()).is_none() {
+                                this.pathfinder.idle(peer);
+                            }
                             return;
                         }
                     };

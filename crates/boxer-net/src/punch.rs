@@ -13,8 +13,9 @@
 //! address-dependent NAT uses a new mapping towards us) is answered and
 //! pinged back, which is how one open side can still reach a symmetric one.
 //!
-//! If no pong arrives within [`PUNCH_TIMEOUT`], the peer is routed through the
-//! relay. A relayed peer is punched again every [`UPGRADE_INTERVAL`]; a direct
+//! A new connection that has no direct path after [`RELAY_AFTER`] starts on
+//! the relay while the punch goes on; if no pong arrives within
+//! [`PUNCH_TIMEOUT`], the peer stays on the relay. A relayed peer is punched again every [`UPGRADE_INTERVAL`]; a direct
 //! route is pinged every [`HEARTBEAT_INTERVAL`] (which also keeps NAT
 //! mappings alive) and falls back to the relay when it stops answering. Route
 //! changes happen under the QUIC connection (see [`crate::socket`]), so open
@@ -66,6 +67,13 @@ pub const PUNCH_SCHEDULE: [Duration; 9] = [
 /// to come back); short enough that a symmetric-NAT peer is reachable within
 /// 3 s of the first connect.
 pub const PUNCH_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// How long a new connection waits for a punch before it starts on the
+/// relay (and moves to the direct path if the punch succeeds later). Punches
+/// that work finish within the 20 ms low-TTL round plus a round trip or two
+/// in a region; waiting longer would only delay peers that need the relay
+/// (Tailscale likewise starts on DERP and upgrades).
+pub const RELAY_AFTER: Duration = Duration::from_millis(150);
 
 /// How long a node waits for the rendezvous to start a punch it asked for
 /// before it uses the relay anyway (the rendezvous may have dropped the
@@ -129,15 +137,14 @@ pub struct Pathfinder {
     state: Mutex<State>,
     /// Bumped whenever a route is chosen or a punch ends.
     changed: watch::Sender<u64>,
-    /// Peers whose route became ready through a punch (the dialling side
-    /// connects to them).
+    /// Peers a punch started with (the dialling side connects to them).
     ready: mpsc::UnboundedSender<NodeId>,
 }
 
 impl Pathfinder {
     /// A pathfinder for node `me`. Call [`Pathfinder::run`] with the socket's
-    /// probe channel. Peers whose route a punch made ready arrive on the
-    /// returned channel.
+    /// probe channel. Peers a punch started with arrive on the returned
+    /// channel.
     pub fn new(
         me: NodeId,
         key: DiscoKey,
@@ -173,14 +180,19 @@ impl Pathfinder {
     }
 
     /// The route to `peer`, punching (through the rendezvous) if there is
-    /// none yet; the relay when punching fails.
+    /// none yet. A punch that has not found a direct path within
+    /// [`RELAY_AFTER`] leaves the peer on the relay meanwhile; if it succeeds
+    /// later, the peer moves to the direct path under its open connection.
     pub async fn ensure_route(&self, peer: NodeId) -> Route {
         if let Some(route) = self.socket.route(peer) {
             return route;
         }
         let mut changed = self.changed.subscribe();
-        self.request_punch(peer);
-        let wait = tokio::time::timeout(PUNCH_TIMEOUT + PUNCH_REQUEST_SLACK, async {
+        if !self.state().punching.contains(&peer) {
+            self.request_punch(peer);
+        }
+        let wait_for = if self.socket.has_relay() { RELAY_AFTER } else { PUNCH_TIMEOUT + PUNCH_REQUEST_SLACK };
+        let wait = tokio::time::timeout(wait_for, async {
             loop {
                 if let Some(route) = self.socket.route(peer) {
                     return route;
@@ -193,7 +205,7 @@ impl Pathfinder {
         match wait.await {
             Ok(route) => route,
             Err(_) => {
-                info!(%peer, "no punch happened; using the relay");
+                debug!(%peer, "no direct path yet; starting on the relay");
                 self.use_relay(peer);
                 Route::Relay
             }
@@ -221,6 +233,16 @@ impl Pathfinder {
         self.state().direct.get(&peer).map(|d| d.rtt)
     }
 
+    /// The peer has no connection any more: it is no longer heartbeaten or
+    /// upgraded, and the next connection punches afresh (NAT mappings of an
+    /// idle path expire).
+    pub fn idle(&self, peer: NodeId) {
+        if self.state().punching.contains(&peer) {
+            return;
+        }
+        self.forget(peer);
+    }
+
     /// Forgets a peer that left.
     pub fn forget(&self, peer: NodeId) {
         let mut s = self.state();
@@ -237,6 +259,8 @@ impl Pathfinder {
         if peer == self.me || !self.state().punching.insert(peer) {
             return;
         }
+        // The peer wants a connection (or we do): the dialling side starts it now.
+        let _ = self.ready.send(peer);
         let this = self.clone();
         tokio::spawn(async move {
             this.punch(peer).await;
@@ -285,7 +309,6 @@ impl Pathfinder {
             info!(%peer, "no direct path found; using the relay");
             self.socket.set_route(peer, Route::Relay);
         }
-        let _ = self.ready.send(peer);
     }
 
     fn direct_since(&self, peer: NodeId, since: Instant) -> bool {

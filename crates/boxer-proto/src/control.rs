@@ -113,13 +113,13 @@ impl NodeMessage {
                     return Err(format!("log line longer than {MAX_LOG_LINE} bytes"));
                 }
             }
-            NodeMessage::Wait { barrier: Barrier::Names(names), .. } => {
-                if names.len() > MAX_BARRIER_NAMES || names.iter().any(|n| n.len() > MAX_NAME_LEN) {
-                    return Err(format!(
-                        "barrier of {} names exceeds {MAX_BARRIER_NAMES} names of up to {MAX_NAME_LEN} bytes",
-                        names.len()
-                    ));
-                }
+            NodeMessage::Wait { barrier: Barrier::Names(names), .. }
+                if names.len() > MAX_BARRIER_NAMES || names.iter().any(|n| n.len() > MAX_NAME_LEN) =>
+            {
+                return Err(format!(
+                    "barrier of {} names exceeds {MAX_BARRIER_NAMES} names of up to {MAX_NAME_LEN} bytes",
+                    names.len()
+                ));
             }
             NodeMessage::Paths(paths) if paths.len() > MAX_PATH_REPORTS => {
                 return Err(format!("path report of {} peers exceeds {MAX_PATH_REPORTS}", paths.len()));
