@@ -606,4 +606,38 @@ mod tests {
         assert!(*feed.deleted.borrow());
         assert!(r.clusters().is_empty());
     }
+
+    #[test]
+    fn punches_reach_both_members_and_relays_stay_inside_a_cluster() {
+        let (mut r, _) = registry_with("demo", None);
+        r.create_cluster(CreateClusterRequest {
+            admin_token: ADMIN.into(),
+            name: "other".into(),
+            network: None,
+            join_token: Some("join".into()),
+        })
+        .unwrap();
+        let (a, _) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        let (b, _) = r.join(join_req("demo", "web", 1), Fingerprint([2; 32]), addr()).unwrap();
+        let (x, _) = r.join(join_req("other", "web", 0), Fingerprint([3; 32]), addr()).unwrap();
+        let mut ma = r.open_mailbox("demo", a.node_id).unwrap();
+        let mut mb = r.open_mailbox("demo", b.node_id).unwrap();
+        let _mx = r.open_mailbox("other", x.node_id).unwrap();
+        assert_eq!(a.disco_key, b.disco_key, "one key per cluster");
+        assert_ne!(a.disco_key, x.disco_key, "clusters do not share keys");
+
+        r.punch("demo", a.node_id, b.node_id).unwrap();
+        assert_eq!(ma.punch.try_recv().unwrap(), b.node_id);
+        assert_eq!(mb.punch.try_recv().unwrap(), a.node_id);
+        assert!(r.punch("demo", a.node_id, a.node_id).is_err(), "no punch to oneself");
+
+        // x has node id 1 in its own cluster, like a: ids do not cross clusters.
+        r.relay_to("demo", b.node_id).unwrap().try_send((a.node_id, vec![1])).unwrap();
+        assert_eq!(mb.relay.try_recv().unwrap(), (a.node_id, vec![1]));
+        assert!(r.relay_to("demo", NodeId(99)).is_none());
+        r.leave("demo", b.node_id);
+        assert!(r.relay_to("demo", b.node_id).is_none(), "a member that left gets nothing");
+        r.punch("demo", a.node_id, b.node_id).unwrap();
+        assert!(ma.punch.try_recv().is_err(), "no punch with a member that left");
+    }
 }
