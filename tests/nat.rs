@@ -216,3 +216,26 @@ fn a_relayed_pair_upgrades_to_direct_without_breaking_streams() {
     let dials: usize = [&a, &b].iter().map(|n| read(&n.log).matches("peer connection established").count()).sum();
     assert_eq!(dials, 1, "one connection throughout\n{}", c.logs());
 }
+
+/// A node whose NAT mapping changes under an open direct connection (it
+/// moves behind another NAT: new public address, as after a NAT reboot or a
+/// network change) keeps the connection: heartbeats find the new address and
+/// QUIC follows it.
+#[test]
+fn a_rebinding_keeps_the_connection() {
+    lab::require_isolation();
+    let (c, a, b) = pair("rebind", Placement::Own(NatKind::Moderate, NatKind::Moderate)).unwrap();
+    c.rt.block_on(c.lab.add_nat("nat-spare", NatOptions::new(NatKind::Moderate))).unwrap();
+    let client = a.device.spawn(|_| exchange_client(Some(Duration::from_secs(20)))).unwrap();
+    let before = c.path(&b, "a-0").unwrap();
+    assert!(before.starts_with("direct"), "{before}\n{}", c.logs());
+    let spare = c.lab.router("nat-spare").expect("router exists");
+    let iface = a.device.default_iface().expect("a-0 has an interface");
+    c.rt.block_on(iface.replug(spare.id())).unwrap();
+    let result = c.rt.block_on(client).expect("client task");
+    if let Err(e) = result {
+        panic!("transfer across the rebinding: {e:#}\n{}", c.logs());
+    }
+    let after = c.path(&b, "a-0").unwrap();
+    assert!(after.starts_with("direct") && after != before, "b-0 reaches a-0 {after} (before: {before})\n{}", c.logs());
+}

@@ -470,6 +470,7 @@ async fn feed_loop(
         };
         match msg {
             ServerMessage::Event(event) => {
+                let mut moved = None;
                 match &event.change {
                     MemberChange::Joined(m) => {
                         info!(peer = %m.node_id, name = %m.replica_name(), ip = %m.overlay_ip, "member joined")
@@ -479,12 +480,19 @@ async fn feed_loop(
                         shared.peers.forget(*node_id);
                     }
                     MemberChange::Listening { node_id, ports } => debug!(peer = %node_id, ?ports, "listening"),
-                    MemberChange::Addresses { node_id, .. } => debug!(peer = %node_id, "addresses changed"),
+                    MemberChange::Addresses { node_id, .. } => {
+                        debug!(peer = %node_id, "addresses changed");
+                        // Applied below first, so the punch sees the new candidates.
+                        moved = Some(*node_id);
+                    }
                 }
                 let mut result = Ok(());
                 membership.send_modify(|m| result = m.apply(event));
                 if let Err(e) = result {
                     return fail(NodeError::Feed(e.to_string()));
+                }
+                if let Some(peer) = moved {
+                    shared.pathfinder.peer_moved(peer);
                 }
             }
             ServerMessage::Snapshot(snapshot) => {

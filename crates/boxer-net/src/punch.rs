@@ -243,6 +243,17 @@ impl Pathfinder {
         self.forget(peer);
     }
 
+    /// The rendezvous published new addresses for `peer` (its NAT mapping
+    /// changed): a peer we route is punched again at once, since its old
+    /// direct path is probably dead and its NAT would filter our packets to
+    /// the new one until both sides send.
+    pub fn peer_moved(&self, peer: NodeId) {
+        if self.state().known.contains(&peer) {
+            info!(%peer, "peer's addresses changed; punching again");
+            self.request_punch(peer);
+        }
+    }
+
     /// Forgets a peer that left.
     pub fn forget(&self, peer: NodeId) {
         let mut s = self.state();
@@ -440,6 +451,7 @@ impl Pathfinder {
             self.state().direct.remove(&peer);
             self.socket.set_route(peer, Route::Relay);
             self.bump();
+            self.request_punch(peer);
         }
     }
 

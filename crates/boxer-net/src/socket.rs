@@ -239,7 +239,10 @@ impl AsyncUdpSocket for PeerSocket {
             return self.udp.try_send(transmit);
         };
         match self.route(peer) {
-            Some(Route::Direct(addr)) => self.udp.try_send(&Transmit { destination: addr, ..*transmit }),
+            // No source IP: quinn pins the local address a connection was
+            // first reached on, which is gone after our interface changed;
+            // the kernel picks the right one for the current path.
+            Some(Route::Direct(addr)) => self.udp.try_send(&Transmit { destination: addr, src_ip: None, ..*transmit }),
             // Without a chosen route the relay is the one path that may work.
             Some(Route::Relay) | None => {
                 self.relay(peer, transmit);
@@ -254,23 +257,27 @@ impl AsyncUdpSocket for PeerSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        {
-            let mut relay = self.relay_in.lock().unwrap_or_else(|e| e.into_inner());
-            if let Poll::Ready(Some((peer, packet))) = relay.poll_recv(cx)
-                && let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut())
-            {
-                let len = packet.len().min(buf.len());
-                buf[..len].copy_from_slice(&packet[..len]);
-                *m = RecvMeta { addr: peer_addr(peer), len, stride: len, ecn: None, dst_ip: None };
-                return Poll::Ready(Ok(1));
-            }
-        }
+        // UDP first: the hot path of direct peers never touches the relay
+        // queue (whose polling would also spend the task's coop budget).
         match self.udp.poll_recv(cx, bufs, meta) {
             Poll::Ready(Ok(n)) => {
                 self.sort_received(bufs, meta, n);
-                Poll::Ready(Ok(n))
+                return Poll::Ready(Ok(n));
             }
-            other => other,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {}
+        }
+        let mut relay = self.relay_in.lock().unwrap_or_else(|e| e.into_inner());
+        match relay.poll_recv(cx) {
+            Poll::Ready(Some((peer, packet))) => {
+                let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else { return Poll::Pending };
+                let len = packet.len().min(buf.len());
+                buf[..len].copy_from_slice(&packet[..len]);
+                *m = RecvMeta { addr: peer_addr(peer), len, stride: len, ecn: None, dst_ip: None };
+                Poll::Ready(Ok(1))
+            }
+            // Both sources have registered the waker.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 
