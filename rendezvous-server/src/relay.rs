@@ -18,8 +18,8 @@ use crate::session::{Shared, lock};
 /// Time a member has to say hello on its relay stream once opened.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most bytes gathered into one stream write.
-const WRITE_BATCH: usize = 64 << 10;
+/// Read buffer of a relay stream.
+const READ_BUFFER: usize = 64 << 10;
 
 /// Serves `node`'s relay stream (the second stream it opens on its
 /// connection), until the connection ends. `inbox` holds packets other
@@ -29,7 +29,7 @@ pub async fn serve(
     conn: quinn::Connection,
     cluster: String,
     node: NodeId,
-    mut inbox: mpsc::Receiver<RelayPacket>,
+    inbox: mpsc::Receiver<RelayPacket>,
 ) {
     let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
     let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
@@ -45,25 +45,8 @@ pub async fn serve(
             return;
         }
     }
-    let writer = tokio::spawn(async move {
-        let mut buf = Vec::with_capacity(WRITE_BATCH + relay::MAX_PACKET);
-        while let Some((from, packet)) = inbox.recv().await {
-            buf.clear();
-            let _ = relay::encode(from, &packet, &mut buf);
-            while buf.len() < WRITE_BATCH {
-                match inbox.try_recv() {
-                    Ok((from, packet)) => {
-                        let _ = relay::encode(from, &packet, &mut buf);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if send.write_all(&buf).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut recv = BufReader::with_capacity(WRITE_BATCH, recv);
+    let writer = tokio::spawn(boxer_net::relay::write_frames(inbox, send));
+    let mut recv = BufReader::with_capacity(READ_BUFFER, recv);
     // Senders looked up once per destination, not once per packet.
     let mut routes: HashMap<NodeId, mpsc::Sender<RelayPacket>> = HashMap::new();
     loop {

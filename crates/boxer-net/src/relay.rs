@@ -28,6 +28,29 @@ pub enum RelayError {
     Hello(String),
 }
 
+/// Writes the packets arriving on `packets` to `send` as relay frames,
+/// gathering those already queued into one write, until either side ends.
+/// Used by both ends of a relay stream.
+pub async fn write_frames(mut packets: mpsc::Receiver<RelayPacket>, mut send: quinn::SendStream) {
+    let mut buf = Vec::with_capacity(WRITE_BATCH + relay::MAX_PACKET);
+    while let Some((node, packet)) = packets.recv().await {
+        buf.clear();
+        let _ = relay::encode(node, &packet, &mut buf);
+        while buf.len() < WRITE_BATCH {
+            match packets.try_recv() {
+                Ok((node, packet)) => {
+                    let _ = relay::encode(node, &packet, &mut buf);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            debug!("relay stream closed: {e}");
+            return;
+        }
+    }
+}
+
 /// Opens the relay stream on `conn` (the node's rendezvous connection) and
 /// attaches it to `socket`. Runs until the connection ends.
 pub async fn attach(conn: &quinn::Connection, socket: &Arc<PeerSocket>) -> Result<(), RelayError> {
@@ -35,30 +58,9 @@ pub async fn attach(conn: &quinn::Connection, socket: &Arc<PeerSocket>) -> Resul
     frame::write(&mut send, &Hello::current()).await.map_err(|e| RelayError::Hello(e.to_string()))?;
     let hello: Hello = frame::read(&mut recv).await.map_err(|e| RelayError::Hello(e.to_string()))?;
     hello.check().map_err(|e| RelayError::Hello(e.to_string()))?;
-    let (out_tx, mut out_rx) = mpsc::channel::<RelayPacket>(OUTBOUND_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel::<RelayPacket>(OUTBOUND_QUEUE);
     socket.attach_relay(out_tx);
-    tokio::spawn(
-        async move {
-            let mut buf = Vec::with_capacity(WRITE_BATCH + relay::MAX_PACKET);
-            while let Some((peer, packet)) = out_rx.recv().await {
-                buf.clear();
-                let _ = relay::encode(peer, &packet, &mut buf);
-                while buf.len() < WRITE_BATCH {
-                    match out_rx.try_recv() {
-                        Ok((peer, packet)) => {
-                            let _ = relay::encode(peer, &packet, &mut buf);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = send.write_all(&buf).await {
-                    debug!("relay stream closed: {e}");
-                    return;
-                }
-            }
-        }
-        .instrument(info_span!("relay-out")),
-    );
+    tokio::spawn(write_frames(out_rx, send).instrument(info_span!("relay-out")));
     let inbox = socket.relay_inbox();
     tokio::spawn(
         async move {
