@@ -121,3 +121,71 @@ async fn a_runtime_refuses_a_dialler_that_is_not_a_member() -> anyhow::Result<()
     assert!(err.to_string().contains("does not match the pinned"), "{err}");
     Ok(())
 }
+
+/// A member that sends garbage on its relay stream is disconnected with the
+/// reason; one that relays to a node outside its cluster reaches nobody; the
+/// other members keep their relay.
+#[tokio::test]
+async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
+    use boxer_net::rendezvous::{self, RendezvousAddr};
+    use boxer_proto::control::JoinRequest;
+    use boxer_proto::relay;
+
+    let dir = Scratch::new("hostile-relay");
+    let rdv = start_rendezvous(dir.path())?;
+    let token = rdv.create_cluster(CLUSTER)?;
+    let other_token = rdv.create_cluster("other")?;
+    let at = RendezvousAddr { addr: rdv.addr, fingerprint: rdv.fingerprint.parse()? };
+    let join = |cluster: &str, token: &str, service: &str| JoinRequest {
+        cluster: cluster.into(),
+        join_token: token.into(),
+        service: service.into(),
+        index: 0,
+        local: vec![],
+        listening: vec![],
+    };
+    // Opens the relay stream of a joined member (hello both ways).
+    async fn relay_stream(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        frame::write(&mut send, &Hello::current()).await.unwrap();
+        let hello: Hello = frame::read(&mut recv).await.unwrap();
+        hello.check().unwrap();
+        (send, recv)
+    }
+
+    // Two honest members of "demo", one of "other".
+    let (ea, eb, ex) = (client(), client(), client());
+    let (a, sa) = rendezvous::join(&ea, at, join(CLUSTER, &token, "a")).await?;
+    let (b, sb) = rendezvous::join(&eb, at, join(CLUSTER, &token, "b")).await?;
+    let (_x, sx) = rendezvous::join(&ex, at, join("other", &other_token, "x")).await?;
+    let (mut a_send, _a_recv) = relay_stream(sa.connection()).await;
+    let (_b_send, mut b_recv) = relay_stream(sb.connection()).await;
+    let (mut x_send, _x_recv) = relay_stream(sx.connection()).await;
+
+    // x names b's node id, but in its own cluster that id is nobody: dropped.
+    let mut frame_bytes = Vec::new();
+    relay::encode(b.node_id, b"from another cluster", &mut frame_bytes)?;
+    x_send.write_all(&frame_bytes).await?;
+    // a -> b is delivered, tagged with a's id.
+    frame_bytes.clear();
+    relay::encode(b.node_id, b"hello b", &mut frame_bytes)?;
+    a_send.write_all(&frame_bytes).await?;
+    let got = tokio::time::timeout(SETTLE, relay::io::read(&mut b_recv)).await??;
+    assert_eq!(got, Some((a.node_id, b"hello b".to_vec())), "only a's packet reaches b");
+
+    // Garbage on the relay stream: a zero-length frame.
+    x_send.write_all(&[0, 0, 0, 0, 0, 1]).await?;
+    let reason = match tokio::time::timeout(SETTLE, sx.connection().closed()).await? {
+        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
+        other => panic!("expected an application close, got {other:?}"),
+    };
+    assert!(reason.contains("bad relay frame"), "{reason}");
+
+    // a and b still relay.
+    frame_bytes.clear();
+    relay::encode(b.node_id, b"still here", &mut frame_bytes)?;
+    a_send.write_all(&frame_bytes).await?;
+    let got = tokio::time::timeout(SETTLE, relay::io::read(&mut b_recv)).await??;
+    assert_eq!(got, Some((a.node_id, b"still here".to_vec())));
+    Ok(())
+}
