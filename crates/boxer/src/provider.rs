@@ -114,7 +114,7 @@ impl LocalProvider {
         let what = || format!("starting {} for {node} in {}", self.runtime.display(), service.workdir.display());
         let mut child = match &self.lab {
             Some((lab, nat)) => {
-                let device = lab.add_node(&node, NatOptions::new(*nat)).await?;
+                let device = lab.add_node(&node, NatOptions::new(service.nat.unwrap_or(*nat))).await?;
                 device.spawn_command(cmd).with_context(what)?
             }
             None => cmd.spawn().with_context(what)?,

@@ -18,6 +18,7 @@
 //!
 //! Every error names the file, line, column and key.
 
+use crate::lab::NatKind;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
@@ -61,6 +62,8 @@ pub struct Service {
     pub wait_for: Vec<(String, u16)>,
     /// Whether the cluster ends when this service's nodes have exited.
     pub main: bool,
+    /// NAT of this service's nodes with `--net lab` (default: `--nat`).
+    pub nat: Option<NatKind>,
 }
 
 impl Spec {
@@ -125,6 +128,7 @@ struct RawService {
     workdir: Option<Spanned<String>>,
     wait_for: Option<Vec<Spanned<String>>>,
     main: Option<bool>,
+    nat: Option<NatKind>,
 }
 
 struct Ctx<'a> {
@@ -264,6 +268,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             workdir,
             wait_for,
             main: s.main.unwrap_or(false),
+            nat: s.nat,
         });
     }
     let spec = Spec { path: path.to_owned(), name, network, services };
@@ -377,6 +382,7 @@ pub fn single(name: &str, replicas: u32, command: Vec<String>, workdir: PathBuf)
             workdir,
             wait_for: vec![],
             main: true,
+            nat: None,
         }],
     })
 }
@@ -407,6 +413,7 @@ command = ["redis-benchmark", "-h", "db-0"]
 env = { A = "1" }
 wait_for = ["db-0:6379", "db:6379"]
 main = true
+nat = "strict"
 "#,
         )
         .unwrap();
@@ -417,6 +424,7 @@ main = true
         let bench = &spec.services[0];
         assert!(bench.main && bench.env["A"] == "1" && bench.workdir == Path::new("/tmp"));
         assert_eq!(bench.wait_for, [("db-0".to_string(), 6379), ("db".to_string(), 6379)]);
+        assert_eq!((bench.nat, spec.services[1].nat), (Some(NatKind::Strict), None));
     }
 
     #[test]

@@ -99,7 +99,12 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
             );
             Some(Arc::new(LabNet::new().await?))
         }
-        _ => None,
+        _ => {
+            for s in spec.services.iter().filter(|s| s.nat.is_some()) {
+                eprintln!("note: services.{}.nat is ignored without --net lab", s.name);
+            }
+            None
+        }
     };
     // The rendezvous: embedded (this process) or external.
     let (addr, admin_token, embedded) = match &options.external {
