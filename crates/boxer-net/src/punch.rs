@@ -421,12 +421,10 @@ impl Pathfinder {
             s.known.insert(peer);
             switch
         };
-        if switch || self.socket.route(peer) != Some(Route::Direct(addr)) {
-            let before = self.socket.route(peer);
-            if switch || before.is_none_or(|r| r == Route::Relay) {
-                info!(%peer, %addr, rtt_us = rtt.as_micros() as u64, %observed, ?before, "direct path confirmed");
-                self.socket.set_route(peer, Route::Direct(addr));
-            }
+        let before = self.socket.route(peer);
+        if switch || before.is_none_or(|r| r == Route::Relay) {
+            info!(%peer, %addr, rtt_us = rtt.as_micros() as u64, %observed, ?before, "direct path confirmed");
+            self.socket.set_route(peer, Route::Direct(addr));
         }
         self.bump();
     }
