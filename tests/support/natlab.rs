@@ -92,7 +92,7 @@ impl LabCluster {
         Ok(Self { lab, rt, dir, rendezvous, fingerprint, token, procs: vec![proc] })
     }
 
-    /// The cluster's name is the scratch tag; this is its join flags.
+    /// A `boxer-runtime` command with the join flags for `cluster` filled in.
     fn runtime_command(&self, cluster: &str, service: &str, index: u32) -> Command {
         let mut cmd = Command::new(bin("boxer-runtime"));
         cmd.args(["--rendezvous", &self.rendezvous.to_string(), "--fingerprint", &self.fingerprint])

@@ -114,7 +114,6 @@ struct SentPing {
 struct Direct {
     addr: SocketAddr,
     last_pong: Instant,
-    rtt: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -226,11 +225,6 @@ impl Pathfinder {
         }
         self.state().known.insert(peer);
         self.bump();
-    }
-
-    /// The round-trip time of `peer`'s direct route.
-    pub fn direct_rtt(&self, peer: NodeId) -> Option<Duration> {
-        self.state().direct.get(&peer).map(|d| d.rtt)
     }
 
     /// The peer has no connection any more: it is no longer heartbeaten or
@@ -416,7 +410,7 @@ impl Pathfinder {
                 Some(d) => now.duration_since(d.last_pong) > HEARTBEAT_INTERVAL * 2,
             };
             if switch || current.is_some_and(|d| d.addr == addr) {
-                s.direct.insert(peer, Direct { addr, last_pong: now, rtt });
+                s.direct.insert(peer, Direct { addr, last_pong: now });
             }
             s.known.insert(peer);
             switch

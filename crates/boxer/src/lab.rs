@@ -99,10 +99,6 @@ impl std::fmt::Debug for LabNet {
     }
 }
 
-fn lab_error(what: String) -> impl FnOnce(anyhow::Error) -> anyhow::Error {
-    move |e| e.context(what)
-}
-
 impl LabNet {
     /// Builds the public router and the rendezvous' device.
     pub async fn new() -> anyhow::Result<Self> {
@@ -111,14 +107,9 @@ impl LabNet {
             .build()
             .await
             .context("building the NAT lab (needs nftables: `apt-get install nftables`, and user namespaces)")?;
-        let internet =
-            lab.add_router("internet").build().await.map_err(lab_error("adding the public router".into()))?;
-        let rendezvous = lab
-            .add_device("rendezvous")
-            .uplink(internet.id())
-            .build()
-            .await
-            .map_err(lab_error("adding the rendezvous device".into()))?;
+        let internet = lab.add_router("internet").build().await.context("adding the public router")?;
+        let rendezvous =
+            lab.add_device("rendezvous").uplink(internet.id()).build().await.context("adding the rendezvous device")?;
         Ok(Self { lab, internet, rendezvous, routers: Mutex::default() })
     }
 
@@ -163,7 +154,7 @@ impl LabNet {
     }
 
     async fn add_device_behind(&self, name: &str, upstream: patchbay::NodeId) -> anyhow::Result<Device> {
-        self.lab.add_device(name).uplink(upstream).build().await.map_err(lab_error(format!("adding lab device {name}")))
+        self.lab.add_device(name).uplink(upstream).build().await.with_context(|| format!("adding lab device {name}"))
     }
 
     /// Adds a NAT router called `name` on the public router.
@@ -190,7 +181,7 @@ impl LabNet {
                 .upstream(self.internet.id())
                 .build()
                 .await
-                .map_err(lab_error(format!("adding the ISP router of {name}")))?;
+                .with_context(|| format!("adding the ISP router of {name}"))?;
             isp.id()
         } else {
             self.internet.id()
@@ -202,7 +193,7 @@ impl LabNet {
             .nat(Nat::Custom(config))
             .build()
             .await
-            .map_err(lab_error(format!("adding NAT router {name}")))?;
+            .with_context(|| format!("adding NAT router {name}"))?;
         if nat.kind == NatKind::Masquerade {
             plain_masquerade(&router).with_context(|| format!("installing masquerade on {name}"))?;
         }
