@@ -4,7 +4,7 @@
 //! between a runtime and the rendezvous ([`control`]), between two runtimes
 //! ([`peer`]), path probes on the UDP socket ([`disco`]), packets relayed
 //! through the rendezvous ([`relay`]), and the membership data both carry
-//! ([`membership`]). Messages are
+//! ([`membership`]), and the JSON of a Lambda invocation ([`lambda`]). Messages are
 //! serde types encoded with postcard inside length-prefixed frames ([`frame`]).
 //!
 //! Every stream starts with a [`Hello`] frame carrying [`PROTOCOL_VERSION`], so
@@ -15,6 +15,7 @@ pub mod control;
 pub mod disco;
 pub mod frame;
 pub mod hello;
+pub mod lambda;
 pub mod membership;
 pub mod names;
 pub mod peer;
