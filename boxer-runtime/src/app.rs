@@ -38,14 +38,21 @@ pub enum AppError {
     NoShim(PathBuf),
 }
 
-/// Finds `command` like `execvp` does.
+/// `PATH` when the environment has none (what `execvp` assumes).
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Finds `command` like `execvp` does, in this process's `PATH`.
 pub fn resolve_command(command: &str) -> Result<PathBuf, AppError> {
+    resolve_command_in(command, &std::env::var_os("PATH").unwrap_or_else(|| OsString::from(DEFAULT_PATH)))
+}
+
+/// Finds `command` like `execvp` does, in the directories of `path`.
+pub fn resolve_command_in(command: &str, path: &std::ffi::OsStr) -> Result<PathBuf, AppError> {
     if command.contains('/') {
         let p = PathBuf::from(command);
         return if p.is_file() { Ok(p) } else { Err(AppError::NotFound(command.to_owned())) };
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
-    std::env::split_paths(&path)
+    std::env::split_paths(path)
         .map(|dir| dir.join(command))
         .find(|p| p.is_file())
         .ok_or_else(|| AppError::NotFound(command.to_owned()))

@@ -3,20 +3,25 @@
 //! It joins the cluster through the rendezvous from its one UDP socket, keeps
 //! the membership table current, keeps one QUIC connection per peer, and
 //! carries TCP connections between nodes as QUIC streams: outbound from
-//! `--forward` listeners, inbound to `--expose`d local ports.
+//! `--forward` listeners, inbound to `--expose`d local ports. It runs the
+//! node's program under the shim ([`supervise`]), as a local process or as
+//! an AWS Lambda custom runtime ([`lambda`]).
 
 pub mod app;
 pub mod config;
 mod control;
 pub mod etc;
 mod forward;
+pub mod host;
 mod inbound;
 pub mod interfaces;
+pub mod lambda;
 pub mod node;
 mod outbound;
 pub mod output;
 pub mod registry;
 pub mod status;
+pub mod supervise;
 
 pub use config::{ForwardSpec, NodeConfig};
 pub use node::{Node, NodeError, ShimFiles};

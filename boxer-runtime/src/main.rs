@@ -1,4 +1,7 @@
-//! `boxer-runtime`: joins a Boxer cluster and carries overlay TCP connections.
+//! `boxer-runtime`: joins a Boxer cluster and carries overlay TCP connections,
+//! as a local process (join flags) or as an AWS Lambda custom runtime.
+
+mod local_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use boxer_net::rendezvous::RendezvousAddr;
 use boxer_proto::Fingerprint;
-use boxer_proto::control::Stream;
-use boxer_runtime::{ForwardSpec, Node, NodeConfig, app, output};
+use boxer_runtime::lambda::{self, api};
+use boxer_runtime::{ForwardSpec, NodeConfig};
 use clap::Parser;
 
 /// Boxer runtime: makes this process a node of a Boxer cluster.
@@ -27,24 +30,31 @@ use clap::Parser;
 ///   boxer-runtime [join flags] -- redis-server --port 6379
 ///
 /// Every join flag can also come from the environment (BOXER_*).
+///
+/// Without join flags and with AWS_LAMBDA_RUNTIME_API set, it is an AWS
+/// Lambda custom runtime (`bootstrap`): each invocation's event names the
+/// node to start and the program to run, the answer reports how it ended.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about, verbatim_doc_comment)]
+#[command(
+    override_usage = "boxer-runtime [OPTIONS] --rendezvous <RENDEZVOUS> --fingerprint <FINGERPRINT> --cluster <CLUSTER> --token <TOKEN> --service <SERVICE> [-- <COMMAND>...]"
+)]
 struct Args {
     /// Rendezvous UDP address.
     #[arg(long, env = "BOXER_RENDEZVOUS")]
-    rendezvous: SocketAddr,
+    rendezvous: Option<SocketAddr>,
     /// SHA-256 fingerprint of the rendezvous certificate (printed by the server at start).
     #[arg(long, env = "BOXER_FINGERPRINT")]
-    fingerprint: Fingerprint,
+    fingerprint: Option<Fingerprint>,
     /// Cluster to join.
     #[arg(long, env = "BOXER_CLUSTER")]
-    cluster: String,
+    cluster: Option<String>,
     /// The cluster's join token.
     #[arg(long, env = "BOXER_JOIN_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// Service this node is a replica of (its name becomes SERVICE-INDEX).
     #[arg(long, env = "BOXER_SERVICE")]
-    service: String,
+    service: Option<String>,
     /// Replica index within the service.
     #[arg(long, env = "BOXER_INDEX", default_value_t = 0)]
     index: u32,
@@ -92,6 +102,79 @@ fn parse_wait_for(s: &str) -> Result<(String, u16), String> {
     Ok((name.to_owned(), port))
 }
 
+/// What this process is.
+enum Mode {
+    /// A local node joining with the flags.
+    Local(Box<local_cli::LocalRun>),
+    /// A Lambda custom runtime serving the Runtime API at this endpoint.
+    Lambda(http::Uri),
+}
+
+impl Args {
+    /// Local with join flags; Lambda without them when the Runtime API is
+    /// there; otherwise an error that says what to give.
+    fn mode(self) -> anyhow::Result<Mode> {
+        let given = self.rendezvous.is_some()
+            || self.fingerprint.is_some()
+            || self.cluster.is_some()
+            || self.token.is_some()
+            || self.service.is_some();
+        if !given {
+            return match std::env::var(api::RUNTIME_API_ENV) {
+                Ok(value) if !value.is_empty() => {
+                    if !self.command.is_empty() || !self.forwards.is_empty() || !self.expose.is_empty() {
+                        tracing::warn!(
+                            "as a Lambda runtime the events name the program; the command line's is ignored"
+                        );
+                    }
+                    Ok(Mode::Lambda(api::parse_endpoint(&value)?))
+                }
+                _ => Err(anyhow::anyhow!(
+                    "no cluster to join: give --rendezvous, --fingerprint, --cluster, --token and --service \
+                     (or BOXER_RENDEZVOUS, BOXER_FINGERPRINT, BOXER_CLUSTER, BOXER_JOIN_TOKEN, BOXER_SERVICE), \
+                     or run as an AWS Lambda custom runtime ({} set)",
+                    api::RUNTIME_API_ENV
+                )),
+            };
+        }
+        let (Some(addr), Some(fingerprint), Some(cluster), Some(join_token), Some(service)) =
+            (self.rendezvous, self.fingerprint, self.cluster.clone(), self.token.clone(), self.service.clone())
+        else {
+            let missing: Vec<&str> = [
+                (self.rendezvous.is_none(), "--rendezvous"),
+                (self.fingerprint.is_none(), "--fingerprint"),
+                (self.cluster.is_none(), "--cluster"),
+                (self.token.is_none(), "--token"),
+                (self.service.is_none(), "--service"),
+            ]
+            .into_iter()
+            .filter_map(|(missing, flag)| missing.then_some(flag))
+            .collect();
+            anyhow::bail!("missing {} (every join flag is needed to join a cluster)", missing.join(", "));
+        };
+        let config = NodeConfig {
+            rendezvous: RendezvousAddr { addr, fingerprint },
+            cluster,
+            join_token,
+            service,
+            index: self.index,
+            bind: self.bind,
+            forwards: self.forwards,
+            expose: self.expose,
+            status_file: self.status_file,
+            run_dir: self.run_dir,
+            shared_namespace: self.shared_namespace,
+        };
+        Ok(Mode::Local(Box::new(local_cli::LocalRun {
+            config,
+            command: self.command,
+            shim: self.shim,
+            wait_for: self.wait_for,
+            grace: self.grace,
+        })))
+    }
+}
+
 fn main() {
     // Errors are for people: the cause chain on one line, no backtrace.
     let code = match run_main() {
@@ -111,182 +194,19 @@ fn run_main() -> anyhow::Result<i32> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let shim = args.shim.clone();
+    let mode = args.mode()?;
     // One current-thread runtime per process: QUIC bulk transfer was 10-80%
     // slower on a multi-thread runtime (cross-thread wakeups per packet).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(run(args))
-}
-
-/// A run directory we created, removed on drop.
-struct TempRunDir(PathBuf);
-
-impl Drop for TempRunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Exit code of a finished program, shell style (128 + signal).
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-async fn run(args: Args) -> anyhow::Result<i32> {
-    // Check the program before joining, so a mistake costs no cluster slot.
-    let app = match args.command.first() {
-        Some(cmd) => {
-            let path = app::resolve_command(cmd)?;
-            app::check_executable(&path)?;
-            let shim = args.shim.clone().unwrap_or_else(app::default_shim);
-            if !shim.is_file() {
-                return Err(app::AppError::NoShim(shim).into());
-            }
-            Some((path, shim))
+    match mode {
+        Mode::Local(run) => runtime.block_on(local_cli::run(*run)),
+        Mode::Lambda(endpoint) => {
+            let api = api::RuntimeApi::new(endpoint.clone());
+            runtime
+                .block_on(lambda::serve(api, shim))
+                .with_context(|| format!("serving the Lambda Runtime API at {endpoint}"))?;
+            Ok(0)
         }
-        None => None,
-    };
-    let mut _temp = None;
-    let run_dir = match (&args.run_dir, &app) {
-        (Some(dir), _) => Some(dir.clone()),
-        (None, Some(_)) => {
-            let dir = std::env::temp_dir().join(format!(
-                "boxer-{}-{}-{}-{}",
-                args.cluster,
-                args.service,
-                args.index,
-                std::process::id()
-            ));
-            _temp = Some(TempRunDir(dir.clone()));
-            Some(dir)
-        }
-        (None, None) => None,
-    };
-    let config = NodeConfig {
-        rendezvous: RendezvousAddr { addr: args.rendezvous, fingerprint: args.fingerprint },
-        cluster: args.cluster.clone(),
-        join_token: args.token,
-        service: args.service.clone(),
-        index: args.index,
-        bind: args.bind,
-        forwards: args.forwards,
-        expose: args.expose,
-        status_file: args.status_file,
-        run_dir,
-        shared_namespace: args.shared_namespace,
-    };
-    let node = Node::start(config).await.with_context(|| {
-        format!(
-            "joining cluster {:?} as {}-{} through rendezvous {}",
-            args.cluster, args.service, args.index, args.rendezvous
-        )
-    })?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let name = node.joined().names[0].clone();
-    let Some((path, shim)) = app else {
-        tokio::select! {
-            e = node.stopped() => {
-                return Err(anyhow::anyhow!("{e}")).context(format!("node {name} stopped"));
-            }
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, leaving the cluster"),
-            _ = terminate.recv() => tracing::info!("terminated, leaving the cluster"),
-        }
-        node.shutdown().await;
-        return Ok(0);
-    };
-
-    for (target, port) in &args.wait_for {
-        tracing::info!("waiting for {target}:{port} to listen");
-        tokio::select! {
-            r = node.wait_listening(target, *port) => r.with_context(|| format!("waiting for {target}:{port}"))?,
-            _ = tokio::signal::ctrl_c() => { node.shutdown().await; return Ok(130); }
-            _ = terminate.recv() => { node.shutdown().await; return Ok(143); }
-        }
-    }
-
-    let mut command = tokio::process::Command::new(&path);
-    command.args(&args.command[1..]).kill_on_drop(true);
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    if std::env::var_os("PYTHONUNBUFFERED").is_none() {
-        // Output goes to a pipe, not a terminal: without this Python holds
-        // its prints until exit and the cluster's logs arrive late.
-        command.env("PYTHONUNBUFFERED", "1");
-    }
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            // Its own process group, so the runtime can stop every process the
-            // program forks; and killed if the runtime dies without cleaning up.
-            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command.env("LD_PRELOAD", app::ld_preload(&shim, std::env::var_os("LD_PRELOAD")));
-    for (key, value) in node.app_env().expect("a run directory is set when a command is given") {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().with_context(|| format!("starting {} on node {name}", path.display()))?;
-    let pid = child.id();
-    let mut relays = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        relays.push(tokio::spawn(output::relay(node.clone(), out, Stream::Stdout, tokio::io::stdout())));
-    }
-    if let Some(err) = child.stderr.take() {
-        relays.push(tokio::spawn(output::relay(node.clone(), err, Stream::Stderr, tokio::io::stderr())));
-    }
-    // Ships the rest of the output, then the exit status.
-    let finish = |code: i32| {
-        let node = node.clone();
-        async move {
-            for r in relays {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), r).await;
-            }
-            node.report_exit(code).await;
-            node.shutdown().await;
-        }
-    };
-    tracing::info!(pid, command = ?args.command, "program started");
-    // Signals the program's whole process group.
-    let signal_group = |sig: i32| {
-        if let Some(pid) = pid {
-            // SAFETY: kill(2) on the process group we created for the program.
-            unsafe { libc::kill(-(pid as i32), sig) };
-        }
-    };
-    let stop_reason = tokio::select! {
-        status = child.wait() => {
-            let code = exit_code(status.with_context(|| format!("waiting for {}", path.display()))?);
-            tracing::info!(code, "program exited");
-            // Nothing the program started outlives it.
-            signal_group(libc::SIGKILL);
-            finish(code).await;
-            return Ok(code);
-        }
-        e = node.stopped() => Err(anyhow::anyhow!("{e}")),
-        _ = tokio::signal::ctrl_c() => Ok("interrupted"),
-        _ = terminate.recv() => Ok("terminated"),
-    };
-    // Stop the program: SIGTERM, then SIGKILL after the grace period.
-    signal_group(libc::SIGTERM);
-    let grace = std::time::Duration::from_secs(args.grace);
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status?,
-        Err(_) => {
-            tracing::warn!("program did not exit within {grace:?} of SIGTERM; killing it");
-            signal_group(libc::SIGKILL);
-            child.wait().await?
-        }
-    };
-    signal_group(libc::SIGKILL);
-    let code = exit_code(status);
-    finish(code).await;
-    match stop_reason {
-        Ok(why) => {
-            tracing::info!(code, "{why}: program stopped");
-            Ok(code)
-        }
-        Err(e) => Err(e).context(format!("node {name} stopped")),
     }
 }

@@ -289,6 +289,15 @@ impl Node {
         ])
     }
 
+    /// UDP offload of the node's socket: (segments per send, segments per
+    /// receive), 1 where the kernel offers no GSO/GRO (quinn-udp probes both
+    /// and falls back by itself).
+    pub fn udp_offload(&self) -> (usize, usize) {
+        use quinn::AsyncUdpSocket;
+        let socket = self.endpoint.socket();
+        (socket.max_transmit_segments(), socket.max_receive_segments())
+    }
+
     /// Number of peers with a live QUIC connection.
     pub fn connected_peers(&self) -> usize {
         self.shared.peers.connected()

@@ -192,7 +192,22 @@ impl PeerSocket {
         } else {
             to
         };
-        send_with_ttl(self.raw.as_raw_fd(), packet, to, ttl)
+        match send_with_ttl(self.raw.as_raw_fd(), packet, to, ttl) {
+            // A host that refuses the per-packet TTL (a sandbox filtering
+            // control messages) still gets the probe, at the default TTL:
+            // punching works without the low-TTL refinement.
+            Err(e) if ttl.is_some() && ttl_refused(&e) => {
+                let plain = send_with_ttl(self.raw.as_raw_fd(), packet, to, None);
+                if plain.is_ok() {
+                    static NOTED: std::sync::Once = std::sync::Once::new();
+                    NOTED.call_once(|| {
+                        tracing::warn!("this host refuses a per-packet IP TTL ({e}); probes use the default TTL")
+                    });
+                }
+                plain
+            }
+            other => other,
+        }
     }
 
     fn relay(&self, peer: NodeId, transmit: &Transmit) {
@@ -296,6 +311,12 @@ impl AsyncUdpSocket for PeerSocket {
     fn may_fragment(&self) -> bool {
         self.udp.may_fragment()
     }
+}
+
+/// Errors that may mean "no per-packet TTL here" (confirmed when the same
+/// packet then goes out without one).
+fn ttl_refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP))
 }
 
 /// `sendmsg` with an `IP_TTL` / `IPV6_HOPLIMIT` control message, so one

@@ -1,0 +1,258 @@
+//! One invocation: one node joins, runs its program, reports, leaves.
+//!
+//! Each invocation joins afresh (a warm instance is reused for whatever node
+//! the next event names) and leaves nothing behind: its scratch directory is
+//! removed and the node has left the cluster before the answer is posted.
+//! Every failure becomes an `ErrorBody` whose `errorType` tells the CLI what
+//! happened (bad event, refused, unreachable, bad command), never a panic or
+//! an exit: the instance serves the next invocation either way.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use boxer_net::rendezvous::RendezvousError;
+use boxer_proto::lambda::{
+    ERROR_BAD_COMMAND, ERROR_JOIN_REFUSED, ERROR_RUNTIME, ERROR_UNREACHABLE, ErrorBody, NodeReport, StopCause,
+};
+use tokio::signal::unix::Signal;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::api::Invocation;
+use super::deadline;
+use super::event::{self, BadEvent, NodeRequest};
+use super::task::{self, Scratch};
+use crate::host::Host;
+use crate::supervise::{self, Program, SuperviseError};
+use crate::{Node, NodeConfig, NodeError, app};
+
+/// How long a node may take to join. A join is one QUIC handshake and a
+/// table insert at the rendezvous: well under a second between any two
+/// regions. 10 s covers a handshake that needs several retransmissions
+/// (quinn's first probe timeout is ~1 s, doubling) and still leaves an
+/// invocation whose rendezvous is gone to fail fast instead of idling,
+/// billed, until its deadline.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on shipping the last output and exit status after the program
+/// ended: what [`deadline::REPORT_MARGIN`] keeps, less 1 s for leaving the
+/// cluster and posting the answer.
+const FINISH_WITHIN: Duration = Duration::from_secs(deadline::REPORT_MARGIN.as_secs() - 1);
+
+/// What lives as long as the instance: host facts, where the shim is.
+#[derive(Debug)]
+pub struct Instance {
+    /// What the host allows; reported with every answer.
+    pub host: Host,
+    /// The shim library.
+    pub shim: PathBuf,
+    /// The function's code directory.
+    pub task_root: PathBuf,
+    /// Invocations served so far (names scratch directories).
+    pub served: u64,
+    /// The runtime got SIGTERM: answer, then exit.
+    pub terminated: bool,
+}
+
+/// Handles one invocation, received at `received` (`now_ms`: the wall clock
+/// then, ms since the epoch).
+pub async fn handle(
+    instance: &mut Instance,
+    invocation: &Invocation,
+    received: Instant,
+    now_ms: u64,
+    terminate: &mut Signal,
+) -> Result<NodeReport, ErrorBody> {
+    instance.served += 1;
+    let request = event::parse(&invocation.body).map_err(|e| {
+        warn!("{e}");
+        e.body()
+    })?;
+    let name = request.event.node_name();
+    let plan = deadline::plan(invocation.deadline_ms, now_ms, request.timeout, request.grace);
+    info!(node = %name, budget = ?plan.budget, source = ?plan.source, sigterm_after = ?plan.sigterm_after, grace = ?plan.grace, "invocation");
+    let stop_at = received + plan.sigterm_after;
+
+    let env = &request.event.env;
+    let inherited_path = env.get("PATH").map(OsString::from).or_else(|| std::env::var_os("PATH"));
+    let path = task::program_path(&instance.task_root, inherited_path.as_deref());
+    let command = &request.event.command;
+    let program_path = app::resolve_command_in(&command[0], &path)
+        .and_then(|p| app::check_executable(&p).map(|()| p))
+        .map_err(|e| error(ERROR_BAD_COMMAND, format!("node {name}: {e}")))?;
+    let scratch = Scratch::create(&name, instance.served)
+        .map_err(|e| error(ERROR_RUNTIME, format!("cannot create a scratch directory under /tmp: {e}")))?;
+    let workdir = match &request.event.workdir {
+        Some(rel) => {
+            let dir = instance.task_root.join(rel);
+            if !dir.is_dir() {
+                return Err(BadEvent(format!(
+                    "field `workdir`: {} is not a directory of the function's code",
+                    dir.display()
+                ))
+                .body());
+            }
+            dir
+        }
+        None => scratch.work_dir(),
+    };
+
+    let node = join(&request, scratch.run_dir()).await?;
+    let (gso, gro) = node.udp_offload();
+    instance.host.note_udp_offload(gso, gro);
+
+    for (target, port) in &request.wait_for {
+        info!("waiting for {target}:{port} to listen");
+        let failure = tokio::select! {
+            r = node.wait_listening(target, *port) => match r {
+                Ok(()) => continue,
+                Err(_) => format!("node {name} stopped while waiting for {target}:{port}: {}", node.stopped().await),
+            },
+            _ = tokio::time::sleep_until(stop_at) => {
+                format!("the invocation's deadline came while {name} waited for {target}:{port} to listen; the program never started")
+            }
+            _ = terminate.recv() => {
+                instance.terminated = true;
+                format!("the runtime was terminated while {name} waited for {target}:{port}")
+            }
+        };
+        node.shutdown().await;
+        return Err(error(ERROR_RUNTIME, failure));
+    }
+
+    let mut program_env: Vec<(OsString, OsString)> = vec![("PATH".into(), path)];
+    if let Some(home) = task::home_override(std::env::var_os("HOME").as_deref()) {
+        program_env.push(("HOME".into(), home));
+    }
+    program_env.extend(env.iter().filter(|(k, _)| *k != "PATH").map(|(k, v)| (k.into(), v.into())));
+    let program = Program {
+        path: program_path,
+        args: command[1..].to_vec(),
+        shim: instance.shim.clone(),
+        env: program_env,
+        workdir: Some(workdir),
+        grace: plan.grace,
+        finish_within: FINISH_WITHIN,
+        pdeathsig: instance.host.pdeathsig,
+    };
+    let terminated = &mut instance.terminated;
+    let stop = async {
+        tokio::select! {
+            _ = tokio::time::sleep_until(stop_at) => {
+                info!("the invocation's deadline is near");
+                StopCause::Deadline
+            }
+            _ = terminate.recv() => {
+                *terminated = true;
+                info!("terminated");
+                StopCause::Terminated
+            }
+        }
+    };
+    let outcome = supervise::run(&node, &program, stop).await.map_err(|e| {
+        node_left(&node);
+        match e {
+            SuperviseError::Spawn { .. } => error(ERROR_BAD_COMMAND, e.to_string()),
+            _ => error(ERROR_RUNTIME, e.to_string()),
+        }
+    })?;
+    if !outcome.own_group {
+        instance.host.note_refused("setpgid: refused".to_owned());
+    }
+    drop(scratch);
+    Ok(NodeReport {
+        node: name,
+        exit_code: outcome.exit_code,
+        run_ms: u64::try_from(outcome.run_time.as_millis()).unwrap_or(u64::MAX),
+        stopped: outcome.stopped,
+        killed_after_grace: outcome.killed_after_grace,
+        last_output: outcome.last_output,
+        host: instance.host.facts.clone(),
+    })
+}
+
+/// Leaves the cluster in the background (the error path of a program that
+/// did not start: the answer should not wait for it).
+fn node_left(node: &Node) {
+    let node = node.clone();
+    tokio::spawn(async move { node.shutdown().await });
+}
+
+/// Joins the cluster within [`JOIN_TIMEOUT`].
+async fn join(request: &NodeRequest, run_dir: PathBuf) -> Result<Node, ErrorBody> {
+    let event = &request.event;
+    let config = NodeConfig {
+        rendezvous: request.rendezvous,
+        cluster: event.cluster.clone(),
+        join_token: event.token.clone(),
+        service: event.service.clone(),
+        index: event.index,
+        bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        forwards: Vec::new(),
+        expose: Vec::new(),
+        status_file: None,
+        run_dir: Some(run_dir),
+        shared_namespace: false,
+    };
+    let addr = request.rendezvous.addr;
+    match tokio::time::timeout(JOIN_TIMEOUT, Node::start(config)).await {
+        Ok(Ok(node)) => Ok(node),
+        Ok(Err(e)) => Err(join_error(&e, addr)),
+        Err(_) => Err(error(
+            ERROR_UNREACHABLE,
+            format!(
+                "rendezvous {addr} did not answer within {JOIN_TIMEOUT:?} (is it running, and reachable from Lambda?)"
+            ),
+        )),
+    }
+}
+
+/// The `/error` body of a failed join: refused (with the rendezvous' own
+/// reason), unreachable, or a runtime failure.
+fn join_error(e: &NodeError, addr: SocketAddr) -> ErrorBody {
+    use quinn::ConnectionError as C;
+    let kind = match e {
+        NodeError::Rendezvous(r) => match r {
+            RendezvousError::Refused { .. } | RendezvousError::Closed { .. } | RendezvousError::Hello { .. } => {
+                ERROR_JOIN_REFUSED
+            }
+            // The TLS handshake failed: the server's certificate is not the
+            // one the event pinned, or the peer is not a rendezvous.
+            RendezvousError::Connection { source: C::TransportError(_) | C::ConnectionClosed(_), .. } => {
+                ERROR_JOIN_REFUSED
+            }
+            RendezvousError::Connection { .. } | RendezvousError::Timeout { .. } => ERROR_UNREACHABLE,
+            _ => ERROR_RUNTIME,
+        },
+        _ => ERROR_RUNTIME,
+    };
+    error(kind, format!("joining through rendezvous {addr}: {e}"))
+}
+
+fn error(kind: &str, message: String) -> ErrorBody {
+    warn!(error_type = kind, "{message}");
+    ErrorBody { error_type: kind.to_owned(), error_message: message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_failures_are_told_apart() {
+        let addr: SocketAddr = "127.0.0.1:4740".parse().unwrap();
+        let refused = NodeError::Rendezvous(RendezvousError::Refused {
+            code: 3,
+            reason: "wrong token for cluster \"demo\"".into(),
+        });
+        let body = join_error(&refused, addr);
+        assert_eq!(body.error_type, ERROR_JOIN_REFUSED);
+        assert!(body.error_message.contains("wrong token for cluster"), "{}", body.error_message);
+        let gone =
+            NodeError::Rendezvous(RendezvousError::Connection { addr, source: quinn::ConnectionError::TimedOut });
+        assert_eq!(join_error(&gone, addr).error_type, ERROR_UNREACHABLE);
+        assert_eq!(join_error(&NodeError::Stopped, addr).error_type, ERROR_RUNTIME);
+    }
+}
