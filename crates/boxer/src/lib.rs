@@ -1,6 +1,7 @@
 //! The `boxer` command line, as a library for tests.
 
 pub mod lab;
+pub mod lambda;
 pub mod netns;
 pub mod printer;
 pub mod provider;

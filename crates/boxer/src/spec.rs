@@ -14,11 +14,22 @@
 //! workdir = "."                   # relative to this file; default: this file's directory
 //! wait_for = ["db-0:6379"]        # start once db-0 listens on 6379
 //! main = true                     # the cluster ends when its main services exit
+//!
+//! [lambda]                        # optional: `boxer deploy` (flags win over these)
+//! function = "redis-bench"        # default: boxer-<cluster>
+//! role = "arn:aws:iam::123456789012:role/boxer"   # execution role
+//! memory = 1769                   # MB, 128 to 10240 (1769 = one full vCPU)
+//! timeout = 900                   # seconds, 1 to 900
+//! architecture = "x86_64"         # or "arm64"
+//! ephemeral_storage = 512         # MB of /tmp, 512 to 10240
+//! files = "app"                   # directory packed with the function (relative to this file)
+//! image = "public.ecr.aws/docker/library/redis:7"   # deploy as a container image on this base
 //! ```
 //!
 //! Every error names the file, line, column and key.
 
 use crate::lab::NatKind;
+use crate::lambda::{self, Architecture};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
@@ -43,6 +54,31 @@ pub struct Spec {
     pub network: Option<ipnet::Ipv4Net>,
     /// Services in name order.
     pub services: Vec<Service>,
+    /// How `boxer deploy` makes the cluster's Lambda function.
+    pub lambda: LambdaSpec,
+}
+
+/// The `[lambda]` table: settings of the cluster's Lambda function. Every
+/// field is optional; `boxer deploy` flags override them, and
+/// [`crate::lambda::deploy`] supplies the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LambdaSpec {
+    /// Function name (default: [`crate::lambda::function_name`]).
+    pub function: Option<String>,
+    /// ARN of the function's execution role.
+    pub role: Option<String>,
+    /// Memory in MB ([`lambda::MEMORY_MB`]); CPU is proportional to it.
+    pub memory: Option<u32>,
+    /// Invocation timeout in seconds ([`lambda::TIMEOUT_SECS`]).
+    pub timeout: Option<u32>,
+    /// Processor architecture.
+    pub architecture: Option<Architecture>,
+    /// Size of `/tmp` in MB ([`lambda::EPHEMERAL_STORAGE_MB`]).
+    pub ephemeral_storage: Option<u32>,
+    /// Directory whose contents are packed with the function (absolute).
+    pub files: Option<PathBuf>,
+    /// Base image: deploy as a container image built on it.
+    pub image: Option<String>,
 }
 
 /// One service: `replicas` nodes running the same command.
@@ -110,6 +146,20 @@ struct RawSpec {
     cluster: Spanned<RawCluster>,
     #[serde(default)]
     services: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawService>>>>,
+    lambda: Option<RawLambda>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLambda {
+    function: Option<Spanned<String>>,
+    role: Option<Spanned<String>>,
+    memory: Option<Spanned<i64>>,
+    timeout: Option<Spanned<i64>>,
+    architecture: Option<Spanned<String>>,
+    ephemeral_storage: Option<Spanned<i64>>,
+    files: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,9 +321,75 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             nat: s.nat,
         });
     }
-    let spec = Spec { path: path.to_owned(), name, network, services };
+    let lambda = match &raw.lambda {
+        Some(l) => parse_lambda(&ctx, l, &base)?,
+        None => LambdaSpec::default(),
+    };
+    let spec = Spec { path: path.to_owned(), name, network, services, lambda };
     check_wait_for(&spec, &ctx, &spans)?;
     Ok(spec)
+}
+
+fn parse_lambda(ctx: &Ctx<'_>, raw: &RawLambda, base: &Path) -> Result<LambdaSpec, SpecError> {
+    let range = |value: &Option<Spanned<i64>>, key: &str, limits: std::ops::RangeInclusive<u32>, unit: &str| {
+        let Some(v) = value else { return Ok(None) };
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if limits.contains(&n) => Ok(Some(n)),
+            _ => Err(ctx.error(
+                v.span(),
+                format!("lambda.{key}"),
+                format!("{key} must be {} to {} {unit}, not {}", limits.start(), limits.end(), v.get_ref()),
+            )),
+        }
+    };
+    let text = |value: &Option<Spanned<String>>, key: &str, check: &dyn Fn(&str) -> Result<(), String>| {
+        let Some(v) = value else { return Ok(None) };
+        check(v.get_ref()).map_err(|m| ctx.error(v.span(), format!("lambda.{key}"), m))?;
+        Ok(Some(v.get_ref().clone()))
+    };
+    let function = text(&raw.function, "function", &lambda::validate_function_name)?;
+    let role = text(&raw.role, "role", &lambda::validate_role_arn)?;
+    let image = text(&raw.image, "image", &|i: &str| {
+        if i.trim().is_empty() || i.contains(char::is_whitespace) {
+            Err(format!("{i:?} is not an image reference like \"public.ecr.aws/docker/library/python:3.12\""))
+        } else {
+            Ok(())
+        }
+    })?;
+    let architecture = match &raw.architecture {
+        Some(a) => Some(match a.get_ref().as_str() {
+            "x86_64" => Architecture::X86_64,
+            "arm64" => Architecture::Arm64,
+            other => {
+                return Err(ctx.error(
+                    a.span(),
+                    "lambda.architecture",
+                    format!("architecture must be \"x86_64\" or \"arm64\", not {other:?}"),
+                ));
+            }
+        }),
+        None => None,
+    };
+    let files = match &raw.files {
+        Some(f) => {
+            let dir = base.join(f.get_ref());
+            if !dir.is_dir() {
+                return Err(ctx.error(f.span(), "lambda.files", format!("{} is not a directory", dir.display())));
+            }
+            Some(dir)
+        }
+        None => None,
+    };
+    Ok(LambdaSpec {
+        function,
+        role,
+        memory: range(&raw.memory, "memory", lambda::MEMORY_MB, "MB")?,
+        timeout: range(&raw.timeout, "timeout", lambda::TIMEOUT_SECS, "seconds")?,
+        architecture,
+        ephemeral_storage: range(&raw.ephemeral_storage, "ephemeral_storage", lambda::EPHEMERAL_STORAGE_MB, "MB")?,
+        files,
+        image,
+    })
 }
 
 /// Every `wait_for` target must be a node of the spec, of another service,
@@ -384,6 +500,7 @@ pub fn single(name: &str, replicas: u32, command: Vec<String>, workdir: PathBuf)
             main: true,
             nat: None,
         }],
+        lambda: LambdaSpec::default(),
     })
 }
 
@@ -425,6 +542,76 @@ nat = "strict"
         assert!(bench.main && bench.env["A"] == "1" && bench.workdir == Path::new("/tmp"));
         assert_eq!(bench.wait_for, [("db-0".to_string(), 6379), ("db".to_string(), 6379)]);
         assert_eq!((bench.nat, spec.services[1].nat), (Some(NatKind::Strict), None));
+    }
+
+    #[test]
+    fn lambda_table() {
+        let dir = std::env::temp_dir().join(format!("boxer-spec-lambda-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("app")).unwrap();
+        let spec = parse(
+            &dir.join("boxer.toml"),
+            r#"
+[cluster]
+name = "c"
+[services.a]
+command = ["x"]
+[lambda]
+function = "my_fn-1"
+role = "arn:aws:iam::123456789012:role/boxer"
+memory = 3008
+timeout = 60
+architecture = "arm64"
+ephemeral_storage = 1024
+files = "app"
+image = "public.ecr.aws/docker/library/python:3.12"
+"#,
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            spec.lambda,
+            LambdaSpec {
+                function: Some("my_fn-1".into()),
+                role: Some("arn:aws:iam::123456789012:role/boxer".into()),
+                memory: Some(3008),
+                timeout: Some(60),
+                architecture: Some(Architecture::Arm64),
+                ephemeral_storage: Some(1024),
+                files: Some(dir.join("app")),
+                image: Some("public.ecr.aws/docker/library/python:3.12".into()),
+            }
+        );
+        let plain =
+            parse(Path::new("/x/boxer.toml"), "[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\n").unwrap();
+        assert_eq!(plain.lambda, LambdaSpec::default());
+    }
+
+    #[test]
+    fn lambda_errors_are_positioned() {
+        let base = "[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\n[lambda]\n";
+        let e = err(&format!("{base}memory = 64\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:10: lambda.memory: memory must be 128 to 10240 MB, not 64"), "{e}");
+        let e = err(&format!("{base}timeout = 901\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:11: lambda.timeout: timeout must be 1 to 900 seconds"), "{e}");
+        let e = err(&format!("{base}ephemeral_storage = -1\n"));
+        assert!(e.contains("lambda.ephemeral_storage: ephemeral_storage must be 512 to 10240 MB, not -1"), "{e}");
+        let e = err(&format!("{base}architecture = \"x86\"\n"));
+        assert!(
+            e.starts_with("/x/boxer.toml:6:16: lambda.architecture: architecture must be \"x86_64\" or \"arm64\""),
+            "{e}"
+        );
+        let e = err(&format!("{base}function = \"a.b\"\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:12: lambda.function:") && e.contains("'.'"), "{e}");
+        let e = err(&format!("{base}role = \"boxer\"\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:8: lambda.role:") && e.contains("arn:aws:iam::"), "{e}");
+        let e = err(&format!("{base}files = \"nope\"\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:9: lambda.files: /x/nope is not a directory"), "{e}");
+        let e = err(&format!("{base}image = \"\"\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:9: lambda.image:"), "{e}");
+        let e = err(&format!("{base}memroy = 128\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:1") && e.contains("unknown field `memroy`"), "{e}");
+        let e = err(&format!("{base}memory = \"big\"\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:10"), "{e}");
     }
 
     #[test]
