@@ -108,7 +108,7 @@ fn the_exit_code_is_the_failing_main_service_s() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(7), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("fails-0 | started") && stdout.contains("fails-1 | started"), "{stdout}");
-    assert!(stderr.contains("main service node fails-") && stderr.contains("exit code 7"), "{stderr}");
+    assert!(stderr.contains("node fails-") && stderr.contains("failed with exit code 7"), "{stderr}");
 
     let dir = Scratch::new("up-exit-spec");
     let spec = dir.path().join("boxer.toml");

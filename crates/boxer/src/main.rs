@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use boxer::lab::NatKind;
-use boxer::up::{External, NetMode, UpOptions};
+use boxer::lambda::aws::AwsArgs;
+use boxer::lambda::invoke::LambdaOptions;
+use boxer::up::{External, NetMode, ProviderChoice, UpOptions};
 use boxer::{netns, printer, spec, state, up};
 use boxer_net::rendezvous::{self, RendezvousAddr};
 use boxer_net::{Identity, NodeEndpoint};
@@ -29,6 +31,15 @@ enum Command {
     /// cluster, starts every node, streams their output prefixed with the
     /// node name, and exits with the first failing main service's exit code
     /// (0 if all succeed). Ctrl-C stops everything.
+    ///
+    /// Locally (the default) every node is a process behind its own
+    /// simulated NAT. With --provider lambda every node is one invocation
+    /// of the function `boxer deploy` created, and the rendezvous must run
+    /// where Lambda can reach it:
+    ///
+    ///   boxer up --provider lambda --rendezvous 203.0.113.7:4740 \
+    ///       --fingerprint HEX --admin-token TOKEN boxer.toml
+    #[command(verbatim_doc_comment)]
     Up {
         /// The spec file.
         #[arg(default_value = "boxer.toml")]
@@ -90,6 +101,44 @@ enum Command {
         /// Cluster name (default: the most recent).
         cluster: Option<String>,
     },
+    /// Create or update the cluster's AWS Lambda function (--delete removes it).
+    ///
+    /// One function serves the whole cluster: every node is one invocation
+    /// of it, with boxer-runtime as the function's custom runtime. Its
+    /// settings come from flags, else the spec's [lambda] table, else
+    /// defaults (1769 MB = one vCPU, 900 s, x86_64, 512 MB /tmp); the
+    /// execution role from --role, BOXER_LAMBDA_ROLE or [lambda] role.
+    ///
+    /// Zip (the default): the package holds `bootstrap` (boxer-runtime),
+    /// libboxer_shim.so and the files of [lambda] files, on the
+    /// provided.al2023 runtime. The uploaded zip is kept in the cluster's
+    /// state directory and its path printed.
+    ///
+    /// Container image (--image BASE or [lambda] image): a build context
+    /// FROM BASE with the runtime as entrypoint is written to the state
+    /// directory; with docker or podman on PATH it is built and pushed to
+    /// ECR (repository created if missing) and deployed. Without one, or
+    /// with --no-push, the commands to build and push it by hand are
+    /// printed, ending with `boxer deploy --image-uri URI`.
+    ///
+    /// The binaries come from --runtime-dir (BOXER_LAMBDA_BUILD), else
+    /// target/<arch>-unknown-linux-gnu/release/ of the target directory this
+    /// boxer runs from. They must be built for Lambda's glibc 2.34:
+    ///
+    ///   pip install cargo-zigbuild
+    ///   cargo zigbuild --release --target x86_64-unknown-linux-gnu.2.34 \
+    ///       -p boxer-runtime -p boxer-shim
+    ///
+    /// (aarch64-unknown-linux-gnu.2.34 for arm64); deploy checks them and
+    /// refuses what would not start on Lambda. AWS credentials, region and
+    /// endpoint come from the standard AWS chain (AWS_PROFILE, AWS_REGION,
+    /// ~/.aws/config, SSO, AWS_ENDPOINT_URL) with --profile, --region and
+    /// --endpoint-url on top.
+    #[command(verbatim_doc_comment)]
+    Deploy {
+        #[command(flatten)]
+        args: boxer::lambda::deploy::DeployArgs,
+    },
     /// Create, or delete, clusters on a rendezvous (needs its admin token).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -139,9 +188,23 @@ enum ClusterCommand {
     },
 }
 
+/// Where nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProviderKind {
+    /// Processes on this machine (see --net).
+    Local,
+    /// Invocations of the cluster's Lambda function (`boxer deploy` first;
+    /// needs --rendezvous on a host Lambda can reach).
+    Lambda,
+}
+
 /// How `boxer up` and `boxer run` launch nodes.
 #[derive(Debug, Args)]
 struct LaunchArgs {
+    /// Where nodes run: `local` processes, or `lambda` functions (each node
+    /// one invocation of the function `boxer deploy` made; see docs/lambda.md).
+    #[arg(long, value_enum, default_value = "local")]
+    provider: ProviderKind,
     /// Network: `lab` puts every node behind its own simulated NAT router
     /// and the rendezvous on a public one (network namespaces with no way
     /// out); `shared` puts every node in one fresh network namespace with
@@ -162,17 +225,68 @@ struct LaunchArgs {
     /// Admin token of --rendezvous.
     #[arg(long, env = "BOXER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// With --provider lambda: the function to invoke (default: `[lambda]
+    /// function` of the spec, else boxer-<cluster>).
+    #[arg(long, value_name = "NAME")]
+    function: Option<String>,
+    /// With --provider lambda: price per GB-second for the closing cost
+    /// estimate (default: Lambda's list price for the function's architecture).
+    #[arg(long, value_name = "USD")]
+    price_per_gb_second: Option<f64>,
+    #[command(flatten)]
+    aws: AwsArgs,
 }
 
 impl LaunchArgs {
-    fn options(&self) -> UpOptions {
+    fn options(&self) -> anyhow::Result<UpOptions> {
         let external = match (self.rendezvous, self.fingerprint, &self.admin_token) {
             (Some(addr), Some(fingerprint), Some(admin_token)) => {
                 Some(External { addr, fingerprint, admin_token: admin_token.clone() })
             }
             _ => None,
         };
-        UpOptions { net: self.net, external, nat: self.nat }
+        let provider = match self.provider {
+            ProviderKind::Local => ProviderChoice::Local,
+            ProviderKind::Lambda => {
+                let Some(ext) = &external else {
+                    anyhow::bail!(
+                        "--provider lambda needs a rendezvous that Lambda functions can reach: run \
+                         `rendezvous-server` on a host with a public UDP port (docs/lambda.md) and pass \
+                         --rendezvous IP:PORT --fingerprint HEX --admin-token TOKEN (no embedded rendezvous: \
+                         functions cannot reach this machine)"
+                    );
+                };
+                let ip = ext.addr.ip();
+                if ip.is_loopback() || ip.is_unspecified() {
+                    anyhow::bail!(
+                        "--rendezvous {}: Lambda functions cannot reach a loopback or unspecified address; give the rendezvous host's public IP",
+                        ext.addr
+                    );
+                }
+                if let std::net::IpAddr::V4(v4) = ip
+                    && v4.is_private()
+                {
+                    eprintln!(
+                        "note: --rendezvous {} is a private address: only functions attached to that VPC can reach it",
+                        ext.addr
+                    );
+                }
+                ProviderChoice::Lambda(LambdaOptions {
+                    aws: self.aws.clone(),
+                    function: self.function.clone(),
+                    price_per_gb_second: self.price_per_gb_second,
+                })
+            }
+        };
+        if let Some(price) = self.price_per_gb_second {
+            anyhow::ensure!(price.is_finite() && price >= 0.0, "--price-per-gb-second {price}: expected a price >= 0");
+        }
+        Ok(UpOptions { net: self.net, external, nat: self.nat, provider })
+    }
+
+    /// Whether this launch runs local nodes in a namespace of their own.
+    fn own_namespace(&self) -> bool {
+        self.provider == ProviderKind::Local && self.net != NetMode::Host
     }
 }
 
@@ -231,17 +345,20 @@ fn run_main() -> anyhow::Result<i32> {
         }
         _ => None,
     };
-    if let Some((_, launch)) = &launch
-        && launch.net == NetMode::Lab
+    let launch = match launch {
+        Some((spec, args)) => Some((spec, args.options()?, args.own_namespace())),
+        None => None,
+    };
+    if let Some((_, options, _)) = &launch
+        && matches!(options.provider, ProviderChoice::Local)
+        && options.net == NetMode::Lab
         // SAFETY: geteuid has no preconditions.
         && unsafe { libc::geteuid() } != 0
     {
         // Lets an ordinary user create the lab's namespaces.
         boxer::lab::init()?;
     }
-    if let Some((_, launch)) = &launch
-        && launch.net != NetMode::Host
-    {
+    if let Some((_, _, true)) = &launch {
         // In the lab too: this process itself then has no network but
         // loopback, so nothing it opens by mistake can leave the machine.
         // Before any thread exists: the namespace is entered by the whole process.
@@ -262,7 +379,7 @@ fn run_main() -> anyhow::Result<i32> {
         return runtime.block_on(port_forward(forward));
     }
     match launch {
-        Some((spec, launch)) => runtime.block_on(up::up(spec, launch.options())),
+        Some((spec, options, _)) => runtime.block_on(up::up(spec, options)),
         None => runtime.block_on(run(cli)),
     }
 }
@@ -273,6 +390,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { cluster } => status(cluster)?,
         Command::Logs { node, cluster, follow } => logs(node, cluster, follow).await?,
         Command::Down { cluster } => down(cluster).await?,
+        Command::Deploy { args } => return boxer::lambda::deploy::run(args).await,
         Command::Cluster(ClusterCommand::Create { rendezvous, admin_token, name, network, join_token }) => {
             let endpoint = rendezvous.endpoint()?;
             let info = rendezvous::create_cluster(

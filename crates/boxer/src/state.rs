@@ -59,6 +59,9 @@ pub struct Status {
     pub state: String,
     /// Network mode.
     pub net: String,
+    /// Where the nodes run: `local` or `lambda`.
+    #[serde(default)]
+    pub provider: String,
     /// Rendezvous address.
     pub rendezvous: String,
     /// One entry per node.
@@ -83,6 +86,10 @@ pub struct NodeStatus {
     /// Paths to the peers it has connections with.
     #[serde(default)]
     pub paths: Vec<PathStatus>,
+    /// Why it failed, when it failed before its program ran (e.g. a
+    /// function error).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 impl Status {

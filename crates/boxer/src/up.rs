@@ -1,29 +1,39 @@
 //! `boxer up`: start a rendezvous (or use one), create the cluster, launch
-//! every node, show progress and output, end when the main services exit,
-//! tear everything down.
+//! every node through a [`Provider`], show progress and output, end when the
+//! main services exit, tear everything down.
+//!
+//! One orchestration for every provider: the rendezvous is the single
+//! source of membership, output and exit reports (local nodes and Lambda
+//! functions report the same way); a provider only starts nodes, says when
+//! one ended, and stops them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use boxer_net::rendezvous::{self, RendezvousAddr};
 use boxer_net::{Identity, NodeEndpoint};
-use boxer_proto::control::{CreateClusterRequest, DeleteClusterRequest, PathReport, ServerMessage, WatchRequest};
+use boxer_proto::control::{
+    ClusterInfo, CreateClusterRequest, DeleteClusterRequest, PathReport, ServerMessage, WatchRequest,
+};
 use boxer_proto::membership::MemberChange;
 use boxer_proto::{Fingerprint, Member};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
 
 use crate::lab::{LabNet, NatKind};
+use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
 use crate::printer::Printer;
-use crate::provider::{Join, LocalProvider, ProcessExit, STOP_GRACE};
+use crate::provider::{Join, LocalProvider, NodeExit, Provider};
 use crate::spec::Spec;
 use crate::state::{self, NodeStatus, PathStatus, Status};
 
-/// How long after a node's runtime exits we wait for its exit report (and
-/// last output lines) through the rendezvous before using the process status.
+/// How long after a node's provider reports its end we wait for its exit
+/// report (and last output lines) through the rendezvous before using the
+/// provider's exit status.
 const REPORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Network mode of the local provider.
@@ -50,23 +60,27 @@ pub struct External {
     pub admin_token: String,
 }
 
+/// Where the nodes run.
+#[derive(Debug, Clone)]
+pub enum ProviderChoice {
+    /// Local processes (`--net` decides their network).
+    Local,
+    /// Invocations of the cluster's Lambda function.
+    Lambda(LambdaOptions),
+}
+
 /// Options of `boxer up`.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
-    /// Network mode (the namespace is entered by `main` before this runs).
+    /// Network mode of local nodes (the namespace is entered by `main`
+    /// before this runs).
     pub net: NetMode,
     /// Use this rendezvous instead of an embedded one.
     pub external: Option<External>,
     /// NAT of every node in `--net lab`.
     pub nat: NatKind,
-}
-
-struct NodeState {
-    member: Option<Member>,
-    exit: Option<i32>,
-    process_exit: Option<(i32, Instant)>,
-    main: bool,
-    paths: Vec<PathReport>,
+    /// Where the nodes run.
+    pub provider: ProviderChoice,
 }
 
 /// Runs a cluster to completion; returns the exit code for the CLI.
@@ -83,16 +97,18 @@ pub async fn up(spec: Spec, options: UpOptions) -> anyhow::Result<i32> {
     let _ = std::fs::remove_dir_all(dir.join("nodes"));
     std::fs::write(dir.join("up.pid"), std::process::id().to_string())
         .with_context(|| format!("writing {}", dir.join("up.pid").display()))?;
-    let result = run(&spec, &options, &dir).await;
+    let result = start(&spec, &options, &dir).await;
     let _ = std::fs::remove_file(dir.join("up.pid"));
     let _ = std::fs::remove_file(dir.join("join.json"));
     result
 }
 
-async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow::Result<i32> {
+/// Builds the network and the rendezvous, then runs the cluster on the
+/// chosen provider.
+async fn start(spec: &Spec, options: &UpOptions, dir: &Path) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let lab = match options.net {
-        NetMode::Lab => {
+    let lab = match (&options.provider, options.net) {
+        (ProviderChoice::Local, NetMode::Lab) => {
             anyhow::ensure!(
                 options.external.is_none(),
                 "--rendezvous cannot be used with --net lab: the lab has no way out of its namespaces (use --net shared or --net host)"
@@ -106,102 +122,320 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
             None
         }
     };
-    // The rendezvous: embedded (this process) or external.
-    let (addr, admin_token, embedded) = match &options.external {
-        Some(ext) => (RendezvousAddr { addr: ext.addr, fingerprint: ext.fingerprint }, ext.admin_token.clone(), None),
-        None => {
-            let token = ::rendezvous::registry::random_token();
-            let server = ::rendezvous::Rendezvous::bind(::rendezvous::Config {
-                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                state_dir: dir.join("rendezvous"),
-                admin_token: Some(token.clone()),
-                // In the lab the rendezvous lives on the public router's LAN.
-                socket: lab.as_ref().map(|l| LabNet::udp_socket(l.rendezvous(), 0)).transpose()?,
-            })
-            .with_context(|| format!("starting the embedded rendezvous in {}", dir.join("rendezvous").display()))?;
-            let mut listen = server.local_addr()?;
-            if let Some(lab) = &lab {
-                listen.set_ip(lab.rendezvous_ip()?.into());
-            }
-            let addr = RendezvousAddr { addr: listen, fingerprint: server.fingerprint() };
-            tokio::spawn(server.clone().run());
-            (addr, token, Some(server))
+    // The provider before the cluster: a missing function or credentials
+    // must not leave a cluster behind on the rendezvous.
+    match &options.provider {
+        ProviderChoice::Local => {
+            let (provider, exits) = LocalProvider::new(dir.to_owned(), lab.clone().map(|l| (l, options.nat)))?;
+            let rendezvous = ClusterRendezvous::start(spec, options, dir, lab.as_deref()).await?;
+            run(spec, options, dir, started, rendezvous, lab.as_deref(), provider, exits).await
         }
-    };
-    let endpoint = match &lab {
-        Some(lab) => NodeEndpoint::from_socket(LabNet::udp_socket(lab.rendezvous(), 0)?, Identity::generate()?)?,
-        None => NodeEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Identity::generate()?)?,
-    };
-    let info = rendezvous::create_cluster(
-        &endpoint,
-        addr,
-        CreateClusterRequest {
-            admin_token: admin_token.clone(),
-            name: spec.name.clone(),
-            network: spec.network,
-            join_token: None,
-        },
-    )
-    .await
-    .with_context(|| format!("creating cluster {:?} on rendezvous {}", spec.name, addr.addr))?;
-    let (snapshot, feed_session) = rendezvous::watch(
-        &endpoint,
-        addr,
-        WatchRequest { cluster: spec.name.clone(), token: admin_token.clone(), logs: true },
-    )
-    .await
-    .context("subscribing to the cluster's membership and output")?;
-    // Frame reads are not cancel-safe: a task reads, the loop selects on a channel.
-    let mut feed = spawn_feed_reader(feed_session);
-
-    let (mut provider, mut exits) = LocalProvider::new(dir.to_owned(), lab.clone().map(|l| (l, options.nat)))?;
-    let join = Join {
-        rendezvous: addr.addr,
-        fingerprint: addr.fingerprint.to_string(),
-        cluster: spec.name.clone(),
-        token: info.join_token.clone(),
-    };
-    let names: Vec<String> = spec.nodes().map(|(s, i)| format!("{}-{i}", s.name)).collect();
-    let any_main = spec.services.iter().any(|s| s.main);
-    let mut nodes: BTreeMap<String, NodeState> = spec
-        .nodes()
-        .map(|(s, i)| {
-            (
-                format!("{}-{i}", s.name),
-                NodeState { member: None, exit: None, process_exit: None, main: s.main || !any_main, paths: vec![] },
-            )
-        })
-        .collect();
-    for m in snapshot.members {
-        if let Some(n) = nodes.get_mut(&m.replica_name()) {
-            n.member = Some(m);
+        ProviderChoice::Lambda(lambda) => {
+            let (provider, exits) = LambdaProvider::new(lambda.clone(), spec, dir).await?;
+            let rendezvous = ClusterRendezvous::start(spec, options, dir, None).await?;
+            run(spec, options, dir, started, rendezvous, None, provider, exits).await
         }
     }
-    // Services some other service waits for: if one of their nodes fails,
-    // the waiting nodes would never start, so the cluster fails.
-    let depended_on: std::collections::HashSet<String> = spec
-        .services
-        .iter()
-        .flat_map(|s| s.wait_for.iter())
-        .filter_map(|(target, _)| match boxer_proto::names::parse(target, &spec.name) {
-            Some(boxer_proto::names::NameQuery::Replica { service, .. }) => Some(service),
-            Some(boxer_proto::names::NameQuery::Service(service)) => Some(service),
-            _ => None,
-        })
-        .collect();
-    let printer = Printer::new(names.clone());
-    let mut status = Status {
-        cluster: spec.name.clone(),
-        spec: spec.path.display().to_string(),
-        pid: Some(std::process::id() as i32),
-        state: "starting".into(),
-        net: format!("{:?}", options.net).to_lowercase(),
-        rendezvous: addr.addr.to_string(),
-        nodes: vec![],
-    };
-    let output_dir = dir.join("rendezvous").join("logs").join(&spec.name);
-    let write_status = |status: &mut Status, nodes: &BTreeMap<String, NodeState>, provider: &LocalProvider| {
-        status.nodes = nodes
+}
+
+/// The cluster's rendezvous as `boxer up` uses it: embedded or external,
+/// with the cluster created and a client endpoint for admin requests.
+struct ClusterRendezvous {
+    addr: RendezvousAddr,
+    admin_token: String,
+    embedded: Option<::rendezvous::Rendezvous>,
+    endpoint: NodeEndpoint,
+    info: ClusterInfo,
+    cluster: String,
+}
+
+impl ClusterRendezvous {
+    /// Starts the embedded rendezvous (on the lab's public router in the
+    /// lab) or uses the external one, and creates the cluster.
+    async fn start(spec: &Spec, options: &UpOptions, dir: &Path, lab: Option<&LabNet>) -> anyhow::Result<Self> {
+        let (addr, admin_token, embedded) = match &options.external {
+            Some(ext) => {
+                (RendezvousAddr { addr: ext.addr, fingerprint: ext.fingerprint }, ext.admin_token.clone(), None)
+            }
+            None => {
+                let token = ::rendezvous::registry::random_token();
+                let server = ::rendezvous::Rendezvous::bind(::rendezvous::Config {
+                    listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    state_dir: dir.join("rendezvous"),
+                    admin_token: Some(token.clone()),
+                    // In the lab the rendezvous lives on the public router's LAN.
+                    socket: lab.map(|l| LabNet::udp_socket(l.rendezvous(), 0)).transpose()?,
+                })
+                .with_context(|| format!("starting the embedded rendezvous in {}", dir.join("rendezvous").display()))?;
+                let mut listen = server.local_addr()?;
+                if let Some(lab) = lab {
+                    listen.set_ip(lab.rendezvous_ip()?.into());
+                }
+                let addr = RendezvousAddr { addr: listen, fingerprint: server.fingerprint() };
+                tokio::spawn(server.clone().run());
+                (addr, token, Some(server))
+            }
+        };
+        let bind_ip = match (&options.external, lab) {
+            (_, Some(_)) => None,
+            // An external rendezvous elsewhere is reached through any interface.
+            (Some(ext), None) if !ext.addr.ip().is_loopback() => Some(Ipv4Addr::UNSPECIFIED),
+            _ => Some(Ipv4Addr::LOCALHOST),
+        };
+        let endpoint = match (lab, bind_ip) {
+            (Some(lab), _) => {
+                NodeEndpoint::from_socket(LabNet::udp_socket(lab.rendezvous(), 0)?, Identity::generate()?)?
+            }
+            (None, ip) => {
+                NodeEndpoint::bind(SocketAddr::from((ip.unwrap_or(Ipv4Addr::LOCALHOST), 0)), Identity::generate()?)?
+            }
+        };
+        let info = rendezvous::create_cluster(
+            &endpoint,
+            addr,
+            CreateClusterRequest {
+                admin_token: admin_token.clone(),
+                name: spec.name.clone(),
+                network: spec.network,
+                join_token: None,
+            },
+        )
+        .await
+        .with_context(|| format!("creating cluster {:?} on rendezvous {}", spec.name, addr.addr))?;
+        Ok(Self { addr, admin_token, embedded, endpoint, info, cluster: spec.name.clone() })
+    }
+
+    /// Subscribes to membership and output; a task reads the session
+    /// (frame reads are not cancel-safe), the caller selects on a channel.
+    async fn watch(
+        &self,
+    ) -> anyhow::Result<(
+        boxer_proto::membership::MembershipSnapshot,
+        mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>>,
+    )> {
+        let (snapshot, session) = rendezvous::watch(
+            &self.endpoint,
+            self.addr,
+            WatchRequest { cluster: self.cluster.clone(), token: self.admin_token.clone(), logs: true },
+        )
+        .await
+        .context("subscribing to the cluster's membership and output")?;
+        Ok((snapshot, spawn_feed_reader(session)))
+    }
+
+    /// How nodes join.
+    fn join(&self) -> Join {
+        Join {
+            rendezvous: self.addr.addr,
+            fingerprint: self.addr.fingerprint.to_string(),
+            cluster: self.cluster.clone(),
+            token: self.info.join_token.clone(),
+        }
+    }
+
+    /// Deletes the cluster: every node still joined is disconnected.
+    async fn delete_cluster(&self) {
+        let request = DeleteClusterRequest { admin_token: self.admin_token.clone(), name: self.cluster.clone() };
+        if let Err(e) = rendezvous::delete_cluster(&self.endpoint, self.addr, request).await {
+            tracing::debug!("deleting cluster {}: {e}", self.cluster);
+        }
+    }
+
+    /// Deletes the cluster and stops an embedded rendezvous.
+    async fn close(&self) {
+        self.delete_cluster().await;
+        if let Some(server) = &self.embedded {
+            server.close();
+        }
+    }
+}
+
+/// One node as `boxer up` sees it.
+struct NodeState {
+    member: Option<Member>,
+    exit: Option<i32>,
+    /// The provider's report of its end, and when it came.
+    provider_exit: Option<(NodeExit, Instant)>,
+    main: bool,
+    paths: Vec<PathReport>,
+    note: Option<String>,
+}
+
+/// The cluster's nodes and what their ends mean for the run.
+struct ClusterView {
+    nodes: BTreeMap<String, NodeState>,
+    /// Services some other service waits for: if one of their nodes fails,
+    /// the waiting nodes would never start, so the cluster fails.
+    depended_on: HashSet<String>,
+    /// The first main (or depended-on) node that failed, and its code.
+    failing: Option<(String, i32)>,
+    /// Where to keep the nodes' output when the rendezvous is not ours (an
+    /// embedded rendezvous keeps it itself), so `boxer logs` works alike.
+    keep_output: Option<PathBuf>,
+}
+
+impl ClusterView {
+    fn new(spec: &Spec) -> Self {
+        let any_main = spec.services.iter().any(|s| s.main);
+        let nodes = spec
+            .nodes()
+            .map(|(s, i)| {
+                let state = NodeState {
+                    member: None,
+                    exit: None,
+                    provider_exit: None,
+                    main: s.main || !any_main,
+                    paths: vec![],
+                    note: None,
+                };
+                (format!("{}-{i}", s.name), state)
+            })
+            .collect();
+        let depended_on = spec
+            .services
+            .iter()
+            .flat_map(|s| s.wait_for.iter())
+            .filter_map(|(target, _)| match boxer_proto::names::parse(target, &spec.name) {
+                Some(boxer_proto::names::NameQuery::Replica { service, .. }) => Some(service),
+                Some(boxer_proto::names::NameQuery::Service(service)) => Some(service),
+                _ => None,
+            })
+            .collect();
+        Self { nodes, depended_on, failing: None, keep_output: None }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
+    }
+
+    /// Nodes that joined or already ended.
+    fn settled(&self) -> usize {
+        self.nodes.values().filter(|n| n.member.is_some() || n.exit.is_some()).count()
+    }
+
+    fn joined(&self) -> usize {
+        self.nodes.values().filter(|n| n.member.is_some()).count()
+    }
+
+    fn mains_done(&self) -> bool {
+        self.nodes.values().filter(|n| n.main).all(|n| n.exit.is_some())
+    }
+
+    /// A failed node that other services wait for.
+    fn failed_dependency(&self) -> Option<(String, i32)> {
+        self.nodes
+            .iter()
+            .find(|(name, n)| {
+                n.exit.is_some_and(|c| c != 0)
+                    && name.rsplit_once('-').is_some_and(|(service, _)| self.depended_on.contains(service))
+            })
+            .map(|(name, n)| (name.clone(), n.exit.unwrap_or(1)))
+    }
+
+    fn record_exit(&mut self, node: &str, code: i32) {
+        if let Some(n) = self.nodes.get_mut(node)
+            && n.exit.is_none()
+        {
+            n.exit = Some(code);
+            if n.main && code != 0 && self.failing.is_none() {
+                self.failing = Some((node.to_owned(), code));
+            }
+        }
+    }
+
+    /// Applies one message from the rendezvous; `true` when the status
+    /// file should be rewritten.
+    fn apply(&mut self, msg: &ServerMessage, printer: &Printer, progress: &ProgressBar) -> bool {
+        match msg {
+            ServerMessage::Paths { node, paths } => {
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.paths = paths.clone();
+                    return true;
+                }
+            }
+            ServerMessage::Event(event) => {
+                if let MemberChange::Joined(m) = &event.change
+                    && let Some(n) = self.nodes.get_mut(&m.replica_name())
+                {
+                    n.member = Some(m.clone());
+                    return true;
+                }
+            }
+            ServerMessage::Snapshot(s) => {
+                for m in &s.members {
+                    if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
+                        n.member = Some(m.clone());
+                    }
+                }
+                return true;
+            }
+            ServerMessage::Logs { node, lines } => {
+                progress.suspend(|| {
+                    for l in lines {
+                        printer.line(node, &l.text);
+                    }
+                });
+                if let Some(dir) = &self.keep_output
+                    && self.nodes.contains_key(node)
+                {
+                    keep_lines(&dir.join(format!("{node}.log")), lines.iter().map(|l| l.text.as_str()));
+                }
+            }
+            ServerMessage::Exited { node, status } if self.nodes.get(node).is_some_and(|n| n.exit.is_none()) => {
+                progress.suspend(|| printer.note(node, &format!("exited with code {}", status.code)));
+                self.record_exit(node, status.code);
+                return true;
+            }
+            ServerMessage::LogsDropped { batches } => {
+                progress.suspend(|| eprintln!("(output fell behind: {batches} batches not shown; see boxer logs)"))
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// The provider says a node ended: a node that failed before its
+    /// program ran is settled at once, others wait for the rendezvous' exit
+    /// report for [`REPORT_WAIT`].
+    fn provider_exit(&mut self, exit: NodeExit, printer: &Printer, progress: &ProgressBar) {
+        if !exit.notes.is_empty() {
+            progress.suspend(|| exit.notes.iter().for_each(|l| printer.note(&exit.node, l)));
+        }
+        let Some(n) = self.nodes.get_mut(&exit.node) else { return };
+        if exit.failed_to_start && n.exit.is_none() {
+            n.note = exit.detail.first().cloned();
+            let (node, code) = (exit.node.clone(), exit.code);
+            progress.suspend(|| exit.detail.iter().for_each(|l| printer.note(&node, l)));
+            self.record_exit(&node, code);
+        } else {
+            n.provider_exit = Some((exit, Instant::now()));
+        }
+    }
+
+    /// Nodes whose provider reported an end but whose rendezvous exit
+    /// report never came (a crashed runtime): settle them with the
+    /// provider's code and show why.
+    fn settle_unreported(&mut self, printer: &Printer, progress: &ProgressBar) {
+        let overdue: Vec<NodeExit> = self
+            .nodes
+            .values()
+            .filter(|n| n.exit.is_none())
+            .filter_map(|n| n.provider_exit.as_ref())
+            .filter(|(_, at)| at.elapsed() > REPORT_WAIT)
+            .map(|(exit, _)| exit.clone())
+            .collect();
+        for exit in overdue {
+            progress.suspend(|| exit.detail.iter().for_each(|l| printer.note(&exit.node, l)));
+            if let Some(n) = self.nodes.get_mut(&exit.node) {
+                n.note = exit.detail.first().cloned();
+            }
+            self.record_exit(&exit.node, exit.code);
+        }
+    }
+
+    /// The nodes as `status.json` shows them.
+    fn status(&self, output_dir: &Path, provider: &impl Provider) -> Vec<NodeStatus> {
+        self.nodes
             .iter()
             .map(|(name, n)| NodeStatus {
                 name: name.clone(),
@@ -213,12 +447,13 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
                     (None, None) => "starting".into(),
                 },
                 output: output_dir.join(format!("{name}.log")).display().to_string(),
-                runtime_log: provider.runtime_log(name).display().to_string(),
+                runtime_log: provider.runtime_log(name),
                 paths: n
                     .paths
                     .iter()
                     .map(|p| PathStatus {
-                        peer: nodes
+                        peer: self
+                            .nodes
                             .iter()
                             .find(|(_, other)| other.member.as_ref().is_some_and(|m| m.node_id == p.peer))
                             .map_or_else(|| p.peer.to_string(), |(name, _)| name.clone()),
@@ -226,14 +461,62 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
                         rtt_us: p.rtt_us,
                     })
                     .collect(),
+                note: n.note.clone(),
             })
-            .collect();
+            .collect()
+    }
+}
+
+/// Runs the cluster on `provider` until its main services end, then tears
+/// it down.
+#[allow(clippy::too_many_arguments)]
+async fn run<P: Provider>(
+    spec: &Spec,
+    options: &UpOptions,
+    dir: &Path,
+    started: Instant,
+    rendezvous: ClusterRendezvous,
+    lab: Option<&LabNet>,
+    mut provider: P,
+    mut exits: mpsc::UnboundedReceiver<NodeExit>,
+) -> anyhow::Result<i32> {
+    let (snapshot, mut feed) = match rendezvous.watch().await {
+        Ok(w) => w,
+        Err(e) => {
+            rendezvous.close().await;
+            return Err(e);
+        }
+    };
+    let mut view = ClusterView::new(spec);
+    let output_dir = dir.join("rendezvous").join("logs").join(&spec.name);
+    if rendezvous.embedded.is_none() {
+        let _ = std::fs::remove_dir_all(&output_dir);
+        std::fs::create_dir_all(&output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+        view.keep_output = Some(output_dir.clone());
+    }
+    view.apply(&ServerMessage::Snapshot(snapshot), &Printer::new(vec![]), &ProgressBar::hidden());
+    let printer = Printer::new(view.names());
+    let mut status = Status {
+        cluster: spec.name.clone(),
+        spec: spec.path.display().to_string(),
+        pid: Some(std::process::id() as i32),
+        state: "starting".into(),
+        net: match options.provider {
+            ProviderChoice::Local => format!("{:?}", options.net).to_lowercase(),
+            ProviderChoice::Lambda(_) => "lambda".into(),
+        },
+        provider: provider.kind().into(),
+        rendezvous: rendezvous.addr.addr.to_string(),
+        nodes: vec![],
+    };
+    let write_status = |status: &mut Status, view: &ClusterView, provider: &P| {
+        status.nodes = view.status(&output_dir, provider);
         let _ = status.write(dir);
     };
 
     // `boxer port-forward` joins from this namespace: ours, or in the lab
     // that of a placeholder process on the rendezvous' public network.
-    let holder = match &lab {
+    let holder = match lab {
         Some(lab) => {
             let mut cmd = tokio::process::Command::new("sleep");
             cmd.arg("infinity").kill_on_drop(true).stdin(std::process::Stdio::null());
@@ -241,155 +524,181 @@ async fn run(spec: &Spec, options: &UpOptions, dir: &std::path::Path) -> anyhow:
         }
         None => None,
     };
+    let join = rendezvous.join();
     state::JoinInfo {
         rendezvous: join.rendezvous,
         fingerprint: join.fingerprint.clone(),
         cluster: join.cluster.clone(),
         token: join.token.clone(),
         pid: holder.as_ref().and_then(|h| h.id()).map_or(std::process::id() as i32, |p| p as i32),
-        own_namespace: options.net != NetMode::Host,
+        own_namespace: matches!(options.provider, ProviderChoice::Local) && options.net != NetMode::Host,
     }
     .write(dir)
     .with_context(|| format!("writing {}", dir.join("join.json").display()))?;
-    for (service, index) in spec.nodes() {
-        provider.launch(&join, service, index).await?;
-    }
-    write_status(&mut status, &nodes, &provider);
 
-    let progress = ProgressBar::new(names.len() as u64);
+    let progress = ProgressBar::new(view.nodes.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{spinner} {prefix}: {pos}/{len} nodes joined {wide_msg}")
             .expect("valid template"),
     );
     progress.set_prefix(spec.name.clone());
     progress.enable_steady_tick(Duration::from_millis(100));
-    let mut all_joined = false;
+    let mut launch_error = None;
+    for (service, index) in spec.nodes() {
+        if let Err(e) = provider.launch(&join, service, index).await {
+            launch_error = Some(e.context(format!("starting node {}-{index}", service.name)));
+            break;
+        }
+    }
+    write_status(&mut status, &view, &provider);
 
+    let mut all_joined = false;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut failing_main: Option<(String, i32)> = None;
     let mut interrupted = false;
     let outcome: anyhow::Result<()> = loop {
-        let joined = nodes.values().filter(|n| n.member.is_some() || n.exit.is_some()).count();
-        progress.set_position(joined as u64);
-        if !all_joined && joined == nodes.len() {
+        if let Some(e) = launch_error.take() {
+            break Err(e);
+        }
+        progress.set_position(view.settled() as u64);
+        progress.set_message(provider.progress());
+        if !all_joined && view.settled() == view.nodes.len() {
             all_joined = true;
             progress.finish_and_clear();
-            let up = nodes.values().filter(|n| n.member.is_some()).count();
-            eprintln!("cluster {}: {up}/{} nodes joined in {:.1?}", spec.name, nodes.len(), started.elapsed());
+            eprintln!(
+                "cluster {}: {}/{} nodes joined in {:.1?}",
+                spec.name,
+                view.joined(),
+                view.nodes.len(),
+                started.elapsed()
+            );
             status.state = "running".into();
-            write_status(&mut status, &nodes, &provider);
+            write_status(&mut status, &view, &provider);
         }
-        if nodes.values().filter(|n| n.main).all(|n| n.exit.is_some()) {
+        if view.mains_done() {
             break Ok(());
         }
-        let failed_dependency = nodes.iter().find(|(name, n)| {
-            n.exit.is_some_and(|c| c != 0)
-                && name.rsplit_once('-').is_some_and(|(service, _)| depended_on.contains(service))
-        });
-        if let Some((name, n)) = failed_dependency {
-            let code = n.exit.unwrap_or(1);
+        if let Some((name, code)) = view.failed_dependency() {
             eprintln!(
                 "cluster {}: {name} failed (exit code {code}) and other services wait for it; stopping",
                 spec.name
             );
-            failing_main.get_or_insert((name.clone(), code));
+            view.failing.get_or_insert((name, code));
             break Ok(());
         }
         tokio::select! {
             msg = feed.recv() => match msg {
                 Some(Ok(msg)) => {
-                    if handle(&msg, &mut nodes, &printer, &progress, &mut failing_main) {
-                        write_status(&mut status, &nodes, &provider);
+                    if view.apply(&msg, &printer, &progress) {
+                        write_status(&mut status, &view, &provider);
                     }
                 }
                 Some(Err(e)) => break Err(e).context("lost the rendezvous"),
                 None => break Err(anyhow::anyhow!("lost the rendezvous")),
             },
-            Some(ProcessExit { node, code }) = exits.recv() => {
-                provider.exited(&node);
-                if let Some(n) = nodes.get_mut(&node)
-                    && n.exit.is_none()
-                {
-                    n.process_exit = Some((code, Instant::now()));
-                }
+            Some(exit) = exits.recv() => {
+                provider.exited(&exit.node);
+                view.provider_exit(exit, &printer, &progress);
             }
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => { interrupted = true; break Ok(()); }
             _ = terminate.recv() => { interrupted = true; break Ok(()); }
         }
-        // Runtimes that ended without reporting (join refused, crash).
-        for (name, n) in nodes.iter_mut() {
-            if let Some((code, at)) = n.process_exit
-                && n.exit.is_none()
-                && at.elapsed() > REPORT_WAIT
-            {
-                n.exit = Some(code);
-                let log = provider.runtime_log(name);
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let last: Vec<&str> = tail.lines().rev().take(3).collect();
-                progress.suspend(|| {
-                    printer.note(name, &format!("runtime exited with code {code} (log: {})", log.display()));
-                    for l in last.iter().rev() {
-                        printer.note(name, l);
-                    }
-                });
-                if n.main && code != 0 && failing_main.is_none() {
-                    failing_main = Some((name.clone(), code));
-                }
-            }
-        }
-        write_status(&mut status, &nodes, &provider);
+        view.settle_unreported(&printer, &progress);
+        write_status(&mut status, &view, &provider);
     };
     progress.finish_and_clear();
-
-    // Teardown: stop every node, delete the cluster, stop the rendezvous.
-    if provider.running() > 0 {
-        if interrupted {
-            eprintln!("stopping cluster {} (interrupted)", spec.name);
-        }
-        provider.signal_all(libc::SIGTERM);
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while provider.running() > 0 {
-            tokio::select! {
-                Some(ProcessExit { node, .. }) = exits.recv() => provider.exited(&node),
-                Some(Ok(msg)) = feed.recv() => {
-                    handle(&msg, &mut nodes, &printer, &progress, &mut failing_main);
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    eprintln!("nodes did not stop within {STOP_GRACE:?}; killing them");
-                    provider.signal_all(libc::SIGKILL);
-                    break;
-                }
-                _ = tokio::signal::ctrl_c() => provider.signal_all(libc::SIGKILL),
-            }
-        }
+    if interrupted {
+        eprintln!("stopping cluster {} (interrupted)", spec.name);
     }
-    let _ = rendezvous::delete_cluster(&endpoint, addr, DeleteClusterRequest { admin_token, name: spec.name.clone() })
-        .await;
-    if let Some(server) = embedded {
-        server.close();
-    }
+    teardown(&mut provider, &mut exits, &mut feed, &mut view, &printer, &rendezvous).await;
+    drop(holder);
     outcome?;
-    let code = match (&failing_main, interrupted) {
+    let code = match (&view.failing, interrupted) {
         (_, true) => 130,
         (Some((_, code)), _) => *code,
         (None, false) => 0,
     };
     status.state = format!("ended (exit {code})");
     status.pid = None;
-    write_status(&mut status, &nodes, &provider);
-    if let Some((node, code)) = failing_main {
-        eprintln!("cluster {}: main service node {node} failed with exit code {code}", spec.name);
+    write_status(&mut status, &view, &provider);
+    for line in provider.summary() {
+        eprintln!("{line}");
+    }
+    if let Some((node, code)) = &view.failing {
+        eprintln!("cluster {}: node {node} failed with exit code {code}", spec.name);
     }
     Ok(code)
+}
+
+/// Stops every node still running (signals, or deleting the cluster for
+/// providers that stop through the rendezvous), waits up to the
+/// provider's grace, deletes the cluster, stops an embedded rendezvous.
+async fn teardown<P: Provider>(
+    provider: &mut P,
+    exits: &mut mpsc::UnboundedReceiver<NodeExit>,
+    feed: &mut mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>>,
+    view: &mut ClusterView,
+    printer: &Printer,
+    rendezvous: &ClusterRendezvous,
+) {
+    let hidden = ProgressBar::hidden();
+    if provider.running() > 0 {
+        if provider.stops_through_rendezvous() {
+            rendezvous.delete_cluster().await;
+        } else {
+            provider.stop_all(false);
+        }
+        let grace = provider.stop_grace();
+        let deadline = tokio::time::Instant::now() + grace;
+        while provider.running() > 0 {
+            tokio::select! {
+                Some(exit) = exits.recv() => {
+                    provider.exited(&exit.node);
+                    let (node, code) = (exit.node.clone(), exit.code);
+                    view.provider_exit(exit, printer, &hidden);
+                    view.record_exit(&node, code);
+                }
+                Some(Ok(msg)) = feed.recv() => {
+                    view.apply(&msg, printer, &hidden);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    eprintln!("{} node(s) did not stop within {grace:?}; stopping them by force", provider.running());
+                    provider.stop_all(true);
+                    break;
+                }
+                _ = tokio::signal::ctrl_c() => provider.stop_all(true),
+            }
+        }
+    }
+    rendezvous.close().await;
+}
+
+/// Appends output lines to a node's log file; a failure to write costs the
+/// stored copy, never the run.
+fn keep_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+    match file {
+        Ok(mut f) => {
+            let mut text = String::new();
+            for l in lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+            if let Err(e) = f.write_all(text.as_bytes()) {
+                tracing::warn!("writing {}: {e}", path.display());
+            }
+        }
+        Err(e) => tracing::warn!("opening {}: {e}", path.display()),
+    }
 }
 
 /// Reads the watch session in its own task; ends after the first error.
 fn spawn_feed_reader(
     mut session: rendezvous::SessionReceiver,
-) -> tokio::sync::mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
+) -> mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>> {
+    let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         loop {
             let msg = session.next().await;
@@ -400,60 +709,6 @@ fn spawn_feed_reader(
         }
     });
     rx
-}
-
-/// Applies one message from the rendezvous; `true` when paths changed (the
-/// status file is rewritten then).
-fn handle(
-    msg: &ServerMessage,
-    nodes: &mut BTreeMap<String, NodeState>,
-    printer: &Printer,
-    progress: &ProgressBar,
-    failing_main: &mut Option<(String, i32)>,
-) -> bool {
-    match msg {
-        ServerMessage::Paths { node, paths } => {
-            if let Some(n) = nodes.get_mut(node) {
-                n.paths = paths.clone();
-                return true;
-            }
-        }
-        ServerMessage::Event(event) => {
-            if let MemberChange::Joined(m) = &event.change
-                && let Some(n) = nodes.get_mut(&m.replica_name())
-            {
-                n.member = Some(m.clone());
-            }
-        }
-        ServerMessage::Snapshot(s) => {
-            for m in &s.members {
-                if let Some(n) = nodes.get_mut(&m.replica_name()) {
-                    n.member = Some(m.clone());
-                }
-            }
-        }
-        ServerMessage::Logs { node, lines } => progress.suspend(|| {
-            for l in lines {
-                printer.line(node, &l.text);
-            }
-        }),
-        ServerMessage::Exited { node, status } => {
-            if let Some(n) = nodes.get_mut(node)
-                && n.exit.is_none()
-            {
-                n.exit = Some(status.code);
-                progress.suspend(|| printer.note(node, &format!("exited with code {}", status.code)));
-                if n.main && status.code != 0 && failing_main.is_none() {
-                    *failing_main = Some((node.clone(), status.code));
-                }
-            }
-        }
-        ServerMessage::LogsDropped { batches } => {
-            progress.suspend(|| eprintln!("(output fell behind: {batches} batches not shown; see boxer logs)"))
-        }
-        _ => {}
-    }
-    false
 }
 
 /// Paths of a cluster's stored node output, for `boxer logs`.

@@ -10,30 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
+use super::{Join, NodeExit, Provider};
 use crate::lab::{LabNet, NatKind, NatOptions};
 use crate::spec::Service;
 
-/// How a node joins: the same for every node of a cluster.
-#[derive(Debug, Clone)]
-pub struct Join {
-    /// Rendezvous address.
-    pub rendezvous: std::net::SocketAddr,
-    /// Its certificate fingerprint.
-    pub fingerprint: String,
-    /// Cluster name.
-    pub cluster: String,
-    /// Join token.
-    pub token: String,
-}
-
-/// A node's runtime process ended.
-#[derive(Debug)]
-pub struct ProcessExit {
-    /// `<service>-<index>`.
-    pub node: String,
-    /// Its exit code (128 + signal if killed).
-    pub code: i32,
-}
+/// Lines of a runtime's log shown when it ends without an exit report.
+const LOG_TAIL_LINES: usize = 3;
 
 /// Runs nodes as local processes.
 #[derive(Debug)]
@@ -43,7 +25,7 @@ pub struct LocalProvider {
     lab: Option<(Arc<LabNet>, NatKind)>,
     state_dir: PathBuf,
     pids: HashMap<String, i32>,
-    exits: mpsc::UnboundedSender<ProcessExit>,
+    exits: mpsc::UnboundedSender<NodeExit>,
 }
 
 /// The runtime binary: `BOXER_RUNTIME`, or `boxer-runtime` beside this executable.
@@ -69,23 +51,28 @@ impl LocalProvider {
     pub fn new(
         state_dir: PathBuf,
         lab: Option<(Arc<LabNet>, NatKind)>,
-    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<ProcessExit>)> {
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<NodeExit>)> {
         let (exits, rx) = mpsc::unbounded_channel();
         Ok((Self { runtime: runtime_binary()?, lab, state_dir, pids: HashMap::new(), exits }, rx))
     }
 
     /// The runtime log of a node.
-    pub fn runtime_log(&self, node: &str) -> PathBuf {
+    pub fn runtime_log_path(&self, node: &str) -> PathBuf {
         self.state_dir.join("nodes").join(node).join("runtime.log")
     }
+}
 
-    /// Starts replica `index` of `service`.
-    pub async fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()> {
+impl Provider for LocalProvider {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()> {
         let node = format!("{}-{index}", service.name);
         let dir = self.state_dir.join("nodes").join(&node);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let log = std::fs::File::create(self.runtime_log(&node))
-            .with_context(|| format!("creating {}", self.runtime_log(&node).display()))?;
+        let log_path = self.runtime_log_path(&node);
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = tokio::process::Command::new(&self.runtime);
         cmd.arg("--rendezvous")
             .arg(join.rendezvous.to_string())
@@ -131,27 +118,45 @@ impl LocalProvider {
                 }
                 Err(_) => 1,
             };
-            let _ = exits.send(ProcessExit { node, code });
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let mut detail: Vec<String> = tail.lines().rev().take(LOG_TAIL_LINES).map(str::to_owned).collect();
+            detail.reverse();
+            detail.insert(0, format!("runtime exited with code {code} (log: {})", log_path.display()));
+            let _ = exits.send(NodeExit { node, code, notes: vec![], detail, failed_to_start: false });
         });
         Ok(())
     }
 
-    /// Forgets a node whose process ended.
-    pub fn exited(&mut self, node: &str) {
+    fn exited(&mut self, node: &str) {
         self.pids.remove(node);
     }
 
-    /// Number of node processes still running.
-    pub fn running(&self) -> usize {
+    fn running(&self) -> usize {
         self.pids.len()
     }
 
-    /// Sends `signal` to every running node process.
-    pub fn signal_all(&self, signal: i32) {
+    fn stop_all(&mut self, force: bool) {
+        let signal = if force { libc::SIGKILL } else { libc::SIGTERM };
         for pid in self.pids.values() {
             // SAFETY: kill(2) on our own children.
             unsafe { libc::kill(*pid, signal) };
         }
+    }
+
+    fn stops_through_rendezvous(&self) -> bool {
+        false
+    }
+
+    fn stop_grace(&self) -> Duration {
+        STOP_GRACE
+    }
+
+    fn runtime_log(&self, node: &str) -> String {
+        self.runtime_log_path(node).display().to_string()
+    }
+
+    fn summary(&self) -> Vec<String> {
+        vec![]
     }
 }
 
