@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod lab;
+pub mod lambdalab;
 pub mod natlab;
 
 /// Set to `1` to build and use release binaries (benchmarks do).

@@ -1,0 +1,214 @@
+//! Boxer on Lambda, end to end in the Lambda lab (see
+//! `support/lambdalab.rs`): the real `boxer deploy` against moto's Lambda
+//! control plane, the real `boxer up --provider lambda` invoking through the
+//! cargo-lambda emulator, and every node a real `boxer-runtime` built for
+//! Lambda's glibc, unpacked from the uploaded zip, running as a custom
+//! runtime behind its own NAT, non-root, with 1024 fds and Lambda's syscall
+//! refusals. One lab for the whole file (its start-up is the slow part), so
+//! the cases run in sequence in one test.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use boxer_e2e::lambdalab::LambdaLab;
+use boxer_e2e::*;
+
+isolate_this_test_binary!();
+
+/// Functions the lab's emulator routes (one per cluster deployed below).
+const FUNCTIONS: [&str; 5] =
+    ["boxer-redis-bench", "boxer-lambda-fail", "boxer-lambda-burst", "boxer-lambda-deadline", "boxer-lambda-down"];
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("boxer.toml")
+}
+
+/// Writes a spec into the lab's directory.
+fn spec(lab: &LambdaLab, name: &str, text: &str) -> PathBuf {
+    let path = lab.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write spec");
+    path
+}
+
+fn deploy(lab: &LambdaLab, spec: &Path, cluster: &str, extra: &[&str]) {
+    let (code, out, err) = lab.deploy(spec, cluster, extra).expect("boxer deploy runs");
+    assert_eq!(code, 0, "boxer deploy of {} failed:\n{out}\n{err}\n{}", spec.display(), lab.logs());
+}
+
+fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
+    let flags = lab.up_flags();
+    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8 path")];
+    args.extend(flags.iter().map(String::as_str));
+    lab.run_boxer(&args).expect("boxer up runs")
+}
+
+#[test]
+fn lambda_lab() {
+    let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
+    type Case = (&'static str, fn(&LambdaLab));
+    let cases: [Case; 5] = [
+        ("redis-benchmark across two function instances", redis_bench),
+        ("a failing main service and a bad command", failures),
+        ("throttled invokes are retried", throttling),
+        ("the deadline stops a program that ignores SIGTERM", deadline),
+        ("boxer down stops every invocation", down),
+    ];
+    for (what, case) in cases {
+        let started = Instant::now();
+        eprintln!("== {what}");
+        case(&lab);
+        eprintln!("== {what}: ok in {:.1?}", started.elapsed());
+    }
+}
+
+/// The README's main job on Lambda: deploy, up, status, logs; the packed
+/// binaries need no glibc newer than Lambda's.
+fn redis_bench(lab: &LambdaLab) {
+    let spec = example("redis-bench");
+    deploy(lab, &spec, "redis-bench", &[]);
+    let task = lab.task_root().expect("function unpacked");
+    for file in ["bootstrap", "libboxer_shim.so"] {
+        let needed = boxer::lambda::elf::required_glibc(&task.join(file)).expect("reads the ELF file");
+        assert!(
+            needed.is_some_and(|v| v <= boxer::lambda::elf::LAMBDA_GLIBC),
+            "{file} needs glibc {needed:?}, Lambda has {}",
+            boxer::lambda::elf::LAMBDA_GLIBC
+        );
+    }
+    let (code, out, err) = up(lab, &spec);
+    assert_eq!(code, 0, "boxer up failed:\nstdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    assert!(out.contains("bench-0 | SET:") && out.contains("bench-0 | GET:"), "no benchmark output:\n{out}\n{err}");
+    assert!(err.contains("GB-s"), "no cost summary:\n{err}");
+
+    let (code, status, err) = lab.run_boxer(&["status", "redis-bench"]).expect("boxer status runs");
+    assert_eq!(code, 0, "{err}");
+    assert!(status.contains("lambda"), "{status}");
+    let bench = status.lines().find(|l| l.starts_with("bench-0")).unwrap_or_default();
+    assert!(bench.contains("exited 0") && bench.contains("100.96."), "{status}");
+    let (code, logs, err) = lab.run_boxer(&["logs", "bench-0", "--cluster", "redis-bench"]).expect("boxer logs");
+    assert_eq!(code, 0, "{err}");
+    assert!(logs.contains("SET:"), "{logs}");
+}
+
+/// A main service's exit code is `boxer up`'s; a node whose program cannot
+/// start shows the function error on its line.
+fn failures(lab: &LambdaLab) {
+    let spec = spec(
+        lab,
+        "lambda-fail",
+        r#"
+[cluster]
+name = "lambda-fail"
+
+[services.bad]
+command = ["no-such-program-boxer"]
+
+[services.main]
+command = ["sh", "-c", "echo about to fail; sleep 2; exit 7"]
+main = true
+"#,
+    );
+    deploy(lab, &spec, "lambda-fail", &[]);
+    let (code, out, err) = up(lab, &spec);
+    assert_eq!(code, 7, "stdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    assert!(out.contains("main-0 | about to fail"), "{out}");
+    let bad = err.lines().find(|l| l.starts_with("bad-0") && l.contains("Boxer.BadCommand"));
+    assert!(bad.is_some_and(|l| l.contains("no-such-program-boxer")), "no function error on bad-0's line:\n{err}");
+}
+
+/// The first invokes are refused with TooManyRequestsException (the nodes
+/// never started); they are retried and every node runs.
+fn throttling(lab: &LambdaLab) {
+    let spec = spec(
+        lab,
+        "lambda-burst",
+        r#"
+[cluster]
+name = "lambda-burst"
+
+[services.w]
+command = ["sh", "-c", "echo worker $(hostname) up"]
+replicas = 3
+"#,
+    );
+    deploy(lab, &spec, "lambda-burst", &[]);
+    let (throttled_before, ..) = lab.scaler_counts();
+    lab.throttle_next(4).expect("throttle");
+    let (code, out, err) = up(lab, &spec);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    for i in 0..3 {
+        assert!(out.contains(&format!("w-{i} | worker w-{i} up")), "w-{i} did not run:\n{out}\n{err}");
+    }
+    let (throttled, ..) = lab.scaler_counts();
+    assert_eq!(throttled - throttled_before, 4, "the router throttled a different number of invokes");
+}
+
+/// A program that ignores SIGTERM is killed after the grace period, before
+/// the function's timeout, and the invocation's result says so.
+fn deadline(lab: &LambdaLab) {
+    let spec = spec(
+        lab,
+        "lambda-deadline",
+        r#"
+[cluster]
+name = "lambda-deadline"
+
+[lambda]
+timeout = 8
+
+[services.stubborn]
+command = ["sh", "-c", "trap '' TERM; echo started; sleep 600"]
+"#,
+    );
+    deploy(lab, &spec, "lambda-deadline", &[]);
+    let started = Instant::now();
+    let (code, out, err) = up(lab, &spec);
+    let took = started.elapsed();
+    assert_eq!(code, 137, "stdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    assert!(out.contains("stubborn-0 | started"), "{out}");
+    assert!(err.contains("killed after the grace period"), "{err}");
+    // The function's timeout is 8 s; the node must end before it (plus the
+    // time boxer up takes to start and stop around it).
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+/// `boxer down` of a running Lambda cluster: every invocation returns.
+fn down(lab: &LambdaLab) {
+    let spec = spec(
+        lab,
+        "lambda-down",
+        r#"
+[cluster]
+name = "lambda-down"
+
+[services.idle]
+command = ["sleep", "600"]
+replicas = 2
+"#,
+    );
+    deploy(lab, &spec, "lambda-down", &[]);
+    let flags = lab.up_flags();
+    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8")];
+    args.extend(flags.iter().map(String::as_str));
+    let mut cmd = lab.boxer(&args);
+    let log = lab.dir.path().join("down-up.log");
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(lab.dir.path().join("down-up.out")).expect("file"))
+        .stderr(std::fs::File::create(&log).expect("file"));
+    let child = lab.lab.rendezvous().spawn_command_sync(cmd).expect("boxer up starts");
+    let mut proc = Proc { child, name: "boxer up".into(), stderr: log };
+    let status_file = lab.state_dir.join("lambda-down").join("status.json");
+    wait_until(Duration::from_secs(60), "both nodes to join", || {
+        let s = read_status(&status_file)?;
+        let running = s["nodes"].as_array().map_or(0, |n| n.iter().filter(|n| n["state"] == "running").count());
+        if running == 2 { Ok(()) } else { Err(format!("{s}\n{}", proc.stderr_text())) }
+    })
+    .expect("cluster up");
+    let ended_before: usize = lab.scaler_counts().2.values().sum();
+    let (code, out, err) = lab.run_boxer(&["down", "lambda-down"]).expect("boxer down runs");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let exit = proc.wait_exit(Duration::from_secs(40)).expect("boxer up ends after boxer down");
+    assert_eq!(exit, Some(130), "{}", proc.stderr_text());
+    let (_, _, ended) = lab.scaler_counts();
+    assert_eq!(ended.values().sum::<usize>() - ended_before, 2, "both invocations returned: {ended:?}");
+}
