@@ -93,7 +93,16 @@ fn load_or_create_token(state_dir: &Path) -> Result<String, ServerError> {
         Ok(_) => Err(err(std::io::Error::other("file is empty"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = registry::random_token();
-            std::fs::write(&path, format!("{token}\n")).map_err(err)?;
+            // Owner-only, like the TLS key: the token creates and deletes clusters.
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()))
+                .map_err(err)?;
             Ok(token)
         }
         Err(e) => Err(err(e)),
