@@ -145,8 +145,9 @@ fn hint(code: &str, message: &str) -> &'static str {
     match code {
         "AccessDeniedException" | "AccessDenied" | "AuthorizationError" => {
             " (the credentials lack a permission: the IAM user or role needs lambda:GetFunction, \
-             lambda:CreateFunction, lambda:UpdateFunctionCode, lambda:UpdateFunctionConfiguration, \
-             lambda:DeleteFunction and iam:PassRole on the execution role, plus ecr:* for --image)"
+             lambda:GetFunctionConfiguration, lambda:CreateFunction, lambda:UpdateFunctionCode, \
+             lambda:UpdateFunctionConfiguration, lambda:DeleteFunction, lambda:InvokeFunction and \
+             iam:PassRole on the execution role, plus the ECR actions for --image: see docs/lambda.md)"
         }
         "UnrecognizedClientException"
         | "InvalidClientTokenId"

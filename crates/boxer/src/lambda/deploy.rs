@@ -280,10 +280,19 @@ async fn push_image(
                 format!("ACCOUNT.dkr.ecr.{region}.amazonaws.com")
             }
         };
-        let mut finish = format!("boxer deploy {}", spec.path.display());
+        // The settings in effect now, so the finishing deploy makes the same
+        // function (an arm64 image must not become an x86_64 function).
+        let mut finish = format!(
+            "boxer deploy {} --function {} --role {} --memory {} --timeout {} --architecture {} --ephemeral-storage {}",
+            spec.path.display(),
+            settings.name,
+            settings.role,
+            settings.memory,
+            settings.timeout,
+            settings.architecture,
+            settings.ephemeral_storage
+        );
         for (flag, value) in [
-            ("--function", &args.function),
-            ("--role", &args.role),
             ("--region", &args.aws.region),
             ("--profile", &args.aws.profile),
             ("--endpoint-url", &args.aws.endpoint_url),

@@ -277,7 +277,7 @@ pub fn manual_commands(
             "aws ecr get-login-password --region {region} | docker login --username AWS --password-stdin {registry}"
         ),
         format!(
-            "docker build --platform {} --provenance=false -t {image} {}",
+            "docker build --platform {} --provenance=false -t {image} {}   # without buildx (legacy builder): drop --provenance=false",
             arch.docker_platform(),
             context.dir.display()
         ),
@@ -296,9 +296,10 @@ pub async fn build_and_push(
 ) -> Result<(), ImageError> {
     let name = tool.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut build = vec!["build".to_owned(), "--platform".into(), arch.docker_platform().into()];
-    if name == "docker" {
+    if name == "docker" && docker_has_buildx(tool).await {
         // BuildKit's default provenance attestation makes a manifest list
-        // that Lambda refuses ("image manifest ... not supported").
+        // that Lambda refuses ("image manifest ... not supported"). The
+        // legacy builder has neither the attestation nor the flag.
         build.push("--provenance=false".into());
     }
     build.extend(["-t".into(), image.to_owned(), context.dir.display().to_string()]);
@@ -306,6 +307,19 @@ pub async fn build_and_push(
     let login_args = ["login", "--username", &login.user, "--password-stdin", &login.registry].map(str::to_owned);
     run(tool, &login_args, Some(&login.password)).await?;
     run(tool, &["push".to_owned(), image.to_owned()], None).await
+}
+
+/// Whether `docker build` is BuildKit (buildx installed), which knows
+/// `--provenance`.
+async fn docker_has_buildx(tool: &Path) -> bool {
+    tokio::process::Command::new(tool)
+        .args(["buildx", "version"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
 }
 
 async fn run(tool: &Path, args: &[String], stdin: Option<&str>) -> Result<(), ImageError> {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use aws_sdk_lambda::config::retry::RetryConfig;
 use aws_sdk_lambda::config::timeout::TimeoutConfig;
-use aws_sdk_lambda::error::{DisplayErrorContext, SdkError};
+use aws_sdk_lambda::error::SdkError;
 use aws_sdk_lambda::operation::invoke::InvokeOutput;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::{InvocationType, LogType};
@@ -146,7 +146,7 @@ impl LambdaProvider {
                     spec.path.display()
                 )
             } else {
-                anyhow::anyhow!("looking up Lambda function {name:?}: {}", DisplayErrorContext(&e))
+                anyhow::anyhow!("looking up Lambda function {name:?}: {}", super::aws::describe(&e))
             }
         })?;
         let memory_mb = config.memory_size().unwrap_or(128).max(128) as u32;
@@ -352,7 +352,7 @@ async fn invoke_until_started(
                 tokio::time::sleep(jittered(wait)).await;
                 wait = (wait * 2).min(THROTTLE_MAX_WAIT);
             }
-            Err(e) => return Err(format!("invoke of {function} failed: {}", DisplayErrorContext(&e))),
+            Err(e) => return Err(format!("invoke of {function} failed: {}", super::aws::describe(&e))),
         }
     }
 }
