@@ -35,13 +35,14 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 pub use boxer::lab::{LabNet, NatKind, NatOptions};
 
 use crate::{Proc, Scratch, bin, bin_dir, wait_until};
 
+use crate::natlab::RENDEZVOUS_PORT;
+
 /// Ports on the "aws" device (its own namespace: no clashes).
-const RENDEZVOUS_PORT: u16 = 4740;
 const ROUTER_PORT: u16 = 9000;
 const EMULATOR_PORT: u16 = 9001;
 const MOTO_PORT: u16 = 5000;
@@ -152,30 +153,7 @@ impl LambdaLab {
         let mut procs = vec![];
 
         // The rendezvous.
-        let log = dir.path().join("rendezvous.log");
-        let mut cmd = Command::new(bin("rendezvous-server"));
-        cmd.args(["--listen", &format!("0.0.0.0:{RENDEZVOUS_PORT}"), "--state-dir"])
-            .arg(dir.path().join("rendezvous-state"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?);
-        let mut child = aws.spawn_command_sync(cmd).context("starting rendezvous-server in the lab")?;
-        let stdout = child.stdout.take().context("piped stdout")?;
-        let mut proc = Proc { child, name: "rendezvous".into(), stderr: log };
-        let (mut fingerprint, mut admin) = (None, None);
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            if let Some(v) = line.strip_prefix("fingerprint:") {
-                fingerprint = Some(v.trim().to_owned());
-            } else if let Some(v) = line.strip_prefix("admin token:") {
-                admin = v.split_whitespace().next().map(str::to_owned);
-                break;
-            }
-        }
-        let (Some(fingerprint), Some(admin_token)) = (fingerprint, admin) else {
-            proc.kill();
-            bail!("rendezvous did not start: {}", proc.stderr_text());
-        };
+        let (proc, fingerprint, admin_token) = crate::natlab::start_lab_rendezvous(&lab, dir.path())?;
         procs.push(proc);
         let rendezvous = SocketAddr::from((lab.rendezvous_ip()?, RENDEZVOUS_PORT));
 

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use patchbay::Device;
 use crate::{Proc, Scratch, bin, read, read_status, wait_until};
 
 /// Port the rendezvous listens on inside its device.
-const RENDEZVOUS_PORT: u16 = 4740;
+pub const RENDEZVOUS_PORT: u16 = 4740;
 
 /// A lab with a rendezvous and one cluster.
 pub struct LabCluster {
@@ -31,6 +31,37 @@ pub struct LabCluster {
     fingerprint: String,
     token: String,
     procs: Vec<Proc>,
+}
+
+/// Starts `rendezvous-server` on the lab's rendezvous device, listening on
+/// [`RENDEZVOUS_PORT`] with its state and log in `dir`; returns it with its
+/// fingerprint and admin token (read from its output).
+pub fn start_lab_rendezvous(lab: &LabNet, dir: &Path) -> anyhow::Result<(Proc, String, String)> {
+    let log = dir.join("rendezvous.log");
+    let mut cmd = Command::new(bin("rendezvous-server"));
+    cmd.args(["--listen", &format!("0.0.0.0:{RENDEZVOUS_PORT}"), "--state-dir"])
+        .arg(dir.join("rendezvous-state"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?);
+    let mut child = lab.rendezvous().spawn_command_sync(cmd).context("starting rendezvous-server in the lab")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let mut proc = Proc { child, name: "rendezvous".into(), stderr: log };
+    let (mut fingerprint, mut admin) = (None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(v) = line.strip_prefix("fingerprint:") {
+            fingerprint = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("admin token:") {
+            admin = v.split_whitespace().next().map(str::to_owned);
+            break;
+        }
+    }
+    let (Some(fingerprint), Some(admin)) = (fingerprint, admin) else {
+        proc.kill();
+        bail!("rendezvous did not start: {}", proc.stderr_text());
+    };
+    Ok((proc, fingerprint, admin))
 }
 
 /// A node started by [`LabCluster::node`].
@@ -51,30 +82,7 @@ impl LabCluster {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let lab = rt.block_on(LabNet::new())?;
         let dir = Scratch::new(&format!("lab-{name}"));
-        let log = dir.path().join("rendezvous.log");
-        let mut cmd = Command::new(bin("rendezvous-server"));
-        cmd.args(["--listen", &format!("0.0.0.0:{RENDEZVOUS_PORT}"), "--state-dir"])
-            .arg(dir.path().join("rendezvous-state"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?);
-        let mut child = lab.rendezvous().spawn_command_sync(cmd).context("starting rendezvous-server in the lab")?;
-        let stdout = child.stdout.take().context("piped stdout")?;
-        let mut proc = Proc { child, name: "rendezvous".into(), stderr: log };
-        let (mut fingerprint, mut admin) = (None, None);
-        for line in BufReader::new(stdout).lines() {
-            let line = line?;
-            if let Some(v) = line.strip_prefix("fingerprint:") {
-                fingerprint = Some(v.trim().to_owned());
-            } else if let Some(v) = line.strip_prefix("admin token:") {
-                admin = v.split_whitespace().next().map(str::to_owned);
-                break;
-            }
-        }
-        let (Some(fingerprint), Some(admin)) = (fingerprint, admin) else {
-            proc.kill();
-            bail!("rendezvous did not start: {}", proc.stderr_text());
-        };
+        let (proc, fingerprint, admin) = start_lab_rendezvous(&lab, dir.path())?;
         let rendezvous = SocketAddr::from((lab.rendezvous_ip()?, RENDEZVOUS_PORT));
         let mut create = Command::new(bin("boxer"));
         create
