@@ -79,6 +79,12 @@ fn redis_bench(lab: &LambdaLab) {
     assert_eq!(code, 0, "boxer up failed:\nstdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
     assert!(out.contains("bench-0 | SET:") && out.contains("bench-0 | GET:"), "no benchmark output:\n{out}\n{err}");
     assert!(err.contains("GB-s"), "no cost summary:\n{err}");
+    // The numbers, for the CI log (a debug build through two lab NATs).
+    for line in out.lines().chain(err.lines()) {
+        if line.contains("SET:") || line.contains("GET:") || line.contains("joined in") || line.contains("host (") {
+            eprintln!("   {line}");
+        }
+    }
 
     let (code, status, err) = lab.run_boxer(&["status", "redis-bench"]).expect("boxer status runs");
     assert_eq!(code, 0, "{err}");
