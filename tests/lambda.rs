@@ -16,8 +16,14 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 5] =
-    ["boxer-redis-bench", "boxer-lambda-fail", "boxer-lambda-burst", "boxer-lambda-deadline", "boxer-lambda-down"];
+const FUNCTIONS: [&str; 6] = [
+    "boxer-redis-bench",
+    "boxer-lambda-fail",
+    "boxer-lambda-burst",
+    "boxer-lambda-deadline",
+    "boxer-lambda-down",
+    "boxer-lambda-walled",
+];
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("boxer.toml")
@@ -46,12 +52,13 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         ("redis-benchmark across two function instances", redis_bench),
         ("a failing main service and a bad command", failures),
         ("throttled invokes are retried", throttling),
         ("the deadline stops a program that ignores SIGTERM", deadline),
         ("boxer down stops every invocation", down),
+        ("a rendezvous the functions cannot reach", walled_off),
     ];
     for (what, case) in cases {
         let started = Instant::now();
@@ -217,4 +224,30 @@ replicas = 2
     assert_eq!(exit, Some(130), "{}", proc.stderr_text());
     let (_, _, ended) = lab.scaler_counts();
     assert_eq!(ended.values().sum::<usize>() - ended_before, 2, "both invocations returned: {ended:?}");
+}
+
+/// The rendezvous' UDP port closed to the functions (a missing
+/// security-group rule): each node's invocation fails with
+/// `Boxer.RendezvousUnreachable`, shown on its line, and `boxer up` fails
+/// instead of waiting forever.
+fn walled_off(lab: &LambdaLab) {
+    let spec = spec(
+        lab,
+        "lambda-walled",
+        r#"
+[cluster]
+name = "lambda-walled"
+
+[services.lonely]
+command = ["true"]
+"#,
+    );
+    deploy(lab, &spec, "lambda-walled", &[]);
+    lab.firewall_rendezvous(true).expect("close the rendezvous port");
+    let result = up(lab, &spec);
+    lab.firewall_rendezvous(false).expect("open the rendezvous port");
+    let (code, out, err) = result;
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    let line = err.lines().find(|l| l.starts_with("lonely-0") && l.contains("Boxer.RendezvousUnreachable"));
+    assert!(line.is_some_and(|l| l.contains("4740")), "no reason on lonely-0's line:\n{err}");
 }

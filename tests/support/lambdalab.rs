@@ -323,6 +323,29 @@ impl LambdaLab {
         self.scaler.function.lock().expect("function").as_ref().map(|f| f.task_root.clone())
     }
 
+    /// Opens or closes the rendezvous' UDP port to everything but the "aws"
+    /// device itself: what a missing security-group rule does to functions
+    /// (the CLI, on the same host, still reaches it).
+    pub fn firewall_rendezvous(&self, closed: bool) -> anyhow::Result<()> {
+        let script = if closed {
+            format!(
+                "table inet boxer_lab_firewall {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    iifname != \"lo\" udp dport {RENDEZVOUS_PORT} drop\n  }}\n}}\n"
+            )
+        } else {
+            "delete table inet boxer_lab_firewall\n".to_owned()
+        };
+        let mut cmd = Command::new("nft");
+        cmd.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = self.lab.rendezvous().spawn_command_sync(cmd).context("running nft on the aws device")?;
+        {
+            use std::io::Write;
+            child.stdin.take().context("nft stdin")?.write_all(script.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
     /// The next `n` invokes are throttled (429 TooManyRequestsException).
     pub fn throttle_next(&self, n: usize) -> anyhow::Result<()> {
         let mut cmd = Command::new("curl");
