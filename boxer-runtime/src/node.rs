@@ -141,6 +141,16 @@ pub struct Node {
     failed_tx: Arc<watch::Sender<Option<Arc<NodeError>>>>,
     shim: Option<ShimFiles>,
     shared_namespace: bool,
+    /// The node's background tasks, aborted by [`Node::shutdown`].
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+/// Spawns `task` and keeps its abort handle in `tasks`.
+fn spawn_tracked<T: Send + 'static>(
+    tasks: &mut Vec<tokio::task::AbortHandle>,
+    task: impl std::future::Future<Output = T> + Send + 'static,
+) {
+    tasks.push(tokio::spawn(task).abort_handle());
 }
 
 impl Node {
@@ -221,17 +231,24 @@ impl Node {
                 });
             }
         };
-        tokio::spawn(send_loop(sender, outbound_rx, fail.clone()).instrument(span.clone()));
-        tokio::spawn(feed_loop(shared.clone(), receiver, membership_tx, fail).instrument(span.clone()));
-        tokio::spawn(peers.run(ready).instrument(span.clone()));
+        // Every task of this node ends with it: a warm Lambda instance runs
+        // one node after another in the same process.
+        let mut tasks = Vec::new();
+        spawn_tracked(&mut tasks, send_loop(sender, outbound_rx, fail.clone()).instrument(span.clone()));
+        spawn_tracked(&mut tasks, feed_loop(shared.clone(), receiver, membership_tx, fail).instrument(span.clone()));
+        spawn_tracked(&mut tasks, peers.run(ready).instrument(span.clone()));
         if let Some(probes) = endpoint.take_probes() {
-            tokio::spawn(pathfinder.clone().run(probes).instrument(span.clone()));
+            spawn_tracked(&mut tasks, pathfinder.clone().run(probes).instrument(span.clone()));
         }
-        tokio::spawn(forward_punch_requests(punch_rx, shared.to_rendezvous.clone()).instrument(span.clone()));
-        tokio::spawn(report_paths(shared.clone()).instrument(span.clone()));
+        spawn_tracked(
+            &mut tasks,
+            forward_punch_requests(punch_rx, shared.to_rendezvous.clone()).instrument(span.clone()),
+        );
+        spawn_tracked(&mut tasks, report_paths(shared.clone()).instrument(span.clone()));
         {
             let socket = endpoint.socket().clone();
-            tokio::spawn(
+            spawn_tracked(
+                &mut tasks,
                 async move {
                     if let Err(e) = boxer_net::relay::attach(&rendezvous_conn, &socket).await {
                         warn!("no relay: peers without a direct path are unreachable: {e}");
@@ -240,19 +257,27 @@ impl Node {
                 .instrument(span.clone()),
             );
         }
-        tokio::spawn(inbound::serve(shared.clone(), inbound_rx).instrument(span.clone()));
+        spawn_tracked(&mut tasks, inbound::serve(shared.clone(), inbound_rx).instrument(span.clone()));
         for (listener, spec) in listeners {
-            tokio::spawn(forward::serve(shared.clone(), listener, spec).instrument(span.clone()));
+            spawn_tracked(&mut tasks, forward::serve(shared.clone(), listener, spec).instrument(span.clone()));
         }
-        tokio::spawn(outbound::serve(shared.clone(), proxy).instrument(span.clone()));
+        spawn_tracked(&mut tasks, outbound::serve(shared.clone(), proxy).instrument(span.clone()));
         let shim = match &config.run_dir {
-            Some(dir) => Some(start_shim_side(&shared, dir, &span)?),
+            Some(dir) => Some(start_shim_side(&shared, dir, &span, &mut tasks)?),
             None => None,
         };
         if let Some(path) = config.status_file {
-            tokio::spawn(status::keep_written(shared.clone(), path).instrument(span));
+            spawn_tracked(&mut tasks, status::keep_written(shared.clone(), path).instrument(span));
         }
-        Ok(Self { shared, endpoint, failed, failed_tx, shim, shared_namespace: config.shared_namespace })
+        Ok(Self {
+            shared,
+            endpoint,
+            failed,
+            failed_tx,
+            shim,
+            shared_namespace: config.shared_namespace,
+            tasks: Arc::new(std::sync::Mutex::new(tasks)),
+        })
     }
 
     /// What the rendezvous said when admitting this node.
@@ -334,7 +359,8 @@ impl Node {
     /// (`spec.listen` is informational). The listener may live in another
     /// network namespace than the node.
     pub fn forward(&self, listener: TcpListener, spec: crate::ForwardSpec) {
-        tokio::spawn(forward::serve(self.shared.clone(), listener, spec));
+        let handle = tokio::spawn(forward::serve(self.shared.clone(), listener, spec)).abort_handle();
+        self.tasks.lock().expect("task list").push(handle);
     }
 
     /// Ships output lines of the node's program to the rendezvous.
@@ -381,11 +407,20 @@ impl Node {
         self.failed_tx.send_if_modified(|f| f.is_none() && f.replace(Arc::new(NodeError::Stopped)).is_none());
         self.endpoint.quinn().close(0u32.into(), b"node shutting down");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.quinn().wait_idle()).await;
+        // Listeners, loops and the socket they hold end here, not at exit.
+        for task in self.tasks.lock().expect("task list").drain(..) {
+            task.abort();
+        }
     }
 }
 
 /// Creates the control socket and `/etc` files in `dir` and serves them.
-fn start_shim_side(shared: &Arc<Shared>, dir: &std::path::Path, span: &tracing::Span) -> Result<ShimFiles, NodeError> {
+fn start_shim_side(
+    shared: &Arc<Shared>,
+    dir: &std::path::Path,
+    span: &tracing::Span,
+    tasks: &mut Vec<tokio::task::AbortHandle>,
+) -> Result<ShimFiles, NodeError> {
     let local = |what: &'static str, path: &std::path::Path| {
         let path = path.display().to_string();
         move |source| NodeError::Local { what, path, source }
@@ -399,8 +434,8 @@ fn start_shim_side(shared: &Arc<Shared>, dir: &std::path::Path, span: &tracing::
         Err(e) => return Err(local("cannot remove stale socket", &control)(e)),
     }
     let listener = UnixListener::bind(&control).map_err(local("cannot listen on control socket", &control))?;
-    tokio::spawn(control::serve(shared.clone(), listener, control.clone()).instrument(span.clone()));
-    tokio::spawn(etc::keep_written(shared.clone(), etc_dir.clone()).instrument(span.clone()));
+    spawn_tracked(tasks, control::serve(shared.clone(), listener, control.clone()).instrument(span.clone()));
+    spawn_tracked(tasks, etc::keep_written(shared.clone(), etc_dir.clone()).instrument(span.clone()));
     Ok(ShimFiles { control, etc_dir })
 }
 

@@ -38,8 +38,9 @@ pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bound on shipping the last output and exit status after the program
 /// ended: what [`deadline::REPORT_MARGIN`] keeps, less 1 s for leaving the
-/// cluster and posting the answer.
-const FINISH_WITHIN: Duration = Duration::from_secs(deadline::REPORT_MARGIN.as_secs() - 1);
+/// cluster (`Node::shutdown` waits up to 1 s) and 1 s for reaping the
+/// program and posting the answer.
+const FINISH_WITHIN: Duration = Duration::from_secs(deadline::REPORT_MARGIN.as_secs() - 2);
 
 /// What lives as long as the instance: host facts, where the shim is.
 #[derive(Debug)]

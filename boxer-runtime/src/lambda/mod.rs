@@ -54,6 +54,7 @@ pub async fn serve(api: RuntimeApi, shim: Option<PathBuf>) -> Result<(), ServeEr
     info!(endpoint = %api.endpoint(), "serving Lambda invocations");
     let host = Host::probe();
     host.log();
+    task::clear_stale_scratch();
     let shim = shim.unwrap_or_else(app::default_shim);
     if !shim.is_file() {
         let why = app::AppError::NoShim(shim);

@@ -57,6 +57,14 @@ pub struct Scratch {
     dir: PathBuf,
 }
 
+/// Removes every node directory under `$TMPDIR/boxer`: those of earlier
+/// invocations of this instance that Lambda cut off at their timeout (their
+/// runtime never cleaned up), which would otherwise fill the function's
+/// `/tmp`. Called once, when the instance starts serving.
+pub fn clear_stale_scratch() {
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join("boxer"));
+}
+
 impl Scratch {
     /// Creates a fresh one for `node` (a stale one of the same name, left
     /// by a killed instance whose pid was reused, is cleared first).

@@ -259,6 +259,9 @@ struct NodeState {
     main: bool,
     paths: Vec<PathReport>,
     note: Option<String>,
+    /// The provider lost track of it after it joined: leaving the cluster
+    /// without an exit report then ends it.
+    left_unreported: bool,
 }
 
 /// The cluster's nodes and what their ends mean for the run.
@@ -287,6 +290,7 @@ impl ClusterView {
                     main: s.main || !any_main,
                     paths: vec![],
                     note: None,
+                    left_unreported: false,
                 };
                 (format!("{}-{i}", s.name), state)
             })
@@ -353,14 +357,28 @@ impl ClusterView {
                     return true;
                 }
             }
-            ServerMessage::Event(event) => {
-                if let MemberChange::Joined(m) = &event.change
-                    && let Some(n) = self.nodes.get_mut(&m.replica_name())
-                {
-                    n.member = Some(m.clone());
-                    return true;
+            ServerMessage::Event(event) => match &event.change {
+                MemberChange::Joined(m) => {
+                    if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
+                        n.member = Some(m.clone());
+                        return true;
+                    }
                 }
-            }
+                MemberChange::Left { node_id } => {
+                    let gone = self.nodes.iter().find(|(_, n)| {
+                        n.left_unreported
+                            && n.exit.is_none()
+                            && n.member.as_ref().is_some_and(|m| m.node_id == *node_id)
+                    });
+                    if let Some((name, _)) = gone {
+                        let name = name.clone();
+                        progress.suspend(|| printer.note(&name, "left the cluster without an exit report"));
+                        self.record_exit(&name, 1);
+                        return true;
+                    }
+                }
+                _ => {}
+            },
             ServerMessage::Snapshot(s) => {
                 for m in &s.members {
                     if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
@@ -402,7 +420,16 @@ impl ClusterView {
             progress.suspend(|| exit.notes.iter().for_each(|l| printer.note(&exit.node, l)));
         }
         let Some(n) = self.nodes.get_mut(&exit.node) else { return };
-        if exit.failed_to_start && n.exit.is_none() {
+        if exit.failed_to_start && n.exit.is_none() && n.member.is_some() {
+            // The provider lost track of a node that did join (e.g. the
+            // invoke's connection broke): its exit report or its leaving
+            // will come through the rendezvous.
+            progress.suspend(|| {
+                exit.detail.iter().for_each(|l| printer.note(&exit.node, l));
+                printer.note(&exit.node, "the node joined; following it through the rendezvous");
+            });
+            n.left_unreported = true;
+        } else if exit.failed_to_start && n.exit.is_none() {
             n.note = exit.detail.first().cloned();
             let (node, code) = (exit.node.clone(), exit.code);
             progress.suspend(|| exit.detail.iter().for_each(|l| printer.note(&node, l)));
@@ -667,7 +694,13 @@ async fn teardown<P: Provider>(
                     provider.stop_all(true);
                     break;
                 }
-                _ = tokio::signal::ctrl_c() => provider.stop_all(true),
+                _ = tokio::signal::ctrl_c() => {
+                    provider.stop_all(true);
+                    if provider.stops_through_rendezvous() {
+                        // Nothing more to do here: the nodes end on their own.
+                        break;
+                    }
+                }
             }
         }
     }
