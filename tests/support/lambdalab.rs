@@ -293,7 +293,8 @@ impl LambdaLab {
     /// unpacks the zip it uploaded as the code every new instance runs.
     /// Returns deploy's (code, stdout, stderr).
     pub fn deploy(&self, spec: &Path, cluster: &str, extra: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let function = format!("boxer-{cluster}");
+        // The name `boxer deploy` gives the function, by its own rule.
+        let function = boxer::lambda::function_name(&boxer::spec::load(spec)?);
         let runtime_dir = lambda_bin_dir().display().to_string();
         let spec = spec.display().to_string();
         let mut args = vec!["deploy", spec.as_str(), "--role", ROLE_ARN, "--runtime-dir", runtime_dir.as_str()];
