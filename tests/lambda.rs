@@ -16,8 +16,9 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 6] = [
+const FUNCTIONS: [&str; 7] = [
     "boxer-redis-bench",
+    "boxer-lambda-udp",
     "boxer-lambda-fail",
     "boxer-lambda-burst",
     "boxer-lambda-deadline",
@@ -52,8 +53,9 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         ("redis-benchmark across two function instances", redis_bench),
+        ("overlay UDP between two function instances", udp),
         ("a failing main service and a bad command", failures),
         ("throttled invokes are retried", throttling),
         ("the deadline stops a program that ignores SIGTERM", deadline),
@@ -101,6 +103,45 @@ fn redis_bench(lab: &LambdaLab) {
     let (code, logs, err) = lab.run_boxer(&["logs", "bench-0", "--cluster", "redis-bench"]).expect("boxer logs");
     assert_eq!(code, 0, "{err}");
     assert!(logs.contains("SET:"), "{logs}");
+}
+
+/// UDP request/reply between two functions: the datagrams carry each
+/// sender's overlay address, on Lambda's one non-root user with the control
+/// socket in the abstract namespace.
+fn udp(lab: &LambdaLab) {
+    let files = lab.dir.path().join("udp-files");
+    std::fs::create_dir_all(&files).expect("files dir");
+    let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/udp_echo.py");
+    std::fs::copy(&echo, files.join("udp_echo.py")).expect("copy udp_echo.py");
+    let spec = spec(
+        lab,
+        "lambda-udp",
+        &format!(
+            r#"
+[cluster]
+name = "lambda-udp"
+
+[lambda]
+files = "{files}"
+
+[services.echo]
+command = ["python3", "udp_echo.py", "serve", "9000"]
+
+[services.ask]
+command = ["sh", "-c", "echo it $(getent hosts echo-0 | cut -d' ' -f1); python3 udp_echo.py ask echo-0 9000 20 1460"]
+wait_for = ["echo-0:9000"]
+main = true
+"#,
+            files = files.display()
+        ),
+    );
+    deploy(lab, &spec, "lambda-udp", &[]);
+    let (code, out, err) = up(lab, &spec);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    let it = out.lines().find_map(|l| l.strip_prefix("ask-0  | it ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(out.contains(&format!("reply from {it}:9000")), "{out}");
+    assert!(out.contains("echo-0 | from 100.96."), "{out}");
+    assert!(out.contains("received 20 bad 0") || out.contains("received 19 bad 0"), "{out}");
 }
 
 /// A main service's exit code is `boxer up`'s; a node whose program cannot

@@ -21,15 +21,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use boxer_e2e::*;
 use boxer_proto::lambda::{
-    ERROR_BAD_EVENT, ERROR_JOIN_REFUSED, ERROR_UNREACHABLE, EVENT_VERSION, ErrorBody, NodeEvent, NodeReport, StopCause,
+    ERROR_BAD_COMMAND, ERROR_BAD_EVENT, ERROR_JOIN_REFUSED, ERROR_UNREACHABLE, EVENT_VERSION, ErrorBody, NodeEvent,
+    NodeReport, StopCause, WAIT_TIMEOUT_EXIT_CODE,
 };
 
 const CLUSTER: &str = "lambda";
 
 /// One function per case: the emulator serves the functions its Cargo.toml
 /// lists as binaries.
-const FUNCTIONS: [&str; 6] =
-    ["boxer-exit", "boxer-reuse", "boxer-refused", "boxer-unreachable", "boxer-deadline", "boxer-noshim"];
+const FUNCTIONS: [&str; 8] = [
+    "boxer-exit",
+    "boxer-reuse",
+    "boxer-refused",
+    "boxer-unreachable",
+    "boxer-deadline",
+    "boxer-noshim",
+    "boxer-waits",
+    "boxer-static",
+];
 
 /// The user Lambda runs functions as has no name here; `nobody` stands in.
 const LAMBDA_UID: u32 = 65534;
@@ -128,6 +137,9 @@ impl Lab {
             command: command.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             wait_for: Vec::new(),
+            wait_timeout_secs: None,
+            expose: Vec::new(),
+            forward: Vec::new(),
             workdir: None,
             grace_secs: 1,
             timeout_secs: None,
@@ -248,6 +260,41 @@ fn deadline(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A `wait_for` target that never listens: after `wait_timeout_secs` the
+/// node gives up without starting its program, exit code 124, and says why.
+fn wait_timeout(lab: &Lab) -> anyhow::Result<()> {
+    let instance = lab.instance("boxer-waits", true)?;
+    let mut event = lab.event("waits", 0, &["echo", "started"]);
+    event.wait_for = vec!["nobody-0:5432".into()];
+    event.wait_timeout_secs = Some(2);
+    let start = Instant::now();
+    let r = report(&instance, lab.invoke_event(&instance, &event, ANSWER)?)?;
+    ensure!(start.elapsed() >= Duration::from_secs(2), "gave up after {:?}", start.elapsed());
+    ensure!(r.exit_code == WAIT_TIMEOUT_EXIT_CODE && r.stopped.is_none(), "{r:?}");
+    let why = "waits-0: gave up waiting for nobody-0:5432 after 2 s (wait_timeout); nobody-0 is not in the cluster";
+    ensure!(r.last_output.iter().any(|l| l.starts_with(why)), "{r:?}");
+    ensure!(!r.last_output.iter().any(|l| l == "started"), "the program ran: {r:?}");
+    Ok(())
+}
+
+/// A statically linked program is refused with advice naming its service,
+/// and runs (without the shim) once the event lists explicit ports.
+fn static_program(lab: &Lab) -> anyhow::Result<()> {
+    let Some(busybox) = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).is_file()) else {
+        eprintln!("no busybox (a static program) here: static case skipped");
+        return Ok(());
+    };
+    let instance = lab.instance("boxer-static", true)?;
+    let event = lab.event("tool", 0, &[busybox, "echo", "static ok"]);
+    let e = error_body(&instance, lab.invoke_event(&instance, &event, ANSWER)?)?;
+    ensure!(e.error_type == ERROR_BAD_COMMAND && e.error_message.contains("to services.tool in boxer.toml"), "{e:?}");
+    let mut event = lab.event("tool", 1, &[busybox, "echo", "static ok"]);
+    event.expose = vec![8080];
+    let r = report(&instance, lab.invoke_event(&instance, &event, ANSWER)?)?;
+    ensure!(r.exit_code == 0 && r.last_output.iter().any(|l| l == "static ok"), "{r:?}");
+    Ok(())
+}
+
 /// No shim beside the bootstrap: the instance reports an init error and exits.
 fn missing_shim(lab: &Lab) -> anyhow::Result<()> {
     let mut instance = lab.instance("boxer-noshim", false)?;
@@ -263,12 +310,14 @@ fn lambda_runtime_end_to_end() {
     let started = Instant::now();
     let lab = Lab::start().expect("starting the emulator and the rendezvous");
     eprintln!("lab ready after {:?}", started.elapsed());
-    let cases: [(&str, Case); 5] = [
+    let cases: [(&str, Case); 7] = [
         ("exit code and output", exit_code_and_output),
         ("bad event, then warm reuse", bad_event_then_warm_reuse),
         ("wrong join token", wrong_token),
         ("unreachable rendezvous", unreachable_rendezvous),
         ("deadline", deadline),
+        ("wait timeout", wait_timeout),
+        ("static program", static_program),
     ];
     let lab = &lab;
     let mut failures: Vec<String> = std::thread::scope(|s| {

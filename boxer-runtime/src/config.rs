@@ -27,8 +27,9 @@ pub struct NodeConfig {
     pub expose: Vec<u16>,
     /// Where to keep a JSON copy of the membership table, if anywhere.
     pub status_file: Option<PathBuf>,
-    /// Directory for the shim's control socket and `/etc` files; `None` runs
-    /// no shim side (explicit forward/expose only).
+    /// The node's run directory (`/etc` files the shim redirects to), made
+    /// world-readable and removed at shutdown; `None` runs no shim side
+    /// (explicit forward/expose only).
     pub run_dir: Option<PathBuf>,
     /// Other nodes share this network namespace: the shim narrows wildcard
     /// binds to the node's loopback address.

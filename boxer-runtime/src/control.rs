@@ -1,8 +1,10 @@
-//! The control socket the shim talks to: one request per connection.
+//! The control socket the shim talks to: one request per connection, from
+//! processes of this node only (see [`crate::caller`]).
 
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use boxer_proto::shim::{ShimRequest, ShimResponse};
@@ -10,32 +12,56 @@ use boxer_proto::{Hello, frame, names};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use crate::caller;
 use crate::node::Shared;
 
 /// Time a shim connection has to send its request; the shim writes it at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Refused callers logged at `warn`; later ones at `debug`, so a process
+/// hammering the socket cannot flood the node's log.
+const REFUSALS_WARNED: u32 = 20;
+
 /// Serves the control socket until the listener fails.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, path: PathBuf) {
+pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, name: String) {
+    let refusals = Arc::new(AtomicU32::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let shared = shared.clone();
+                let refusals = refusals.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(&shared, stream).await {
+                    let denied = match stream.peer_cred() {
+                        Ok(cred) => caller::check_descends(Path::new("/proc"), cred.pid(), std::process::id() as i32)
+                            .err()
+                            .map(|e| e.to_string()),
+                        Err(e) => Some(format!("cannot tell who is calling (SO_PEERCRED: {e})")),
+                    };
+                    if let Some(why) = &denied {
+                        if refusals.fetch_add(1, Ordering::Relaxed) < REFUSALS_WARNED {
+                            warn!("control socket: refused a request: {why}");
+                        } else {
+                            debug!("control socket: refused a request: {why}");
+                        }
+                    }
+                    if let Err(e) = answer(&shared, stream, denied).await {
                         debug!("control request failed: {e}");
                     }
                 });
             }
             Err(e) => {
-                warn!("control socket {}: {e}", path.display());
+                warn!("control socket {name}: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn answer(shared: &Shared, mut stream: UnixStream) -> Result<(), boxer_proto::FrameError> {
+async fn answer(
+    shared: &Shared,
+    mut stream: UnixStream,
+    denied: Option<String>,
+) -> Result<(), boxer_proto::FrameError> {
     let read = async {
         let hello: Hello = frame::read(&mut stream).await?;
         let request = match hello.check() {
@@ -48,9 +74,10 @@ async fn answer(shared: &Shared, mut stream: UnixStream) -> Result<(), boxer_pro
         Ok::<_, boxer_proto::FrameError>(request)
     };
     let request = tokio::time::timeout(REQUEST_TIMEOUT, read).await.map_err(|_| boxer_proto::FrameError::Closed)??;
-    let response = match request {
-        Some(r) => handle(shared, r).await,
-        None => ShimResponse::Error("protocol version mismatch".into()),
+    let response = match (request, denied) {
+        (_, Some(why)) => ShimResponse::Denied(why),
+        (Some(r), None) => handle(shared, r).await,
+        (None, None) => ShimResponse::Error("protocol version mismatch".into()),
     };
     let mut out = frame::encode(&Hello::current())?;
     frame::encode_into(&response, &mut out)?;
@@ -66,6 +93,8 @@ pub(crate) async fn handle(shared: &Shared, request: ShimRequest) -> ShimRespons
             let membership = shared.membership.borrow();
             let Some(member) = membership.by_ip(*dst.ip()) else { return ShimResponse::Unreachable };
             if member.node_id == me.node_id {
+                drop(membership);
+                shared.registry.lock().expect("registry lock").self_connect(src.port());
                 return ShimResponse::Proxy(SocketAddrV4::new(shared.loopback, dst.port()));
             }
             if !member.listening.contains(&dst.port()) {
@@ -77,13 +106,14 @@ pub(crate) async fn handle(shared: &Shared, request: ShimRequest) -> ShimRespons
             ShimResponse::Proxy(shared.proxy_addr)
         }
         ShimRequest::Listen { port } => {
+            shared.registry.lock().expect("registry lock").listening(port);
             shared.listen(port, SocketAddr::from((shared.loopback, port))).await;
             ShimResponse::Ok
         }
         ShimRequest::Lookup { local, peer } => {
-            match shared.registry.lock().expect("registry lock").lookup(local.port(), peer.port()) {
+            match shared.registry.lock().expect("registry lock").lookup(me.overlay_ip, local.port(), peer.port()) {
                 Some(addr) => ShimResponse::Peer(addr),
-                None => ShimResponse::NotBoxer,
+                None => ShimResponse::Unknown,
             }
         }
         ShimRequest::Resolve { name } => {
@@ -114,5 +144,7 @@ pub(crate) async fn handle(shared: &Shared, request: ShimRequest) -> ShimRespons
                 .unwrap_or_default();
             ShimResponse::Names(names)
         }
+        ShimRequest::UdpFlow { src_port, dst } => crate::udp::answer_flow(shared, src_port, dst),
+        ShimRequest::UdpPeer { port } => crate::udp::answer_peer(shared, port),
     }
 }

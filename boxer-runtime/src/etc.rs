@@ -40,8 +40,14 @@ pub(crate) async fn keep_written(shared: Arc<Shared>, dir: PathBuf) {
     }
 }
 
+/// Mode of the files: readable by every user, so processes of the node that
+/// dropped root read them too (whatever the runtime's umask).
+const FILE_MODE: u32 = 0o644;
+
 async fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = path.with_extension("tmp");
     tokio::fs::write(&tmp, text).await?;
+    tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(FILE_MODE)).await?;
     tokio::fs::rename(&tmp, path).await
 }

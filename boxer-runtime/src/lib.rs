@@ -8,6 +8,7 @@
 //! an AWS Lambda custom runtime ([`lambda`]).
 
 pub mod app;
+pub mod caller;
 pub mod config;
 mod control;
 pub mod etc;
@@ -22,6 +23,8 @@ pub mod output;
 pub mod registry;
 pub mod status;
 pub mod supervise;
+mod udp;
+pub mod wait;
 
 pub use config::{ForwardSpec, NodeConfig};
 pub use node::{Node, NodeError, ShimFiles};

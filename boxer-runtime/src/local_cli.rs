@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use boxer_proto::lambda::StopCause;
 use boxer_runtime::supervise::{self, Program};
-use boxer_runtime::{Node, NodeConfig, app, host::Host};
+use boxer_runtime::{Node, NodeConfig, app, host::Host, wait};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// How long the last output and the exit status may take to reach the
@@ -30,6 +30,9 @@ pub struct LocalRun {
     pub shim: Option<PathBuf>,
     /// `NAME:PORT`s that must listen before the program starts.
     pub wait_for: Vec<(String, u16)>,
+    /// How long to wait for them before giving up (exit code
+    /// [`wait::WAIT_TIMEOUT_EXIT_CODE`]); `None`: as long as it takes.
+    pub wait_timeout: Option<Duration>,
     /// Seconds between SIGTERM and SIGKILL.
     pub grace: u64,
 }
@@ -49,11 +52,11 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
     let app = match run.command.first() {
         Some(cmd) => {
             let path = app::resolve_command(cmd)?;
-            app::check_executable(&path)?;
+            // Explicit --expose/--forward ports: static and Go programs run
+            // without the shim.
+            let explicit = !run.config.expose.is_empty() || !run.config.forwards.is_empty();
             let shim = run.shim.clone().unwrap_or_else(app::default_shim);
-            if !shim.is_file() {
-                return Err(app::AppError::NoShim(shim).into());
-            }
+            let shim = app::shim_for(&path, &run.config.service, shim, explicit)?;
             Some((path, shim))
         }
         None => None,
@@ -91,10 +94,16 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
         return Ok(0);
     };
 
-    for (target, port) in &run.wait_for {
-        tracing::info!("waiting for {target}:{port} to listen");
+    if !run.wait_for.is_empty() {
         tokio::select! {
-            r = node.wait_listening(target, *port) => r.with_context(|| format!("waiting for {target}:{port}"))?,
+            r = wait::wait_for(&node, &run.wait_for, run.wait_timeout) => match r {
+                Ok(()) => {}
+                Err(e @ wait::WaitError::TimedOut { .. }) => {
+                    tracing::error!("{name}: {e}");
+                    return Ok(wait::give_up(&node, &e).await);
+                }
+                Err(e) => return Err(e).context(format!("node {name} did not start its program")),
+            },
             _ = tokio::signal::ctrl_c() => { node.shutdown().await; return Ok(130); }
             _ = terminate.recv() => { node.shutdown().await; return Ok(143); }
         }

@@ -71,8 +71,10 @@ struct Args {
     /// Keep a JSON copy of this node's membership table at this path.
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
-    /// Directory for the shim's control socket and /etc files (default: a
-    /// fresh directory under $TMPDIR, removed at exit).
+    /// The node's run directory, with the /etc files the shim shows the
+    /// program (default: a fresh directory under $TMPDIR). Made readable by
+    /// every user, so servers that drop root still see them; removed when
+    /// the node ends. The control socket itself is in the abstract namespace.
     #[arg(long, value_name = "DIR", env = "BOXER_RUN_DIR")]
     run_dir: Option<PathBuf>,
     /// Other nodes share this network namespace: narrow the app's wildcard
@@ -85,6 +87,15 @@ struct Args {
     /// Start the program only once NAME resolves to a node listening on PORT. Repeatable.
     #[arg(long, value_name = "NAME:PORT", value_parser = parse_wait_for)]
     wait_for: Vec<(String, u16)>,
+    /// Give up after waiting this long for the --wait-for targets: the node
+    /// reports why and exits with code 124 without starting the program.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        requires = "wait_for",
+        value_parser = clap::value_parser!(u64).range(1..=boxer_runtime::wait::MAX_WAIT_TIMEOUT_SECS)
+    )]
+    wait_timeout: Option<u64>,
     /// Seconds the program gets between SIGTERM and SIGKILL when the runtime stops.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     grace: u64,
@@ -170,6 +181,7 @@ impl Args {
             command: self.command,
             shim: self.shim,
             wait_for: self.wait_for,
+            wait_timeout: self.wait_timeout.map(std::time::Duration::from_secs),
             grace: self.grace,
         })))
     }

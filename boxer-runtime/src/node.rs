@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::NodeConfig;
 use crate::registry::Registry;
-use crate::{control, etc, forward, inbound, outbound, status};
+use crate::{control, etc, forward, inbound, outbound, status, udp};
 
 /// Streams from peers waiting for the runtime to take them.
 const INBOUND_BUFFER: usize = 256;
@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) proxy_addr: SocketAddrV4,
     /// Loopback connections and their overlay identities.
     pub(crate) registry: Mutex<Registry>,
+    /// Overlay UDP flows.
+    pub(crate) udp: Arc<udp::Udp>,
     to_rendezvous: mpsc::Sender<NodeMessage>,
     barriers: Mutex<(u32, HashMap<u32, oneshot::Sender<()>>)>,
 }
@@ -123,13 +125,15 @@ impl Shared {
     }
 }
 
-/// Files the shim needs, in the node's run directory.
+/// What the shim needs: the control socket and the node's run directory.
 #[derive(Debug, Clone)]
 pub struct ShimFiles {
-    /// The control socket.
-    pub control: PathBuf,
+    /// The control socket's address as the shim reads it (`@name`: abstract).
+    pub control: String,
     /// Directory with `hosts`, `hostname`, `resolv.conf`.
     pub etc_dir: PathBuf,
+    /// The node's run directory, removed when the node shuts down.
+    pub run_dir: PathBuf,
 }
 
 /// A running node.
@@ -195,10 +199,12 @@ impl Node {
             _ => SocketAddrV4::new(loopback, 0),
         };
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BUFFER);
+        let (datagram_tx, datagram_rx) = mpsc::channel(udp::INBOUND_BUFFER);
         let (punch_tx, punch_rx) = mpsc::channel(PUNCH_REQUEST_BUFFER);
         let (pathfinder, ready) =
             Pathfinder::new(joined.node_id, joined.disco_key, endpoint.socket().clone(), membership.clone(), punch_tx);
-        let peers = Peers::new(endpoint.clone(), membership.clone(), pathfinder.clone(), inbound_tx);
+        let peers = Peers::new(endpoint.clone(), membership.clone(), pathfinder.clone(), inbound_tx, datagram_tx);
+        let udp = Arc::new(udp::Udp::new(loopback, peers.clone(), span.clone()));
         let (to_rendezvous, outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);
         let shared = Arc::new(Shared {
             joined,
@@ -209,6 +215,7 @@ impl Node {
             loopback,
             proxy_addr,
             registry: Mutex::default(),
+            udp,
             to_rendezvous,
             barriers: Mutex::default(),
         });
@@ -258,6 +265,7 @@ impl Node {
             );
         }
         spawn_tracked(&mut tasks, inbound::serve(shared.clone(), inbound_rx).instrument(span.clone()));
+        spawn_tracked(&mut tasks, udp::serve(shared.clone(), datagram_rx).instrument(span.clone()));
         for (listener, spec) in listeners {
             spawn_tracked(&mut tasks, forward::serve(shared.clone(), listener, spec).instrument(span.clone()));
         }
@@ -278,6 +286,12 @@ impl Node {
             shared_namespace: config.shared_namespace,
             tasks: Arc::new(std::sync::Mutex::new(tasks)),
         })
+    }
+
+    /// The state the node's tasks share (for in-crate tests).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// What the rendezvous said when admitting this node.
@@ -303,7 +317,7 @@ impl Node {
         let joined = &self.shared.joined;
         let cluster = self.shared.membership.borrow().cluster().to_owned();
         Some(vec![
-            (ENV_CONTROL, files.control.display().to_string()),
+            (ENV_CONTROL, files.control.clone()),
             (ENV_OVERLAY_IP, joined.overlay_ip.to_string()),
             (ENV_NETWORK, joined.network.to_string()),
             (ENV_LOOPBACK, self.shared.loopback.to_string()),
@@ -368,6 +382,12 @@ impl Node {
         let _ = self.shared.to_rendezvous.send(NodeMessage::Logs(lines)).await;
     }
 
+    /// Tells the rendezvous (and through it `boxer up` and `boxer status`)
+    /// where the node is: waiting for a `wait_for` target, running, gave up.
+    pub async fn report_state(&self, state: boxer_proto::control::NodeState) {
+        let _ = self.shared.to_rendezvous.send(NodeMessage::State(state)).await;
+    }
+
     /// Reports how the program ended and waits (up to 3 s) for the
     /// rendezvous to record it, which it confirms by closing the connection.
     pub async fn report_exit(&self, code: i32) {
@@ -411,32 +431,83 @@ impl Node {
         for task in self.tasks.lock().expect("task list").drain(..) {
             task.abort();
         }
+        self.shared.udp.shutdown();
+        // Nothing of the run directory outlives the node.
+        if let Some(files) = &self.shim
+            && let Err(e) = std::fs::remove_dir_all(&files.run_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!("cannot remove the run directory {}: {e}", files.run_dir.display());
+        }
     }
 }
 
+/// Mode of the node's run directory and its `etc` directory: everyone may
+/// read and traverse, so processes of the node that switched to another user
+/// (servers dropping root) still read the `/etc` files the shim redirects to.
+/// Nothing secret is in it; only the runtime's user may write.
+const RUN_DIR_MODE: u32 = 0o755;
+
 /// Creates the control socket and `/etc` files in `dir` and serves them.
+///
+/// The control socket is in the abstract namespace, named with 64 random
+/// bits so no other process can claim the name first; it is reachable from
+/// the node's network namespace only, and [`control::serve`] answers only
+/// processes of this node.
 fn start_shim_side(
     shared: &Arc<Shared>,
     dir: &std::path::Path,
     span: &tracing::Span,
     tasks: &mut Vec<tokio::task::AbortHandle>,
 ) -> Result<ShimFiles, NodeError> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::fs::PermissionsExt;
     let local = |what: &'static str, path: &std::path::Path| {
         let path = path.display().to_string();
         move |source| NodeError::Local { what, path, source }
     };
     let etc_dir = dir.join("etc");
     std::fs::create_dir_all(&etc_dir).map_err(local("cannot create", &etc_dir))?;
-    let control = dir.join("control.sock");
-    match std::fs::remove_file(&control) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(local("cannot remove stale socket", &control)(e)),
+    for d in [dir, etc_dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(RUN_DIR_MODE))
+            .map_err(local("cannot make readable", d))?;
     }
-    let listener = UnixListener::bind(&control).map_err(local("cannot listen on control socket", &control))?;
+    if let Some(closed) = unreadable_ancestor(dir) {
+        warn!(
+            "{} is not searchable by other users, so programs of this node that switch users cannot read their /etc files; use a run directory under {}",
+            closed.display(),
+            std::env::temp_dir().display()
+        );
+    }
+    let mut random = [0u8; 8];
+    let _ = getrandom::fill(&mut random);
+    let name = format!(
+        "boxer/{}/{}/{}",
+        shared.membership.borrow().cluster(),
+        shared.joined.names[0],
+        random.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(local("invalid control socket name", std::path::Path::new(&name)))?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&address)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)
+        })
+        .map_err(local("cannot listen on control socket @", std::path::Path::new(&name)))?;
+    let control = format!("@{name}");
     spawn_tracked(tasks, control::serve(shared.clone(), listener, control.clone()).instrument(span.clone()));
     spawn_tracked(tasks, etc::keep_written(shared.clone(), etc_dir.clone()).instrument(span.clone()));
-    Ok(ShimFiles { control, etc_dir })
+    Ok(ShimFiles { control, etc_dir, run_dir: dir.to_owned() })
+}
+
+/// The first directory on the way to `dir` that other users cannot search.
+fn unreadable_ancestor(dir: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.ancestors()
+        .skip(1)
+        .find(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(|d| d.to_owned())
 }
 
 async fn send_loop(mut sender: SessionSender, mut rx: mpsc::Receiver<NodeMessage>, fail: impl Fn(NodeError)) {
@@ -522,6 +593,7 @@ async fn feed_loop(
                     MemberChange::Left { node_id } => {
                         info!(peer = %node_id, "member left");
                         shared.peers.forget(*node_id);
+                        shared.udp.peer_left(*node_id);
                     }
                     MemberChange::Listening { node_id, ports } => debug!(peer = %node_id, ?ports, "listening"),
                     MemberChange::Addresses { node_id, .. } => {

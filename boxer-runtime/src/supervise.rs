@@ -32,8 +32,10 @@ pub struct Program {
     pub path: PathBuf,
     /// Its arguments (without the program name).
     pub args: Vec<String>,
-    /// The shim library to preload.
-    pub shim: PathBuf,
+    /// The shim library to preload; `None` runs the program without it (a
+    /// node in explicit mode: its `--expose`/`--forward` ports only, see
+    /// [`app::shim_for`]).
+    pub shim: Option<PathBuf>,
     /// Environment on top of the runtime's own, in order (a later value
     /// wins; `LD_PRELOAD` here gets the shim appended).
     pub env: Vec<(OsString, OsString)>,
@@ -102,13 +104,20 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
 
 /// Runs `program` on `node` until it exits, the node stops, or `stop`
 /// resolves; then reports its exit to the rendezvous and leaves the cluster.
+///
+/// Made for the runtime process, which starts no other processes: the
+/// process becomes a child subreaper, and when the program ends every
+/// remaining child of the process is killed.
 pub async fn run(
     node: &Node,
     program: &Program,
     stop: impl Future<Output = StopCause>,
 ) -> Result<Outcome, SuperviseError> {
     let name = node.joined().names[0].clone();
-    let app_env = node.app_env().ok_or_else(|| SuperviseError::NoShimSide(name.clone()))?;
+    let app_env = match &program.shim {
+        Some(_) => node.app_env().ok_or_else(|| SuperviseError::NoShimSide(name.clone()))?,
+        None => Vec::new(),
+    };
     let mut command = tokio::process::Command::new(&program.path);
     command.args(&program.args).kill_on_drop(true);
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -124,8 +133,10 @@ pub async fn run(
     for (key, value) in &program.env {
         command.env(key, value);
     }
-    let preload = program.env.iter().rev().find(|(k, _)| k == "LD_PRELOAD").map(|(_, v)| v.clone());
-    command.env("LD_PRELOAD", app::ld_preload(&program.shim, preload.or_else(|| std::env::var_os("LD_PRELOAD"))));
+    if let Some(shim) = &program.shim {
+        let preload = program.env.iter().rev().find(|(k, _)| k == "LD_PRELOAD").map(|(_, v)| v.clone());
+        command.env("LD_PRELOAD", app::ld_preload(shim, preload.or_else(|| std::env::var_os("LD_PRELOAD"))));
+    }
     for (key, value) in app_env {
         command.env(key, value);
     }
@@ -144,6 +155,7 @@ pub async fn run(
             Ok(())
         });
     }
+    become_subreaper();
     let started = Instant::now();
     let mut child = command.spawn().map_err(|source| SuperviseError::Spawn {
         path: program.path.clone(),
@@ -156,6 +168,7 @@ pub async fn run(
     if !own_group {
         warn!("setpgid refused: the program shares the runtime's process group; only the program itself is signalled");
     }
+    let reaper = pid.map(|p| tokio::spawn(reap_adopted(p)));
     let tail = SharedTail::default();
     let mut relays = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -210,6 +223,12 @@ pub async fn run(
     let run_time = started.elapsed();
     // Nothing the program started outlives it.
     signal(libc::SIGKILL, true);
+    if let Some(reaper) = reaper {
+        reaper.abort();
+    }
+    // Daemons that left the group (setsid) were adopted by the runtime as
+    // subreaper: they end here too.
+    kill_adopted().await;
     let code = exit_code(status);
     info!(code, ?run_time, "program ended");
     // Ship the rest of the output, then the exit status, within the bound.
@@ -226,4 +245,88 @@ pub async fn run(
     node.shutdown().await;
     let last_output = tail.lock().unwrap_or_else(|e| e.into_inner()).lines();
     Ok(Outcome { exit_code: code, run_time, stopped, killed_after_grace, last_output, own_group })
+}
+
+/// Makes the runtime the child subreaper of everything the program starts:
+/// a daemon that double-forks is re-parented to the runtime instead of init,
+/// so it stays a process of the node (the control socket serves only the
+/// runtime's descendants, see [`crate::caller`]). Process-wide and
+/// idempotent. Where the host refuses it, such daemons lose the overlay,
+/// which is logged once.
+fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            warn!(
+                "PR_SET_CHILD_SUBREAPER refused ({}): processes of the program that daemonize (double fork) lose the overlay",
+                std::io::Error::last_os_error()
+            );
+        }
+    });
+}
+
+/// Reaps the orphans the runtime adopted as subreaper, whenever a child
+/// changes state, so exited daemons do not stay zombies. The program itself
+/// is left to tokio, which waits for it by pid: each zombie is first looked
+/// at without reaping (`WNOWAIT`) and only reaped if it is not the program.
+async fn reap_adopted(program: libc::pid_t) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut children) = signal(SignalKind::child()) else { return };
+    loop {
+        loop {
+            // SAFETY: zeroed siginfo is valid; waitid fills it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid with a valid out-pointer; WNOWAIT leaves the zombie.
+            let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT) };
+            // SAFETY: si_pid is valid for SIGCHLD-kind siginfo filled by waitid.
+            let zombie = unsafe { info.si_pid() };
+            if r != 0 || zombie == 0 || zombie == program {
+                break;
+            }
+            // SAFETY: reaping a zombie child that is not the program.
+            unsafe { libc::waitpid(zombie, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+        if children.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+/// Rounds of [`kill_adopted`]: each kill re-parents the victim's children to
+/// the runtime, one generation per round; daemons are rarely deeper than two.
+const ADOPTED_KILL_ROUNDS: usize = 8;
+
+/// Kills and reaps every remaining child of the runtime: processes of the
+/// program that left its process group and were adopted (the program itself
+/// is already reaped). The runtime starts no other processes.
+async fn kill_adopted() {
+    let me = std::process::id() as i32;
+    for _ in 0..ADOPTED_KILL_ROUNDS {
+        let children = children_of(me);
+        if children.is_empty() {
+            return;
+        }
+        for pid in &children {
+            warn!(pid, "killing a process the program left behind");
+            // SAFETY: kill(2) and waitpid(2) on our own (adopted) children.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+                libc::waitpid(*pid, std::ptr::null_mut(), 0);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Pids whose parent is `parent`, from `/proc`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            (crate::caller::parse_ppid(&stat)? == parent).then_some(pid)
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use boxer_proto::control::{
-    CloseCode, ClusterInfo, CreateClusterRequest, DEFAULT_OVERLAY, ExitStatus, JoinRequest, Joined, LogLine,
+    CloseCode, ClusterInfo, CreateClusterRequest, DEFAULT_OVERLAY, ExitStatus, JoinRequest, Joined, LogLine, NodeState,
     PathReport, WatchRequest,
 };
 use boxer_proto::disco::DiscoKey;
@@ -28,9 +28,12 @@ pub const EVENT_BUFFER: usize = 4096;
 /// batches of at most 256 KiB this bounds the memory to 32 MiB per cluster.
 pub const LOG_BUFFER: usize = 128;
 
-/// Exit reports buffered per cluster: one per node, so a watcher would have
-/// to miss this many node exits to lose one.
-pub const EXIT_BUFFER: usize = 4096;
+/// State changes and exit reports buffered per cluster. A node sends a
+/// state per `wait_for` target it waits on, then `Running` or `GaveUp`, and
+/// one exit report: a 1000-node cluster starting and ending at once (one
+/// wait each: 3000 messages) stays well under this, so a watcher would
+/// have to fall far behind to lose one.
+pub const LIFECYCLE_BUFFER: usize = 8192;
 
 /// Output or exit of one node, as broadcast to a cluster's log watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +58,13 @@ pub enum NodeOutput {
         node: String,
         /// How.
         status: ExitStatus,
+    },
+    /// The node's state changed (waiting, running, gave up).
+    State {
+        /// `<service>-<index>`.
+        node: String,
+        /// The new state.
+        state: NodeState,
     },
 }
 
@@ -92,10 +102,11 @@ pub struct Feed {
     pub events: broadcast::Receiver<MembershipEvent>,
     /// Becomes `true` when the cluster is deleted.
     pub deleted: watch::Receiver<bool>,
-    /// Node output lines, for watchers that asked for them.
+    /// Node output lines and paths, for watchers that asked for them.
     pub output: Option<broadcast::Receiver<NodeOutput>>,
-    /// Node exits, for watchers that asked for output.
-    pub exits: Option<broadcast::Receiver<NodeOutput>>,
+    /// Node states and exits, for watchers that asked for output: on their
+    /// own channel so that a watcher behind on output loses lines, not these.
+    pub lifecycle: Option<broadcast::Receiver<NodeOutput>>,
 }
 
 #[derive(Debug)]
@@ -107,7 +118,9 @@ struct Cluster {
     events: broadcast::Sender<MembershipEvent>,
     deleted: watch::Sender<bool>,
     output: broadcast::Sender<NodeOutput>,
-    exits: broadcast::Sender<NodeOutput>,
+    lifecycle: broadcast::Sender<NodeOutput>,
+    /// The last state each member sent, for watchers that come later.
+    states: HashMap<NodeId, (String, NodeState)>,
     /// Key of the members' path probes.
     disco_key: DiscoKey,
     /// Direct delivery to each member's session.
@@ -151,7 +164,7 @@ impl Cluster {
             events: self.events.subscribe(),
             deleted: self.deleted.subscribe(),
             output: output.then(|| self.output.subscribe()),
-            exits: output.then(|| self.exits.subscribe()),
+            lifecycle: output.then(|| self.lifecycle.subscribe()),
         }
     }
 
@@ -271,7 +284,8 @@ impl Registry {
             events: broadcast::channel(EVENT_BUFFER).0,
             deleted: watch::channel(false).0,
             output: broadcast::channel(LOG_BUFFER).0,
-            exits: broadcast::channel(EXIT_BUFFER).0,
+            lifecycle: broadcast::channel(LIFECYCLE_BUFFER).0,
+            states: HashMap::new(),
             disco_key: random_key(),
             mailboxes: HashMap::new(),
         };
@@ -363,6 +377,7 @@ impl Registry {
     pub fn leave(&mut self, cluster: &str, node_id: NodeId) {
         if let Some(c) = self.clusters.get_mut(cluster) {
             c.mailboxes.remove(&node_id);
+            c.states.remove(&node_id);
             if c.members.contains_key(&node_id) {
                 c.publish(MemberChange::Left { node_id });
             }
@@ -448,10 +463,32 @@ impl Registry {
         if let Some(c) = self.clusters.get(cluster) {
             let channel = match output {
                 NodeOutput::Lines { .. } | NodeOutput::Paths { .. } => &c.output,
-                NodeOutput::Exited { .. } => &c.exits,
+                NodeOutput::Exited { .. } | NodeOutput::State { .. } => &c.lifecycle,
             };
             let _ = channel.send(output);
         }
+    }
+
+    /// Records a member's state (`node` is its `<service>-<index>`) and
+    /// tells the cluster's log watchers, unless it is the state already
+    /// recorded.
+    pub fn set_state(&mut self, cluster: &str, node_id: NodeId, node: &str, state: NodeState) {
+        if let Some(c) = self.clusters.get_mut(cluster)
+            && c.members.contains_key(&node_id)
+            && c.states.get(&node_id).is_none_or(|(_, s)| *s != state)
+        {
+            c.states.insert(node_id, (node.to_owned(), state.clone()));
+            let _ = c.lifecycle.send(NodeOutput::State { node: node.to_owned(), state });
+        }
+    }
+
+    /// The last state of every member that sent one, by node name: what a
+    /// watcher that subscribes now has missed.
+    pub fn states(&self, cluster: &str) -> Vec<(String, NodeState)> {
+        let mut states: Vec<_> =
+            self.clusters.get(cluster).map(|c| c.states.values().cloned().collect()).unwrap_or_default();
+        states.sort_by(|a, b| a.0.cmp(&b.0));
+        states
     }
 
     /// Subscribes to a cluster (join token or admin token).
@@ -596,6 +633,29 @@ mod tests {
         let ev = feed.events.try_recv().unwrap();
         assert_eq!(ev.change, MemberChange::Listening { node_id: NodeId(1), ports: vec![6379] });
         assert!(feed.events.try_recv().is_err());
+    }
+
+    #[test]
+    fn states_are_kept_for_late_watchers_and_published_once() {
+        let (mut r, _) = registry_with("demo", None);
+        let (a, _) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        let watch = WatchRequest { cluster: "demo".into(), token: ADMIN.into(), logs: true };
+        let (_, mut feed) = r.watch(&watch).unwrap();
+        let waiting = NodeState::Waiting { target: "db-0".into(), port: 5432, waited_secs: 0 };
+        r.set_state("demo", a.node_id, "web-0", waiting.clone());
+        r.set_state("demo", a.node_id, "web-0", waiting.clone());
+        let lifecycle = feed.lifecycle.as_mut().unwrap();
+        assert_eq!(lifecycle.try_recv().unwrap(), NodeOutput::State { node: "web-0".into(), state: waiting.clone() });
+        assert!(lifecycle.try_recv().is_err(), "an unchanged state is not published again");
+        assert_eq!(r.states("demo"), [("web-0".to_owned(), waiting)]);
+        // Exits travel with states, not with the lossy output.
+        r.publish_output("demo", NodeOutput::Exited { node: "web-0".into(), status: ExitStatus { code: 124 } });
+        assert!(matches!(feed.lifecycle.as_mut().unwrap().try_recv(), Ok(NodeOutput::Exited { .. })));
+        assert!(feed.output.as_mut().unwrap().try_recv().is_err());
+        r.leave("demo", a.node_id);
+        assert!(r.states("demo").is_empty(), "a member that left has no state");
+        r.set_state("demo", a.node_id, "web-0", NodeState::Running);
+        assert!(r.states("demo").is_empty(), "nor gets one after leaving");
     }
 
     #[test]

@@ -53,6 +53,14 @@ pub async fn serve(
         let (to, packet) = match relay::io::read(&mut recv).await {
             Ok(Some(p)) => p,
             Ok(None) => break,
+            // The connection or the stream ended under the read: the node
+            // left (an orderly stop closes its connection), was deleted with
+            // its cluster, or timed out. Its session says which; nothing
+            // here broke a rule.
+            Err(e) if is_transport_end(&e) => {
+                debug!(%node, "relay stream ended: {e}");
+                break;
+            }
             Err(e) => {
                 warn!(%node, "bad relay frame: {e}");
                 conn.close(CloseCode::Protocol.code().into(), format!("bad relay frame: {e}").as_bytes());
@@ -77,4 +85,28 @@ pub async fn serve(
         let _ = sender.try_send((node, packet));
     }
     writer.abort();
+}
+
+/// Whether a relay read failed because the QUIC stream or connection ended
+/// (quinn's [`quinn::ReadError`] inside the I/O error), not because of what
+/// the node sent (a bad header, a frame cut short).
+fn is_transport_end(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<quinn::ReadError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_of_the_connection_are_not_protocol_errors() {
+        let lost = std::io::Error::from(quinn::ReadError::ConnectionLost(quinn::ConnectionError::TimedOut));
+        assert!(is_transport_end(&lost), "{lost}");
+        let reset = std::io::Error::from(quinn::ReadError::Reset(0u32.into()));
+        assert!(is_transport_end(&reset));
+        let garbage = std::io::Error::other(boxer_proto::relay::RelayFrameError::BadLength(0));
+        assert!(!is_transport_end(&garbage));
+        let cut = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(!is_transport_end(&cut));
+    }
 }

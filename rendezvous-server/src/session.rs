@@ -1,6 +1,7 @@
 //! One client connection: hello, one request, and for members the membership
 //! feed until the connection ends.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,12 @@ pub const MAX_PENDING_BARRIERS: usize = 64;
 
 /// Messages from a node buffered before the session applies them.
 const NODE_MESSAGE_BUFFER: usize = 16;
+
+/// State changes one node may send in its life. An honest node sends one per
+/// `wait_for` target it waits on, then `Running` or `GaveUp`; this is far
+/// above any spec and bounds what one member can put on its cluster's
+/// watcher queues (which also carry the exit reports).
+pub const MAX_STATE_CHANGES: u32 = 1024;
 
 pub(crate) type Shared = Arc<Mutex<Registry>>;
 
@@ -236,6 +243,7 @@ impl MemberSession<'_> {
             }
         });
         let mut pending: Vec<(u32, Barrier)> = Vec::new();
+        let mut state_changes = 0u32;
         loop {
             tokio::select! {
                 // The node's own messages first: its last log lines and exit
@@ -282,6 +290,16 @@ impl MemberSession<'_> {
                         NodeMessage::Paths(paths) => {
                             lock(registry).publish_output(cluster, NodeOutput::Paths { node: node_name.clone(), paths });
                             Ok(())
+                        }
+                        NodeMessage::State(state) => {
+                            state_changes += 1;
+                            if state_changes > MAX_STATE_CHANGES {
+                                Err(Refusal { code: CloseCode::Invalid, reason: format!("more than {MAX_STATE_CHANGES} state changes") })
+                            } else {
+                                debug!(%node, %state, "state");
+                                lock(registry).set_state(cluster, node, &node_name, state);
+                                Ok(())
+                            }
                         }
                         NodeMessage::Wait { request_id, barrier } => {
                             if pending.len() >= MAX_PENDING_BARRIERS {
@@ -388,6 +406,79 @@ async fn recv_opt(rx: &mut Option<broadcast::Receiver<NodeOutput>>) -> Result<No
     }
 }
 
+/// What a node's output or lifecycle event says to a watcher.
+fn output_message(output: NodeOutput) -> ServerMessage {
+    match output {
+        NodeOutput::Lines { node, lines } => ServerMessage::Logs { node, lines },
+        NodeOutput::Paths { node, paths } => ServerMessage::Paths { node, paths },
+        NodeOutput::Exited { node, status } => ServerMessage::Exited { node, status },
+        NodeOutput::State { node, state } => ServerMessage::State { node, state },
+    }
+}
+
+/// A log watcher's output in the order each node produced it.
+///
+/// Lines travel on one channel and states and exits on another (a watcher
+/// that falls behind loses lines, never an exit), so reading both as they
+/// come could show a node's exit before its last lines. A node's session
+/// publishes its lines before its exit, so when an exit (or state) is
+/// received every line published before it is already queued on the output
+/// channel: those go first. No waiting, no timer.
+struct OrderedOutput {
+    output: Option<broadcast::Receiver<NodeOutput>>,
+    lifecycle: Option<broadcast::Receiver<NodeOutput>>,
+    queue: VecDeque<ServerMessage>,
+}
+
+impl OrderedOutput {
+    fn new(
+        output: Option<broadcast::Receiver<NodeOutput>>,
+        lifecycle: Option<broadcast::Receiver<NodeOutput>>,
+    ) -> Self {
+        Self { output, lifecycle, queue: VecDeque::new() }
+    }
+
+    /// The next message for the watcher; `None` when the cluster is gone.
+    /// Cancel-safe: nothing is awaited after a message is taken.
+    async fn next(&mut self) -> Option<ServerMessage> {
+        loop {
+            if let Some(msg) = self.queue.pop_front() {
+                return Some(msg);
+            }
+            tokio::select! {
+                // Lifecycle first: rare, and it brings the lines before it along.
+                biased;
+                event = recv_opt(&mut self.lifecycle) => match event {
+                    Ok(event) => {
+                        self.take_queued_output();
+                        self.queue.push_back(output_message(event));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "watcher missed state changes or exit reports"),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                output = recv_opt(&mut self.output) => match output {
+                    Ok(output) => return Some(output_message(output)),
+                    Err(broadcast::error::RecvError::Lagged(batches)) => return Some(ServerMessage::LogsDropped { batches }),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            }
+        }
+    }
+
+    /// Moves what the output channel holds now into the queue.
+    fn take_queued_output(&mut self) {
+        use broadcast::error::TryRecvError;
+        let Some(rx) = &mut self.output else { return };
+        loop {
+            match rx.try_recv() {
+                Ok(output) => self.queue.push_back(output_message(output)),
+                Err(TryRecvError::Lagged(batches)) => self.queue.push_back(ServerMessage::LogsDropped { batches }),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => return,
+            }
+        }
+    }
+}
+
 async fn watch_session(
     registry: &Shared,
     conn: &quinn::Connection,
@@ -400,6 +491,15 @@ async fn watch_session(
     if frame::write(&mut send, &ServerMessage::Snapshot(snapshot)).await.is_err() {
         return;
     }
+    let mut output = OrderedOutput::new(feed.output.take(), feed.lifecycle.take());
+    // States sent before this watcher came (a change since is sent again:
+    // harmless, a state is a value, not an event).
+    let states = if req.logs { lock(registry).states(&req.cluster) } else { vec![] };
+    for (node, state) in states {
+        if frame::write(&mut send, &ServerMessage::State { node, state }).await.is_err() {
+            return;
+        }
+    }
     loop {
         tokio::select! {
             received = feed.events.recv() => {
@@ -407,28 +507,8 @@ async fn watch_session(
                     break;
                 }
             }
-            output = recv_opt(&mut feed.output) => {
-                let msg = match output {
-                    Ok(NodeOutput::Lines { node, lines }) => ServerMessage::Logs { node, lines },
-                    Ok(NodeOutput::Paths { node, paths }) => ServerMessage::Paths { node, paths },
-                    Ok(NodeOutput::Exited { node, status }) => ServerMessage::Exited { node, status },
-                    Err(broadcast::error::RecvError::Lagged(batches)) => ServerMessage::LogsDropped { batches },
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
-                if frame::write(&mut send, &msg).await.is_err() {
-                    break;
-                }
-            }
-            exit = recv_opt(&mut feed.exits) => {
-                let msg = match exit {
-                    Ok(NodeOutput::Exited { node, status }) => ServerMessage::Exited { node, status },
-                    Ok(NodeOutput::Lines { .. } | NodeOutput::Paths { .. }) => continue,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "watcher missed exit reports");
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                };
+            msg = output.next() => {
+                let Some(msg) = msg else { break };
                 if frame::write(&mut send, &msg).await.is_err() {
                     break;
                 }
@@ -439,5 +519,69 @@ async fn watch_session(
             }
             _ = conn.closed() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boxer_proto::control::{ExitStatus, LogLine, NodeState, Stream};
+
+    use super::*;
+
+    fn lines(node: &str, text: &str) -> NodeOutput {
+        NodeOutput::Lines { node: node.into(), lines: vec![LogLine { stream: Stream::Stdout, text: text.into() }] }
+    }
+
+    fn describe(msg: &ServerMessage) -> String {
+        match msg {
+            ServerMessage::Logs { node, lines } => format!("{node} | {}", lines[0].text),
+            ServerMessage::Exited { node, status } => format!("{node} exited {}", status.code),
+            ServerMessage::State { node, state } => format!("{node} {state}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exit_comes_after_the_lines_published_before_it() {
+        let (out_tx, out_rx) = broadcast::channel(16);
+        let (life_tx, life_rx) = broadcast::channel(16);
+        let mut ordered = OrderedOutput::new(Some(out_rx), Some(life_rx));
+        // What a node's session publishes, in order: a state, lines, the exit.
+        life_tx.send(NodeOutput::State { node: "a-0".into(), state: NodeState::Running }).unwrap();
+        out_tx.send(lines("a-0", "one")).unwrap();
+        out_tx.send(lines("b-0", "other node")).unwrap();
+        out_tx.send(lines("a-0", "last")).unwrap();
+        life_tx.send(NodeOutput::Exited { node: "a-0".into(), status: ExitStatus { code: 0 } }).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(describe(&ordered.next().await.unwrap()));
+        }
+        // Both channels had messages ready and the exit channel is read
+        // first, yet no exit overtakes a line.
+        let exit = seen.iter().position(|m| m == "a-0 exited 0").unwrap();
+        let last = seen.iter().position(|m| m == "a-0 | last").unwrap();
+        assert!(last < exit, "{seen:?}");
+        assert_eq!(seen.iter().filter(|m| m.starts_with("a-0 |")).count(), 2, "{seen:?}");
+        // Lines after the exit (another node's) still flow.
+        out_tx.send(lines("b-0", "later")).unwrap();
+        assert_eq!(describe(&ordered.next().await.unwrap()), "b-0 | later");
+        drop((out_tx, life_tx));
+        assert!(ordered.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_is_told_and_keeps_its_exits() {
+        let (out_tx, out_rx) = broadcast::channel(2);
+        let (life_tx, life_rx) = broadcast::channel(16);
+        let mut ordered = OrderedOutput::new(Some(out_rx), Some(life_rx));
+        for i in 0..5 {
+            out_tx.send(lines("a-0", &i.to_string())).unwrap();
+        }
+        life_tx.send(NodeOutput::Exited { node: "a-0".into(), status: ExitStatus { code: 3 } }).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(describe(&ordered.next().await.unwrap()));
+        }
+        assert_eq!(seen, ["LogsDropped { batches: 3 }", "a-0 | 3", "a-0 | 4", "a-0 exited 3"]);
     }
 }

@@ -156,6 +156,41 @@ static int client(const char *host, int port, int closed, const char *unknown) {
     /* Blocking connect, then both ends' addresses. */
     int fd = connect_v4(ip, port, 0, &err);
     CHECK("blocking connect succeeds", err == 0, "errno %s", strerror(err));
+
+    /* Overlay UDP (while the server's node is surely still a member): a
+     * datagram to a port nobody reads is sent (and lost, as UDP may be); a
+     * connected UDP socket names both ends by overlay address; broadcast
+     * and multicast are refused. */
+    {
+        int u = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in usa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr = ip};
+        CHECK("UDP sendto an overlay address is sent", sendto(u, "x", 1, 0, (void *)&usa, sizeof usa) == 1, "errno %s",
+              strerror(errno));
+        CHECK("UDP connect to an overlay address", connect(u, (void *)&usa, sizeof usa) == 0, "errno %s",
+              strerror(errno));
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        char upeer[80] = "?";
+        if (getpeername(u, (void *)&ss, &sl) == 0) fmt((struct sockaddr *)&ss, upeer, sizeof upeer);
+        CHECK("UDP getpeername is the overlay destination", strcmp(upeer, server_addr) == 0, "got %s, want %s", upeer,
+              server_addr);
+        sl = sizeof ss;
+        char ulocal[80] = "?";
+        if (getsockname(u, (void *)&ss, &sl) == 0) fmt((struct sockaddr *)&ss, ulocal, sizeof ulocal);
+        CHECK("UDP getsockname is on the overlay", strncmp(ulocal, "100.96.", 7) == 0, "got %s", ulocal);
+        close(u);
+        u = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in bcast = {.sin_family = AF_INET, .sin_port = htons(port)};
+        bcast.sin_addr.s_addr = htonl(0xffffffff);
+        CHECK("UDP broadcast from a node: ENETUNREACH",
+              sendto(u, "x", 1, 0, (void *)&bcast, sizeof bcast) < 0 && errno == ENETUNREACH, "errno %s",
+              strerror(errno));
+        inet_aton("224.0.0.1", &bcast.sin_addr);
+        CHECK("UDP multicast from a node: ENETUNREACH",
+              sendto(u, "x", 1, 0, (void *)&bcast, sizeof bcast) < 0 && errno == ENETUNREACH, "errno %s",
+              strerror(errno));
+        close(u);
+    }
     int one = 1;
     CHECK("TCP_NODELAY on a redirected socket",
           setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0, "%s", strerror(errno));
@@ -210,15 +245,6 @@ static int client(const char *host, int port, int closed, const char *unknown) {
     fd = connect_v4(nobody, port, 0, &err);
     CHECK("connect to an unknown overlay address: EHOSTUNREACH", err == EHOSTUNREACH, "errno %s", strerror(err));
     close(fd);
-
-    /* UDP towards the overlay never leaves. */
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in usa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr = ip};
-    CHECK("UDP sendto an overlay address: ENETUNREACH",
-          sendto(u, "x", 1, 0, (void *)&usa, sizeof usa) < 0 && errno == ENETUNREACH, "errno %s", strerror(errno));
-    CHECK("UDP connect to an overlay address: ENETUNREACH",
-          connect(u, (void *)&usa, sizeof usa) < 0 && errno == ENETUNREACH, "errno %s", strerror(errno));
-    close(u);
 
     /* IPv6 socket with an IPv4-mapped overlay address. */
     int f6 = socket(AF_INET6, SOCK_STREAM, 0);

@@ -16,6 +16,8 @@ use boxer_proto::lambda::{ERROR_BAD_EVENT, EVENT_VERSION, ErrorBody, NodeEvent};
 use boxer_proto::names;
 
 use super::deadline::MAX_INVOCATION;
+use crate::ForwardSpec;
+use crate::wait::MAX_WAIT_TIMEOUT_SECS;
 
 /// A usable event, parsed.
 #[derive(Debug, Clone)]
@@ -26,6 +28,10 @@ pub struct NodeRequest {
     pub rendezvous: RendezvousAddr,
     /// `wait_for`, parsed.
     pub wait_for: Vec<(String, u16)>,
+    /// `wait_timeout_secs`.
+    pub wait_timeout: Option<Duration>,
+    /// `forward`, parsed.
+    pub forwards: Vec<ForwardSpec>,
     /// `grace_secs`.
     pub grace: Duration,
     /// `timeout_secs`.
@@ -115,6 +121,30 @@ fn check(event: NodeEvent) -> Result<NodeRequest, BadEvent> {
         .iter()
         .map(|w| parse_name_port(w).map_err(|why| BadEvent::field("wait_for", why)))
         .collect::<Result<Vec<_>, _>>()?;
+    let wait_timeout = match event.wait_timeout_secs {
+        Some(t) if t == 0 || t > MAX_WAIT_TIMEOUT_SECS => {
+            return Err(BadEvent::field(
+                "wait_timeout_secs",
+                format!("{t} is not 1 to {MAX_WAIT_TIMEOUT_SECS} seconds"),
+            ));
+        }
+        Some(_) if wait_for.is_empty() => {
+            return Err(BadEvent::field("wait_timeout_secs", "given without `wait_for`: there is nothing to wait for"));
+        }
+        t => t.map(Duration::from_secs),
+    };
+    if event.expose.contains(&0) {
+        return Err(BadEvent::field("expose", "0 is not a port (1 to 65535)"));
+    }
+    let forwards = event
+        .forward
+        .iter()
+        .map(|f| match f.parse::<ForwardSpec>() {
+            Ok(spec) if spec.listen.port() == 0 => Err(BadEvent::field("forward", format!("{f:?}: local port 0"))),
+            Ok(spec) => Ok(spec),
+            Err(e) => Err(BadEvent::field("forward", e)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if let Some(dir) = &event.workdir {
         let path = Path::new(dir);
         let inside = path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
@@ -141,6 +171,8 @@ fn check(event: NodeEvent) -> Result<NodeRequest, BadEvent> {
     Ok(NodeRequest {
         rendezvous: RendezvousAddr { addr, fingerprint },
         wait_for,
+        wait_timeout,
+        forwards,
         grace: Duration::from_secs(event.grace_secs),
         timeout,
         event,
@@ -168,7 +200,8 @@ mod tests {
             "version": EVENT_VERSION, "rendezvous": "127.0.0.1:4740", "fingerprint": FP,
             "cluster": "demo", "token": "t", "service": "db", "index": 2,
             "command": ["sh", "-c", "echo hi"], "env": {"A": "1"}, "wait_for": ["web-0:80"],
-            "workdir": "app/data", "grace_secs": 3, "timeout_secs": 60
+            "workdir": "app/data", "grace_secs": 3, "timeout_secs": 60, "wait_timeout_secs": 30,
+            "expose": [2379], "forward": ["7000=web-0:80"]
         })
     }
 
@@ -187,6 +220,9 @@ mod tests {
         let r = parse(&serde_json::to_vec(&good()).unwrap()).unwrap();
         assert_eq!(r.rendezvous.addr, "127.0.0.1:4740".parse().unwrap());
         assert_eq!(r.wait_for, [("web-0".to_owned(), 80)]);
+        assert_eq!(r.wait_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(r.event.expose, [2379]);
+        assert_eq!(r.forwards, ["7000=web-0:80".parse::<ForwardSpec>().unwrap()]);
         assert_eq!((r.grace, r.timeout), (Duration::from_secs(3), Some(Duration::from_secs(60))));
         assert_eq!(r.event.node_name(), "db-2");
     }
@@ -210,6 +246,13 @@ mod tests {
             (with("workdir", json!("../x")), "`workdir`"),
             (with("grace_secs", json!(100000)), "`grace_secs`"),
             (with("timeout_secs", json!(0)), "`timeout_secs`"),
+            (with("wait_timeout_secs", json!(0)), "`wait_timeout_secs`"),
+            (with("wait_timeout_secs", json!(86401)), "`wait_timeout_secs`"),
+            (with("wait_for", json!([])), "`wait_timeout_secs`"),
+            (with("expose", json!([0])), "`expose`"),
+            (with("expose", json!([70000])), "`expose[0]`"),
+            (with("forward", json!(["7000"])), "`forward`"),
+            (with("forward", json!(["0=web-0:80"])), "`forward`"),
             (with("index", json!("one")), "`index`"),
             (with("colour", json!("red")), "`colour`"),
         ];

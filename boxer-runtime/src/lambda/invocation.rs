@@ -26,7 +26,7 @@ use super::event::{self, BadEvent, NodeRequest};
 use super::task::{self, Scratch};
 use crate::host::Host;
 use crate::supervise::{self, Program, SuperviseError};
-use crate::{Node, NodeConfig, NodeError, app};
+use crate::{Node, NodeConfig, NodeError, app, wait};
 
 /// How long a node may take to join. A join is one QUIC handshake and a
 /// table insert at the rendezvous: well under a second between any two
@@ -80,8 +80,13 @@ pub async fn handle(
     let inherited_path = env.get("PATH").map(OsString::from).or_else(|| std::env::var_os("PATH"));
     let path = task::program_path(&instance.task_root, inherited_path.as_deref());
     let command = &request.event.command;
-    let program_path = app::resolve_command_in(&command[0], &path)
-        .and_then(|p| app::check_executable(&p).map(|()| p))
+    // Explicit expose/forward ports: static and Go programs run without the shim.
+    let explicit = !request.event.expose.is_empty() || !request.forwards.is_empty();
+    let (program_path, shim) = app::resolve_command_in(&command[0], &path)
+        .and_then(|p| {
+            let shim = app::shim_for(&p, &request.event.service, instance.shim.clone(), explicit)?;
+            Ok((p, shim))
+        })
         .map_err(|e| error(ERROR_BAD_COMMAND, format!("node {name}: {e}")))?;
     let scratch = Scratch::create(&name, instance.served)
         .map_err(|e| error(ERROR_RUNTIME, format!("cannot create a scratch directory under /tmp: {e}")))?;
@@ -104,23 +109,40 @@ pub async fn handle(
     let (gso, gro) = node.udp_offload();
     instance.host.note_udp_offload(gso, gro);
 
-    for (target, port) in &request.wait_for {
-        info!("waiting for {target}:{port} to listen");
+    if !request.wait_for.is_empty() {
+        let waiting = wait::wait_for(&node, &request.wait_for, request.wait_timeout);
         let failure = tokio::select! {
-            r = node.wait_listening(target, *port) => match r {
-                Ok(()) => continue,
-                Err(_) => format!("node {name} stopped while waiting for {target}:{port}: {}", node.stopped().await),
+            r = waiting => match r {
+                Ok(()) => None,
+                Err(e @ wait::WaitError::TimedOut { .. }) => {
+                    // An ending of the node's own: reported like a program's
+                    // exit (code 124), the reason on the node's line.
+                    warn!("{name}: {e}");
+                    let exit_code = wait::give_up(&node, &e).await;
+                    return Ok(NodeReport {
+                        node: name.clone(),
+                        exit_code,
+                        run_ms: 0,
+                        stopped: None,
+                        killed_after_grace: false,
+                        last_output: vec![format!("{name}: {e}")],
+                        host: instance.host.facts.clone(),
+                    });
+                }
+                Err(e) => Some(format!("node {name} did not start its program: {e}")),
             },
             _ = tokio::time::sleep_until(stop_at) => {
-                format!("the invocation's deadline came while {name} waited for {target}:{port} to listen; the program never started")
+                Some(format!("the invocation's deadline came while {name} waited for its wait_for targets; the program never started"))
             }
             _ = terminate.recv() => {
                 instance.terminated = true;
-                format!("the runtime was terminated while {name} waited for {target}:{port}")
+                Some(format!("the runtime was terminated while {name} waited for its wait_for targets"))
             }
         };
-        node.shutdown().await;
-        return Err(error(ERROR_RUNTIME, failure));
+        if let Some(failure) = failure {
+            node.shutdown().await;
+            return Err(error(ERROR_RUNTIME, failure));
+        }
     }
 
     let mut program_env: Vec<(OsString, OsString)> = vec![("PATH".into(), path)];
@@ -131,7 +153,7 @@ pub async fn handle(
     let program = Program {
         path: program_path,
         args: command[1..].to_vec(),
-        shim: instance.shim.clone(),
+        shim,
         env: program_env,
         workdir: Some(workdir),
         grace: plan.grace,
@@ -191,8 +213,8 @@ async fn join(request: &NodeRequest, run_dir: PathBuf) -> Result<Node, ErrorBody
         service: event.service.clone(),
         index: event.index,
         bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-        forwards: Vec::new(),
-        expose: Vec::new(),
+        forwards: request.forwards.clone(),
+        expose: event.expose.clone(),
         status_file: None,
         run_dir: Some(run_dir),
         shared_namespace: false,

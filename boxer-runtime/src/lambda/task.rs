@@ -72,6 +72,12 @@ impl Scratch {
         let dir = std::env::temp_dir().join("boxer").join(format!("{node}-{}-{seq}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("work"))?;
+        // Traversable by every user whatever the umask, so processes of the
+        // node that switched users reach the run directory inside.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.parent().unwrap_or(&dir), &dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+        }
         Ok(Self { dir })
     }
 

@@ -6,15 +6,19 @@
 //! authenticated: we dial pinning the fingerprint membership publishes for the
 //! peer, and we serve a dialler only if the certificate it presented belongs to
 //! a current member. Streams the peer opens on either kind of connection are
-//! handed to the runtime through a channel, already past their preamble.
+//! handed to the runtime through a channel, already past their preamble;
+//! QUIC datagrams (overlay UDP) through another, as they come.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boxer_proto::control::{CloseCode, PathKind, PathReport};
 use boxer_proto::peer::{StreamError, StreamHeader};
 use boxer_proto::{ALPN_PEER, FrameError, Member, Membership, NodeId};
+use bytes::Bytes;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -84,12 +88,24 @@ pub struct InboundStream {
     pub recv: quinn::RecvStream,
 }
 
+/// A QUIC datagram a peer sent, as received (overlay UDP: a
+/// `boxer_proto::peer::UdpHeader` and a fragment).
+#[derive(Debug)]
+pub struct InboundDatagram {
+    /// The peer that sent it (the connection's authenticated member).
+    pub from: NodeId,
+    /// The datagram.
+    pub data: Bytes,
+}
+
 /// Per-peer slot: the dial lock serialises dials so two app connections to a
-/// new peer share one handshake; `conn` announces the connection to waiters.
+/// new peer share one handshake; `conn` announces the connection to waiters;
+/// `connecting` is set while [`Peers::connection_now`] sets one up.
 #[derive(Debug)]
 struct SlotInner {
     dial: tokio::sync::Mutex<()>,
     conn: watch::Sender<Option<quinn::Connection>>,
+    connecting: AtomicBool,
 }
 
 type Slot = Arc<SlotInner>;
@@ -106,19 +122,23 @@ pub struct Peers {
     pathfinder: Arc<Pathfinder>,
     slots: Mutex<HashMap<NodeId, Slot>>,
     inbound: mpsc::Sender<InboundStream>,
+    datagrams: mpsc::Sender<InboundDatagram>,
 }
 
 impl Peers {
     /// A peer table on `endpoint`, checking peers against `membership`,
     /// finding paths with `pathfinder` and delivering accepted streams to
-    /// `inbound`. Call [`Peers::run`] to accept.
+    /// `inbound` and received datagrams to `datagrams` (dropped when that
+    /// channel is full: datagrams may be lost, a slow reader must not make
+    /// us buffer without bound). Call [`Peers::run`] to accept.
     pub fn new(
         endpoint: NodeEndpoint,
         membership: watch::Receiver<Membership>,
         pathfinder: Arc<Pathfinder>,
         inbound: mpsc::Sender<InboundStream>,
+        datagrams: mpsc::Sender<InboundDatagram>,
     ) -> Arc<Self> {
-        Arc::new(Self { endpoint, membership, pathfinder, slots: Mutex::default(), inbound })
+        Arc::new(Self { endpoint, membership, pathfinder, slots: Mutex::default(), inbound, datagrams })
     }
 
     fn slot(&self, peer: NodeId) -> Slot {
@@ -126,7 +146,13 @@ impl Peers {
             .lock()
             .expect("peer table lock")
             .entry(peer)
-            .or_insert_with(|| Arc::new(SlotInner { dial: Default::default(), conn: watch::channel(None).0 }))
+            .or_insert_with(|| {
+                Arc::new(SlotInner {
+                    dial: Default::default(),
+                    conn: watch::channel(None).0,
+                    connecting: AtomicBool::new(false),
+                })
+            })
             .clone()
     }
 
@@ -193,6 +219,36 @@ impl Peers {
                 _ => Err(PeerError::Unreachable { peer, tried: format!("{peer} did not connect within {wait:?}") }),
             }
         }
+    }
+
+    /// The live connection to `peer` without waiting, for senders that
+    /// must not block (overlay UDP). Without one, starts setting it up in
+    /// the background as [`Peers::connection`] does (one attempt at a time)
+    /// and returns `None`; [`Peers::watch_connection`] tells when it is up.
+    pub fn connection_now(self: &Arc<Self>, peer: NodeId) -> Option<quinn::Connection> {
+        let slot = self.slot(peer);
+        if let Some(conn) = live(&slot.conn.borrow()) {
+            return Some(conn);
+        }
+        if !slot.connecting.swap(true, Ordering::AcqRel) {
+            let this = self.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = this.connection(peer).await {
+                        debug!(%peer, "connecting in the background failed: {e}");
+                    }
+                    slot.connecting.store(false, Ordering::Release);
+                }
+                .in_current_span(),
+            );
+        }
+        None
+    }
+
+    /// The connection to `peer` as it changes (`None` or closed: none). The
+    /// receiver ends (`changed` fails) when the peer is forgotten.
+    pub fn watch_connection(&self, peer: NodeId) -> watch::Receiver<Option<quinn::Connection>> {
+        self.slot(peer).conn.subscribe()
     }
 
     async fn dial(&self, member: &Member) -> Result<quinn::Connection, String> {
@@ -304,8 +360,10 @@ impl Peers {
         Ok(())
     }
 
-    /// Accepts the streams `peer` opens on `conn`.
+    /// Accepts the streams `peer` opens on `conn` and reads its datagrams.
     fn spawn_serve(self: &Arc<Self>, conn: quinn::Connection, peer: NodeId) {
+        let span = info_span!("peer", %peer);
+        tokio::spawn(read_datagrams(conn.clone(), peer, self.datagrams.clone()).instrument(span.clone()));
         let inbound = self.inbound.clone();
         let this = self.clone();
         tokio::spawn(
@@ -338,8 +396,27 @@ impl Peers {
                     });
                 }
             }
-            .instrument(info_span!("peer", %peer)),
+            .instrument(span),
         );
+    }
+}
+
+/// Hands every datagram `peer` sends on `conn` to `datagrams` until the
+/// connection ends; drops what does not fit.
+async fn read_datagrams(conn: quinn::Connection, peer: NodeId, datagrams: mpsc::Sender<InboundDatagram>) {
+    let mut dropped: u64 = 0;
+    while let Ok(data) = conn.read_datagram().await {
+        match datagrams.try_send(InboundDatagram { from: peer, data }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                dropped += 1;
+                // 1, 2, 4, 8...: visible without a line per datagram.
+                if dropped.is_power_of_two() {
+                    debug!(dropped, "runtime is behind on datagrams: dropping");
+                }
+            }
+            Err(TrySendError::Closed(_)) => return,
+        }
     }
 }
 

@@ -39,6 +39,21 @@ pub const SEND_WINDOW: u64 = 64 << 20;
 /// Lambda's 1024 file descriptors per process, so never the limit there.
 pub const PEER_MAX_STREAMS: u32 = 4096;
 
+/// Unread QUIC datagrams (overlay UDP) buffered per peer connection; past
+/// this quinn drops the oldest. The runtime reads datagrams in a task of
+/// their own, so this only absorbs bursts while the node's one thread is busy
+/// elsewhere: 2 MiB is ~16 ms at 1 Gbit/s and bounds what a peer can make us
+/// hold. Anything >= 64 KiB also lets the peer send datagrams of any size the
+/// path allows (the transport parameter is capped at 65535).
+pub const DATAGRAM_RECEIVE_BUFFER: usize = 2 << 20;
+
+/// Outgoing QUIC datagrams waiting for the congestion window, per peer
+/// connection; past this quinn drops the oldest, as a router's queue would.
+/// 1 MiB holds a burst of 16 maximum-size UDP datagrams (65507 bytes, split
+/// in ~47 fragments each) and is ~8 ms at 1 Gbit/s; more would only add
+/// latency that UDP applications (media, games, DNS) do not want.
+pub const DATAGRAM_SEND_BUFFER: usize = 1 << 20;
+
 /// Transport of a connection between two runtimes.
 pub fn peer() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
@@ -48,7 +63,9 @@ pub fn peer() -> Arc<TransportConfig> {
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
         .max_concurrent_bidi_streams(VarInt::from_u32(PEER_MAX_STREAMS))
-        .max_concurrent_uni_streams(VarInt::from_u32(0));
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     Arc::new(t)
 }
 
@@ -68,6 +85,9 @@ pub fn rendezvous() -> Arc<TransportConfig> {
         .send_window(u64::from(RELAY_STREAM_WINDOW) * 2)
         // The control stream and the relay stream; nothing else is accepted.
         .max_concurrent_bidi_streams(VarInt::from_u32(2))
-        .max_concurrent_uni_streams(VarInt::from_u32(0));
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // No datagrams either: nobody would read them, so they would only
+        // sit in quinn's buffer.
+        .datagram_receive_buffer_size(None);
     Arc::new(t)
 }

@@ -7,7 +7,8 @@
 //! * [`Request::Join`]: the server answers [`ServerMessage::Joined`] with a
 //!   membership snapshot, then pushes [`ServerMessage::Event`]s for as long as
 //!   the connection lives. The node sends [`NodeMessage`]s (listening ports,
-//!   addresses, barrier waits). Closing the connection is leaving.
+//!   addresses, barrier waits, output, its [`NodeState`]). Closing the
+//!   connection is leaving.
 //! * [`Request::Watch`]: a snapshot, then events, read-only (CLI subscribers).
 //! * [`Request::CreateCluster`] / [`Request::DeleteCluster`]: one answer.
 //!
@@ -94,8 +95,14 @@ pub const MAX_LOG_BATCH_BYTES: usize = 256 << 10;
 /// Most names in a [`Barrier::Names`].
 pub const MAX_BARRIER_NAMES: usize = 256;
 
-/// Longest name in a [`Barrier::Names`] (a DNS name).
+/// Longest name in a [`Barrier::Names`] or a [`NodeState::Waiting`] target
+/// (a DNS name).
 pub const MAX_NAME_LEN: usize = 253;
+
+/// Longest [`NodeState::GaveUp`] reason: one sentence for a person (a
+/// target name, a port, what was seen), with room to spare, and small
+/// enough that a flood of states cannot fill a watcher's queue with much.
+pub const MAX_STATE_REASON: usize = 1024;
 
 impl NodeMessage {
     /// Checks the size limits a server enforces; `Err` says which was broken.
@@ -123,6 +130,12 @@ impl NodeMessage {
             }
             NodeMessage::Paths(paths) if paths.len() > MAX_PATH_REPORTS => {
                 return Err(format!("path report of {} peers exceeds {MAX_PATH_REPORTS}", paths.len()));
+            }
+            NodeMessage::State(NodeState::Waiting { target, .. }) if target.len() > MAX_NAME_LEN => {
+                return Err(format!("waiting target of {} bytes exceeds {MAX_NAME_LEN}", target.len()));
+            }
+            NodeMessage::State(NodeState::GaveUp { reason }) if reason.len() > MAX_STATE_REASON => {
+                return Err(format!("reason of {} bytes exceeds {MAX_STATE_REASON}", reason.len()));
             }
             _ => {}
         }
@@ -160,6 +173,42 @@ pub struct PathReport {
     pub kind: PathKind,
     /// Smoothed round-trip time of the QUIC connection, in microseconds.
     pub rtt_us: u32,
+}
+
+/// Where a node is before and while its program runs, for `boxer up`'s
+/// progress lines and `boxer status`. A node without `wait_for` sends none:
+/// joined means running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Its program waits for `target` to listen on `port` (`wait_for`).
+    Waiting {
+        /// The name waited for (`db-0`, `db`), at most [`MAX_NAME_LEN`] bytes.
+        target: String,
+        /// The port.
+        port: u16,
+        /// Seconds the node had already waited when it sent this (waits
+        /// for several targets add up). A duration, not a time: the
+        /// node's clock and the watcher's need not agree.
+        waited_secs: u32,
+    },
+    /// Its program has been started.
+    Running,
+    /// It gave up before starting its program (`wait_timeout`); its exit
+    /// report follows.
+    GaveUp {
+        /// Why, for people, at most [`MAX_STATE_REASON`] bytes.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeState::Waiting { target, port, .. } => write!(f, "waiting for {target}:{port}"),
+            NodeState::Running => f.write_str("running"),
+            NodeState::GaveUp { .. } => f.write_str("gave up waiting"),
+        }
+    }
 }
 
 /// How a node's program ended.
@@ -262,6 +311,10 @@ pub enum NodeMessage {
     /// The node's current path to each peer it has a connection with, for
     /// `boxer status`.
     Paths(Vec<PathReport>),
+    /// The node's state changed (waiting for a `wait_for` target, running,
+    /// gave up). Added after version 2's first release: the last variant, so
+    /// every earlier message encodes as before.
+    State(NodeState),
 }
 
 /// Messages from the server after a request.
@@ -299,7 +352,6 @@ pub enum ServerMessage {
         /// How it ended.
         status: ExitStatus,
     },
-    /// Some log lines were dropped because this watcher fell behind.
     /// Start probing `peer` now (it was told the same).
     Punch {
         /// The other node.
@@ -312,9 +364,20 @@ pub enum ServerMessage {
         /// Its paths.
         paths: Vec<PathReport>,
     },
+    /// Some log lines were dropped because this watcher fell behind.
     LogsDropped {
         /// How many batches were lost.
         batches: u64,
+    },
+    /// A node's state (watchers that asked for output): every change as it
+    /// happens, and after the snapshot the current state of each member
+    /// that sent one. Ordered with the node's output and exit: a node's
+    /// exit report comes after its last lines and states.
+    State {
+        /// `<service>-<index>`.
+        node: String,
+        /// Its state.
+        state: NodeState,
     },
 }
 
@@ -350,5 +413,47 @@ impl CloseCode {
     /// The code as sent on the wire.
     pub fn code(self) -> u32 {
         self as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_limits() {
+        let waiting = |target: String| NodeMessage::State(NodeState::Waiting { target, port: 5432, waited_secs: 3 });
+        waiting("db-0".into()).check_limits().unwrap();
+        let e = waiting("d".repeat(MAX_NAME_LEN + 1)).check_limits().unwrap_err();
+        assert!(e.contains("waiting target"), "{e}");
+        let gave_up = |reason: String| NodeMessage::State(NodeState::GaveUp { reason });
+        gave_up("x".repeat(MAX_STATE_REASON)).check_limits().unwrap();
+        assert!(gave_up("x".repeat(MAX_STATE_REASON + 1)).check_limits().is_err());
+        NodeMessage::State(NodeState::Running).check_limits().unwrap();
+    }
+
+    #[test]
+    fn new_variants_leave_old_encodings_alone() {
+        // Variant tags are positions: State came last, so an exit report
+        // still encodes as version 2's first release did.
+        let exit = postcard::to_stdvec(&NodeMessage::Exited(ExitStatus { code: 3 })).unwrap();
+        assert_eq!(exit, [4, 6]);
+        let state = postcard::to_stdvec(&NodeMessage::State(NodeState::Running)).unwrap();
+        assert_eq!(state, [7, 1]);
+        let dropped = postcard::to_stdvec(&ServerMessage::LogsDropped { batches: 2 }).unwrap();
+        assert_eq!(dropped, [10, 2]);
+        let msg = ServerMessage::State {
+            node: "web-1".into(),
+            state: NodeState::Waiting { target: "db-0".into(), port: 5432, waited_secs: 12 },
+        };
+        let back: ServerMessage = postcard::from_bytes(&postcard::to_stdvec(&msg).unwrap()).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn states_read_as_status() {
+        let w = NodeState::Waiting { target: "db-0".into(), port: 5432, waited_secs: 0 };
+        assert_eq!(w.to_string(), "waiting for db-0:5432");
+        assert_eq!(NodeState::Running.to_string(), "running");
     }
 }

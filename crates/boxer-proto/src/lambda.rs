@@ -22,6 +22,10 @@ pub const DEFAULT_GRACE_SECS: u64 = 10;
 
 /// `errorType` of an invocation whose event could not be used.
 pub const ERROR_BAD_EVENT: &str = "Boxer.BadEvent";
+/// Exit code of a node that gave up waiting for its `wait_for` targets
+/// (`wait_timeout`): 124, what timeout(1) returns when its command timed out.
+pub const WAIT_TIMEOUT_EXIT_CODE: i32 = 124;
+
 /// `errorType` of a node the rendezvous refused (wrong token, unknown cluster).
 pub const ERROR_JOIN_REFUSED: &str = "Boxer.JoinRefused";
 /// `errorType` of a node that could not reach the rendezvous at all.
@@ -62,6 +66,22 @@ pub struct NodeEvent {
     /// `NAME:PORT`s that must listen before the program starts.
     #[serde(default)]
     pub wait_for: Vec<String>,
+    /// Seconds the node waits for `wait_for` before it gives up (exit code
+    /// [`WAIT_TIMEOUT_EXIT_CODE`]); `None` waits as long as the invocation
+    /// lasts. Left out of the JSON when `None`, so an event without it
+    /// still suits a runtime that predates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout_secs: Option<u64>,
+    /// Local ports (on 127.0.0.1) announced to the cluster: other nodes'
+    /// connections to them reach the program without the shim (explicit
+    /// mode, for Go and static programs). Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<u16>,
+    /// `[ADDR:]PORT=NAME:PORT` forwards: connections to the local port
+    /// reach `NAME:PORT` in the cluster without the shim. Left out when
+    /// empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<String>,
     /// Working directory, relative to the task root (default: a fresh
     /// writable directory under `/tmp`).
     #[serde(default)]
@@ -171,7 +191,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!((e.index, e.grace_secs, e.timeout_secs), (0, DEFAULT_GRACE_SECS, None));
+        assert_eq!((e.wait_timeout_secs, e.expose.len(), e.forward.len()), (None, 0, 0));
         assert_eq!(e.node_name(), "db-0");
+        // Unset optional fields stay out of the JSON: an older runtime
+        // (unknown fields refused) still reads the event.
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("wait_timeout") && !json.contains("expose") && !json.contains("forward"), "{json}");
         let err = serde_json::from_str::<NodeEvent>(
             r#"{"version":1,"rendezvous":"x","fingerprint":"ab","cluster":"c","token":"t",
                 "service":"db","command":[],"colour":"red"}"#,

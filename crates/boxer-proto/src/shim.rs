@@ -9,7 +9,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-/// Path of the runtime's control socket.
+/// Address of the runtime's control socket: a path, or `@name` for a socket
+/// in the abstract namespace (see [`abstract_name`]).
 pub const ENV_CONTROL: &str = "BOXER_CONTROL_SOCKET";
 /// The node's overlay IPv4 address.
 pub const ENV_OVERLAY_IP: &str = "BOXER_OVERLAY_IP";
@@ -36,6 +37,18 @@ pub const ENV_SHARED_NAMESPACE: &str = "BOXER_SHARED_NAMESPACE";
 pub fn loopback_for(node_id: u32) -> Ipv4Addr {
     let id = node_id.min(u16::MAX as u32) as u16;
     Ipv4Addr::new(127, 100, (id >> 8) as u8, id as u8)
+}
+
+/// The abstract-namespace name in an [`ENV_CONTROL`] value of the form
+/// `@name`, or `None` for a filesystem path.
+///
+/// Runtimes listen in the abstract namespace: such a socket has no file and
+/// so no permissions, and processes of the node that switched to another
+/// user (servers dropping root) still reach it. It is visible only inside
+/// the runtime's network namespace; the runtime checks each caller with
+/// `SO_PEERCRED` (see docs/shim.md).
+pub fn abstract_name(control: &str) -> Option<&str> {
+    control.strip_prefix('@')
 }
 
 /// A request from the shim.
@@ -72,6 +85,25 @@ pub enum ShimRequest {
         /// The address.
         ip: Ipv4Addr,
     },
+    /// The app's UDP socket on local port `src_port` sends to (or connects
+    /// to) the overlay address `dst`. Answer: [`ShimResponse::Proxy`] with
+    /// the runtime's flow socket for this pair, to which the app's datagrams
+    /// are sent instead (and from which the peer's datagrams arrive);
+    /// [`ShimResponse::Unreachable`] when no node has that address.
+    UdpFlow {
+        /// Local port of the app's UDP socket (bound before asking).
+        src_port: u16,
+        /// Overlay destination.
+        dst: SocketAddrV4,
+    },
+    /// Who sends from the runtime's UDP flow socket on loopback port `port`
+    /// (the source of a datagram the app received). Answer:
+    /// [`ShimResponse::Peer`] with the remote app's overlay address and port,
+    /// or [`ShimResponse::Unknown`] when no flow has that port.
+    UdpPeer {
+        /// The flow socket's port on the node's loopback address.
+        port: u16,
+    },
 }
 
 /// The runtime's answer.
@@ -95,6 +127,11 @@ pub enum ShimResponse {
     NotBoxer,
     /// Names of an address, primary first.
     Names(Vec<String>),
-    /// The request was malformed.
+    /// The runtime does not know the address asked about ([`ShimRequest::Lookup`],
+    /// [`ShimRequest::UdpPeer`]): the shim reports an error rather than guess.
+    Unknown,
+    /// The caller is not a process of this node: the request was ignored.
+    Denied(String),
+    /// The request was malformed or could not be served.
     Error(String),
 }

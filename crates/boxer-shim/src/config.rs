@@ -14,8 +14,8 @@ use ipnet::Ipv4Net;
 /// Everything the shim knows about its node.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The runtime's control socket.
-    pub control: PathBuf,
+    /// The runtime's control socket: a path, or `@name` (abstract namespace).
+    pub control: String,
     /// This node's overlay address.
     pub overlay_ip: Ipv4Addr,
     /// The overlay network.
@@ -40,7 +40,7 @@ impl Config {
     pub fn from_env() -> Option<Self> {
         let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
         Some(Self {
-            control: var(ENV_CONTROL)?.into(),
+            control: var(ENV_CONTROL)?,
             overlay_ip: var(ENV_OVERLAY_IP)?.parse().ok()?,
             network: var(ENV_NETWORK)?.parse().ok()?,
             loopback: var(ENV_LOOPBACK)?.parse().ok()?,

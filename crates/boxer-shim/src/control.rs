@@ -16,31 +16,55 @@ use crate::config::Config;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 static WARNED: AtomicBool = AtomicBool::new(false);
+static DENIED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line to stderr (fd 2) without going through Rust's stdio.
+pub(crate) fn say(line: &str) {
+    // SAFETY: writing a buffer we own to fd 2.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
 
 /// Sends one request and waits for the answer. `None` if the runtime cannot
-/// be reached (said once per process on stderr).
+/// be reached or refused this process (each said once per process on
+/// stderr); the caller then fails the call rather than guess.
 pub fn ask(config: &Config, request: &ShimRequest) -> Option<ShimResponse> {
     let saved = crate::errno();
     let result = exchange(config, request);
     crate::set_errno(saved);
     match result {
+        Ok(ShimResponse::Denied(why)) => {
+            if !DENIED.swap(true, Ordering::Relaxed) {
+                say(&format!(
+                    "boxer-shim: the Boxer runtime at {} refused this process: {why}; overlay addresses are unreachable\n",
+                    config.control
+                ));
+            }
+            None
+        }
         Ok(response) => Some(response),
         Err(e) => {
             if !WARNED.swap(true, Ordering::Relaxed) {
-                let line = format!(
+                say(&format!(
                     "boxer-shim: cannot reach the Boxer runtime at {}: {e}; overlay addresses are unreachable\n",
-                    config.control.display()
-                );
-                // SAFETY: writing a buffer we own to fd 2.
-                unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+                    config.control
+                ));
             }
             None
         }
     }
 }
 
+/// Connects to the control socket: `@name` in the abstract namespace, or a path.
+fn connect(control: &str) -> std::io::Result<UnixStream> {
+    use std::os::linux::net::SocketAddrExt;
+    match boxer_proto::shim::abstract_name(control) {
+        Some(name) => UnixStream::connect_addr(&std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?),
+        None => UnixStream::connect(control),
+    }
+}
+
 fn exchange(config: &Config, request: &ShimRequest) -> Result<ShimResponse, String> {
-    let mut stream = UnixStream::connect(&config.control).map_err(|e| e.to_string())?;
+    let mut stream = connect(&config.control).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(CONTROL_TIMEOUT)).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(64);

@@ -4,10 +4,12 @@
 //! `connect` to an overlay address reaches the peer through the runtime;
 //! `bind`/`listen`/`accept`/`getpeername`/`getsockname` show overlay
 //! addresses; names resolve to overlay addresses; `getifaddrs` shows a
-//! `boxer0` interface; UDP to the overlay fails with `ENETUNREACH`.
+//! `boxer0` interface; UDP to an overlay address is sent to a runtime-owned
+//! flow socket instead, and replies show the remote app's overlay address
+//! ([`hooks::udp`]); broadcast and multicast fail with `ENETUNREACH`.
 //!
 //! The shim is never on the data path: a redirected socket stays the app's
-//! own kernel TCP socket, connected to the runtime's proxy on the node's
+//! own kernel TCP or UDP socket, talking to the runtime on the node's
 //! private loopback address, so epoll, non-blocking connect, `SO_ERROR`,
 //! `TCP_NODELAY`, `fork` and `exec` behave natively.
 //!
@@ -19,6 +21,7 @@
 
 pub mod config;
 pub mod control;
+pub mod flow_cache;
 pub mod hooks;
 pub mod inet;
 pub mod real;

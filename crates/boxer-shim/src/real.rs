@@ -49,6 +49,10 @@ real_table! {
     sendto: fn(c_int, *const c_void, size_t, c_int, *const sockaddr, socklen_t) -> ssize_t;
     sendmsg: fn(c_int, *const msghdr, c_int) -> ssize_t;
     sendmmsg: fn(c_int, *mut mmsghdr, libc::c_uint, c_int) -> c_int;
+    recvfrom: fn(c_int, *mut c_void, size_t, c_int, *mut sockaddr, *mut socklen_t) -> ssize_t;
+    __recvfrom_chk: fn(c_int, *mut c_void, size_t, size_t, c_int, *mut sockaddr, *mut socklen_t) -> ssize_t;
+    recvmsg: fn(c_int, *mut msghdr, c_int) -> ssize_t;
+    recvmmsg: fn(c_int, *mut mmsghdr, libc::c_uint, c_int, *mut libc::timespec) -> c_int;
     getaddrinfo: fn(*const c_char, *const c_char, *const addrinfo, *mut *mut addrinfo) -> c_int;
     freeaddrinfo: fn(*mut addrinfo) -> ();
     getnameinfo: fn(*const sockaddr, socklen_t, *mut c_char, socklen_t, *mut c_char, socklen_t, c_int) -> c_int;

@@ -450,8 +450,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 fn pick_cluster(cluster: Option<String>) -> anyhow::Result<String> {
     match cluster.or_else(state::latest) {
         Some(c) => Ok(c),
-        None => anyhow::bail!("no cluster has been run here yet (state in {})", state::root().display()),
+        None => anyhow::bail!("no cluster has been run here yet ({})", looked_in(&state::root())),
     }
+}
+
+/// Where a command looked for a cluster's state and how to look elsewhere:
+/// a `boxer up` run with another `BOXER_STATE_DIR` (or `XDG_STATE_HOME`,
+/// or `HOME`) keeps its state in another directory.
+fn looked_in(dir: &std::path::Path) -> String {
+    format!(
+        "looked in {}; for a cluster started with another state directory, set BOXER_STATE_DIR to it",
+        dir.display()
+    )
 }
 
 fn status(cluster: Option<String>) -> anyhow::Result<()> {
@@ -466,16 +476,25 @@ fn status(cluster: Option<String>) -> anyhow::Result<()> {
     println!("network:    {}", s.net);
     println!("rendezvous: {}", s.rendezvous);
     println!();
-    println!("{:<16} {:<9} {:<15} {:<12} OUTPUT", "NODE", "ID", "OVERLAY", "STATE");
+    // States such as "waiting for db-0:5432" are wider than "running".
+    let w = s.nodes.iter().map(|n| n.state.len()).max().unwrap_or(0).max(12);
+    println!("{:<16} {:<9} {:<15} {:<w$} OUTPUT", "NODE", "ID", "OVERLAY", "STATE");
     for n in &s.nodes {
         println!(
-            "{:<16} {:<9} {:<15} {:<12} {}",
+            "{:<16} {:<9} {:<15} {:<w$} {}",
             n.name,
             n.id.as_deref().unwrap_or("-"),
             n.overlay_ip.as_deref().unwrap_or("-"),
             n.state,
             n.output
         );
+    }
+    let notes: Vec<_> = s.nodes.iter().filter_map(|n| n.note.as_ref().map(|note| (&n.name, note))).collect();
+    if !notes.is_empty() {
+        println!();
+        for (node, note) in notes {
+            println!("{node}: {note}");
+        }
     }
     let paths: Vec<_> = s.nodes.iter().flat_map(|n| n.paths.iter().map(move |p| (&n.name, p))).collect();
     if !paths.is_empty() {
@@ -566,7 +585,11 @@ fn prepare_port_forward(
         .with_context(|| format!("{target:?}: expected NAME:PORT, e.g. db-0:6379"))?;
     let cluster = pick_cluster(cluster)?;
     let dir = state::cluster_dir(&cluster);
-    anyhow::ensure!(state::running_pid(&dir).is_some(), "cluster {cluster} is not running (start it with boxer up)");
+    anyhow::ensure!(
+        state::running_pid(&dir).is_some(),
+        "cluster {cluster} is not running (start it with boxer up; {})",
+        looked_in(&dir)
+    );
     let join = state::JoinInfo::read(&dir).with_context(|| format!("reading {}", dir.join("join.json").display()))?;
     let local = SocketAddr::new(address, local_port.unwrap_or(port));
     // Bound here, in the caller's namespace: it stays there after we enter the cluster's.
@@ -633,7 +656,7 @@ async fn down(cluster: Option<String>) -> anyhow::Result<()> {
     let cluster = pick_cluster(cluster)?;
     let dir = state::cluster_dir(&cluster);
     let Some(pid) = state::running_pid(&dir) else {
-        println!("cluster {cluster} is not running");
+        println!("cluster {cluster} is not running ({})", looked_in(&dir));
         return Ok(());
     };
     // SAFETY: kill(2) on the pid recorded by `boxer up`.

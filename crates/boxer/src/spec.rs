@@ -13,7 +13,13 @@
 //! env = { FOO = "bar" }           # added to the program's environment
 //! workdir = "."                   # relative to this file; default: this file's directory
 //! wait_for = ["db-0:6379"]        # start once db-0 listens on 6379
+//! wait_timeout = 120              # seconds; then give up (exit code 124), default: wait as long as it takes
 //! main = true                     # the cluster ends when its main services exit
+//!
+//! [services.api]                  # a Go or static program: the shim cannot serve it,
+//! command = ["./api-server"]      # so its ports are listed (explicit mode)
+//! expose = [8080]                 # ports it listens on, on 127.0.0.1, announced to the cluster
+//! forward = ["6379=db-0:6379"]    # [ADDR:]LOCALPORT=NAME:PORT: 127.0.0.1:6379 reaches db-0:6379
 //!
 //! [lambda]                        # optional: `boxer deploy` (flags win over these)
 //! function = "redis-bench"        # default: boxer-<cluster>
@@ -36,6 +42,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use boxer_proto::names;
+use boxer_runtime::ForwardSpec;
+use boxer_runtime::wait::MAX_WAIT_TIMEOUT_SECS;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -96,6 +104,13 @@ pub struct Service {
     pub workdir: PathBuf,
     /// `(name, port)` to wait for before starting.
     pub wait_for: Vec<(String, u16)>,
+    /// How long to wait for `wait_for` before the node gives up (exit code
+    /// 124); `None`: as long as it takes.
+    pub wait_timeout: Option<std::time::Duration>,
+    /// Local ports (on 127.0.0.1) announced to the cluster without the shim.
+    pub expose: Vec<u16>,
+    /// Local listeners carried to `NAME:PORT` in the cluster without the shim.
+    pub forward: Vec<ForwardSpec>,
     /// Whether the cluster ends when this service's nodes have exited.
     pub main: bool,
     /// NAT of this service's nodes with `--net lab` (default: `--nat`).
@@ -177,6 +192,9 @@ struct RawService {
     env: Option<Spanned<BTreeMap<String, String>>>,
     workdir: Option<Spanned<String>>,
     wait_for: Option<Vec<Spanned<String>>>,
+    wait_timeout: Option<Spanned<i64>>,
+    expose: Option<Vec<Spanned<i64>>>,
+    forward: Option<Vec<Spanned<String>>>,
     main: Option<bool>,
     nat: Option<NatKind>,
 }
@@ -251,6 +269,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
     };
     let mut services = Vec::new();
     let mut spans = HashMap::new();
+    let mut forward_spans = HashMap::new();
     for (sname, service) in raw_services.get_ref() {
         let key = format!("services.{}", sname.get_ref());
         names::validate_service(sname.get_ref()).map_err(|e| ctx.error(sname.span(), &key, e.to_string()))?;
@@ -310,6 +329,69 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             wait_for.push((target, port));
             spans.insert((sname.get_ref().clone(), wait_for.len() - 1), w.span());
         }
+        let wait_timeout = match &s.wait_timeout {
+            Some(t) if !(1..=MAX_WAIT_TIMEOUT_SECS as i64).contains(t.get_ref()) => {
+                return Err(ctx.error(
+                    t.span(),
+                    format!("{key}.wait_timeout"),
+                    format!("wait_timeout must be 1 to {MAX_WAIT_TIMEOUT_SECS} seconds, not {}", t.get_ref()),
+                ));
+            }
+            Some(t) if wait_for.is_empty() => {
+                return Err(ctx.error(
+                    t.span(),
+                    format!("{key}.wait_timeout"),
+                    "wait_timeout without wait_for: there is nothing to wait for (add wait_for = [\"NAME:PORT\"] or remove it)",
+                ));
+            }
+            Some(t) => Some(std::time::Duration::from_secs(*t.get_ref() as u64)),
+            None => None,
+        };
+        let mut expose = Vec::new();
+        for p in s.expose.iter().flatten() {
+            let Some(port) = u16::try_from(*p.get_ref()).ok().filter(|p| *p != 0) else {
+                return Err(ctx.error(
+                    p.span(),
+                    format!("{key}.expose"),
+                    format!("{} is not a port (1 to 65535)", p.get_ref()),
+                ));
+            };
+            if expose.contains(&port) {
+                return Err(ctx.error(p.span(), format!("{key}.expose"), format!("port {port} is listed twice")));
+            }
+            expose.push(port);
+        }
+        let mut forward: Vec<ForwardSpec> = Vec::new();
+        for f in s.forward.iter().flatten() {
+            let fkey = format!("{key}.forward");
+            let spec = f.get_ref().parse::<ForwardSpec>().map_err(|e| ctx.error(f.span(), &fkey, e.to_string()))?;
+            let local = spec.listen;
+            if local.port() == 0 {
+                return Err(ctx.error(
+                    f.span(),
+                    &fkey,
+                    format!("{:?}: local port 0; give the port the program connects to", f.get_ref()),
+                ));
+            }
+            if forward.iter().any(|other| other.listen == local) {
+                return Err(ctx.error(f.span(), &fkey, format!("local address {local} is forwarded twice")));
+            }
+            // Exposed ports are on 127.0.0.1 (see `Node::expose`).
+            let on_exposed_address =
+                local.ip() == std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST) || local.ip().is_unspecified();
+            if expose.contains(&local.port()) && on_exposed_address {
+                return Err(ctx.error(
+                    f.span(),
+                    &fkey,
+                    format!(
+                        "port {} is both exposed and forwarded: the forward would take the port the program listens on",
+                        local.port()
+                    ),
+                ));
+            }
+            forward_spans.insert((sname.get_ref().clone(), forward.len()), f.span());
+            forward.push(spec);
+        }
         services.push(Service {
             name: sname.get_ref().clone(),
             command,
@@ -317,6 +399,9 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             env,
             workdir,
             wait_for,
+            wait_timeout,
+            expose,
+            forward,
             main: s.main.unwrap_or(false),
             nat: s.nat,
         });
@@ -327,6 +412,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
     };
     let spec = Spec { path: path.to_owned(), name, network, services, lambda };
     check_wait_for(&spec, &ctx, &spans)?;
+    check_forward(&spec, &ctx, &forward_spans)?;
     Ok(spec)
 }
 
@@ -392,6 +478,44 @@ fn parse_lambda(ctx: &Ctx<'_>, raw: &RawLambda, base: &Path) -> Result<LambdaSpe
     })
 }
 
+/// The service a target name (`db-0`, `db`, `db-0.<cluster>.boxer`) of
+/// `wait_for` or `forward` belongs to, or why no node of the spec has it.
+fn target_service(spec: &Spec, by_name: &HashMap<&str, &Service>, target: &str) -> Result<String, String> {
+    match names::parse(target, &spec.name) {
+        Some(names::NameQuery::Replica { service, index }) => {
+            let svc = by_name.get(service.as_str()).ok_or_else(|| format!("there is no service {service:?}"))?;
+            if index >= svc.replicas {
+                return Err(format!("service {service:?} has {} replica(s), indexes start at 0", svc.replicas));
+            }
+            Ok(service)
+        }
+        Some(names::NameQuery::Service(service)) => {
+            by_name.get(service.as_str()).ok_or_else(|| format!("there is no service {service:?}"))?;
+            Ok(service)
+        }
+        Some(names::NameQuery::Node(_)) => {
+            Err("node ids are assigned at run time; name the replica, e.g. \"db-0\"".into())
+        }
+        None => Err("not a node name of this cluster".into()),
+    }
+}
+
+/// Every `forward` target must be a node of the spec (a replica of the
+/// same service is fine: peers of one service talk to each other).
+fn check_forward(spec: &Spec, ctx: &Ctx<'_>, spans: &HashMap<(String, usize), Range<usize>>) -> Result<(), SpecError> {
+    let by_name: HashMap<&str, &Service> = spec.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    for s in &spec.services {
+        for (i, f) in s.forward.iter().enumerate() {
+            target_service(spec, &by_name, &f.target).map_err(|why| {
+                let span = spans.get(&(s.name.clone(), i)).cloned().unwrap_or(0..0);
+                let entry = format!("{}:{}", f.target, f.port);
+                ctx.error(span, format!("services.{}.forward", s.name), format!("impossible target {entry:?}: {why}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Every `wait_for` target must be a node of the spec, of another service,
 /// and the waits must not form a cycle (which would never start).
 fn check_wait_for(spec: &Spec, ctx: &Ctx<'_>, spans: &HashMap<(String, usize), Range<usize>>) -> Result<(), SpecError> {
@@ -403,32 +527,7 @@ fn check_wait_for(spec: &Spec, ctx: &Ctx<'_>, spans: &HashMap<(String, usize), R
             let key = format!("services.{}.wait_for", s.name);
             let entry = format!("{target}:{port}");
             let impossible = |why: String| ctx.error(span.clone(), &key, format!("impossible target {entry:?}: {why}"));
-            let service = match names::parse(target, &spec.name) {
-                Some(names::NameQuery::Replica { service, index }) => {
-                    let svc = by_name
-                        .get(service.as_str())
-                        .ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
-                    if index >= svc.replicas {
-                        return Err(impossible(format!(
-                            "service {service:?} has {} replica(s), indexes start at 0",
-                            svc.replicas
-                        )));
-                    }
-                    service
-                }
-                Some(names::NameQuery::Service(service)) => {
-                    by_name
-                        .get(service.as_str())
-                        .ok_or_else(|| impossible(format!("there is no service {service:?}")))?;
-                    service
-                }
-                Some(names::NameQuery::Node(_)) => {
-                    return Err(impossible(
-                        "node ids are assigned at run time; name the replica, e.g. \"db-0\"".into(),
-                    ));
-                }
-                None => return Err(impossible("not a node name of this cluster".into())),
-            };
+            let service = target_service(spec, &by_name, target).map_err(impossible)?;
             if service == s.name {
                 return Err(impossible("a service cannot wait for itself".into()));
             }
@@ -497,6 +596,9 @@ pub fn single(name: &str, replicas: u32, command: Vec<String>, workdir: PathBuf)
             env: BTreeMap::new(),
             workdir,
             wait_for: vec![],
+            wait_timeout: None,
+            expose: vec![],
+            forward: vec![],
             main: true,
             nat: None,
         }],
@@ -542,6 +644,93 @@ nat = "strict"
         assert!(bench.main && bench.env["A"] == "1" && bench.workdir == Path::new("/tmp"));
         assert_eq!(bench.wait_for, [("db-0".to_string(), 6379), ("db".to_string(), 6379)]);
         assert_eq!((bench.nat, spec.services[1].nat), (Some(NatKind::Strict), None));
+    }
+
+    #[test]
+    fn wait_timeout_and_explicit_ports() {
+        let spec = parse(
+            Path::new("/tmp/boxer.toml"),
+            r#"
+[cluster]
+name = "c"
+[services.db]
+command = ["x"]
+replicas = 2
+[services.api]
+command = ["./api"]
+wait_for = ["db-1:5432"]
+wait_timeout = 120
+expose = [8080, 9090]
+forward = ["5432=db-1:5432", "0.0.0.0:7000=db:7000", "127.0.0.2:8080=api-0:8080"]
+"#,
+        )
+        .unwrap();
+        let api = &spec.services[0];
+        assert_eq!(api.wait_timeout, Some(std::time::Duration::from_secs(120)));
+        assert_eq!(api.expose, [8080, 9090]);
+        let forwards: Vec<String> =
+            api.forward.iter().map(|f| format!("{}={}:{}", f.listen, f.target, f.port)).collect();
+        assert_eq!(forwards, ["127.0.0.1:5432=db-1:5432", "0.0.0.0:7000=db:7000", "127.0.0.2:8080=api-0:8080"]);
+        let db = &spec.services[1];
+        assert_eq!((db.wait_timeout, db.expose.len(), db.forward.len()), (None, 0, 0));
+    }
+
+    #[test]
+    fn wait_timeout_and_explicit_port_errors_are_positioned() {
+        let base = "[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\n[services.a]\ncommand = [\"x\"]\n";
+        let waits = "wait_for = [\"db-0:1\"]\n";
+        let e = err(&format!("{base}{waits}wait_timeout = 0\n"));
+        assert!(
+            e.starts_with(
+                "/x/boxer.toml:8:16: services.a.wait_timeout: wait_timeout must be 1 to 86400 seconds, not 0"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("{base}{waits}wait_timeout = 86401\n"));
+        assert!(e.starts_with("/x/boxer.toml:8:16: services.a.wait_timeout: wait_timeout must be 1 to 86400"), "{e}");
+        let e = err(&format!("{base}wait_timeout = 5\n"));
+        assert!(e.starts_with("/x/boxer.toml:7:16: services.a.wait_timeout: wait_timeout without wait_for"), "{e}");
+        let e = err(&format!("{base}wait_timeout = \"5s\"\n"));
+        assert!(e.starts_with("/x/boxer.toml:7:16"), "{e}");
+
+        let e = err(&format!("{base}expose = [80, 0]\n"));
+        assert!(e.starts_with("/x/boxer.toml:7:15: services.a.expose: 0 is not a port (1 to 65535)"), "{e}");
+        let e = err(&format!("{base}expose = [65536]\n"));
+        assert!(e.starts_with("/x/boxer.toml:7:11: services.a.expose: 65536 is not a port"), "{e}");
+        let e = err(&format!("{base}expose = [80, 80]\n"));
+        assert!(e.starts_with("/x/boxer.toml:7:15: services.a.expose: port 80 is listed twice"), "{e}");
+        let e = err(&format!("{base}expose = 80\n"));
+        assert!(e.starts_with("/x/boxer.toml:7:10"), "{e}");
+
+        let e = err(&format!("{base}forward = [\"7000\"]\n"));
+        assert!(
+            e.starts_with("/x/boxer.toml:7:12: services.a.forward: invalid forward \"7000\": missing '='")
+                && e.contains("expected [ADDR:]PORT=NAME:PORT"),
+            "{e}"
+        );
+        let e = err(&format!("{base}forward = [\"7000=db-0:1\", \"0=db-0:2\"]\n"));
+        assert!(e.starts_with("/x/boxer.toml:7:27: services.a.forward: \"0=db-0:2\": local port 0"), "{e}");
+        let e = err(&format!("{base}forward = [\"7000=db-0:1\", \"127.0.0.1:7000=db-0:2\"]\n"));
+        assert!(
+            e.starts_with("/x/boxer.toml:7:27: services.a.forward: local address 127.0.0.1:7000 is forwarded twice"),
+            "{e}"
+        );
+        let e = err(&format!("{base}expose = [7000]\nforward = [\"7000=db-0:1\"]\n"));
+        assert!(
+            e.starts_with("/x/boxer.toml:8:12: services.a.forward: port 7000 is both exposed and forwarded"),
+            "{e}"
+        );
+        let e = err(&format!("{base}forward = [\"7000=db-1:1\"]\n"));
+        assert!(
+            e.starts_with(
+                "/x/boxer.toml:7:12: services.a.forward: impossible target \"db-1:1\": service \"db\" has 1 replica(s)"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("{base}forward = [\"7000=cache:1\"]\n"));
+        assert!(e.contains("services.a.forward: impossible target \"cache:1\": there is no service \"cache\""), "{e}");
+        let e = err(&format!("{base}forward = [\"7000=node-1:1\"]\n"));
+        assert!(e.contains("node ids are assigned at run time"), "{e}");
     }
 
     #[test]

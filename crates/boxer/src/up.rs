@@ -7,7 +7,7 @@
 //! functions report the same way); a provider only starts nodes, says when
 //! one ended, and stops them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use anyhow::Context;
 use boxer_net::rendezvous::{self, RendezvousAddr};
 use boxer_net::{Identity, NodeEndpoint};
 use boxer_proto::control::{
-    ClusterInfo, CreateClusterRequest, DeleteClusterRequest, PathReport, ServerMessage, WatchRequest,
+    ClusterInfo, CreateClusterRequest, DeleteClusterRequest, NodeState as ReportedState, PathReport, ServerMessage,
+    WatchRequest,
 };
 use boxer_proto::membership::MemberChange;
 use boxer_proto::{Fingerprint, Member};
@@ -35,6 +36,15 @@ use crate::state::{self, NodeStatus, PathStatus, Status};
 /// report (and last output lines) through the rendezvous before using the
 /// provider's exit status.
 const REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// A node waiting for its `wait_for` targets gets a line once it has waited
+/// this long: shorter waits are an ordinary start (a server taking a
+/// moment to listen) and not worth a line each.
+const WAIT_NOTE_FIRST: Duration = Duration::from_secs(3);
+
+/// ... and another line this often while it keeps waiting: enough to see
+/// it is still alive and for how long, few enough not to drown the output.
+const WAIT_NOTE_EVERY: Duration = Duration::from_secs(10);
 
 /// Network mode of the local provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -250,9 +260,29 @@ impl ClusterRendezvous {
     }
 }
 
+/// A node's wait for a `wait_for` target, as its runtime reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiting {
+    target: String,
+    port: u16,
+    /// When it started waiting (its own count, moved to our clock).
+    since: Instant,
+    /// When to show it next.
+    next_note: Instant,
+}
+
+impl Waiting {
+    /// `db-0:5432`.
+    fn what(&self) -> String {
+        format!("{}:{}", self.target, self.port)
+    }
+}
+
 /// One node as `boxer up` sees it.
 struct NodeState {
     member: Option<Member>,
+    /// Waiting for a `wait_for` target: its program has not started.
+    waiting: Option<Waiting>,
     exit: Option<i32>,
     /// The provider's report of its end, and when it came.
     provider_exit: Option<(NodeExit, Instant)>,
@@ -267,9 +297,10 @@ struct NodeState {
 /// The cluster's nodes and what their ends mean for the run.
 struct ClusterView {
     nodes: BTreeMap<String, NodeState>,
-    /// Services some other service waits for: if one of their nodes fails,
-    /// the waiting nodes would never start, so the cluster fails.
-    depended_on: HashSet<String>,
+    /// Services some other service waits for, with the services that wait:
+    /// if one of their nodes fails, the waiting nodes would never start, so
+    /// the cluster fails.
+    depended_on: BTreeMap<String, Vec<String>>,
     /// The first main (or depended-on) node that failed, and its code.
     failing: Option<(String, i32)>,
     /// Where to keep the nodes' output when the rendezvous is not ours (an
@@ -285,6 +316,7 @@ impl ClusterView {
             .map(|(s, i)| {
                 let state = NodeState {
                     member: None,
+                    waiting: None,
                     exit: None,
                     provider_exit: None,
                     main: s.main || !any_main,
@@ -295,16 +327,20 @@ impl ClusterView {
                 (format!("{}-{i}", s.name), state)
             })
             .collect();
-        let depended_on = spec
-            .services
-            .iter()
-            .flat_map(|s| s.wait_for.iter())
-            .filter_map(|(target, _)| match boxer_proto::names::parse(target, &spec.name) {
-                Some(boxer_proto::names::NameQuery::Replica { service, .. }) => Some(service),
-                Some(boxer_proto::names::NameQuery::Service(service)) => Some(service),
-                _ => None,
-            })
-            .collect();
+        let mut depended_on: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in &spec.services {
+            for (target, _) in &s.wait_for {
+                let service = match boxer_proto::names::parse(target, &spec.name) {
+                    Some(boxer_proto::names::NameQuery::Replica { service, .. }) => service,
+                    Some(boxer_proto::names::NameQuery::Service(service)) => service,
+                    _ => continue,
+                };
+                let waiters = depended_on.entry(service).or_default();
+                if !waiters.contains(&s.name) {
+                    waiters.push(s.name.clone());
+                }
+            }
+        }
         Self { nodes, depended_on, failing: None, keep_output: None }
     }
 
@@ -331,9 +367,87 @@ impl ClusterView {
             .iter()
             .find(|(name, n)| {
                 n.exit.is_some_and(|c| c != 0)
-                    && name.rsplit_once('-').is_some_and(|(service, _)| self.depended_on.contains(service))
+                    && name.rsplit_once('-').is_some_and(|(service, _)| self.depended_on.contains_key(service))
             })
             .map(|(name, n)| (name.clone(), n.exit.unwrap_or(1)))
+    }
+
+    /// The services that wait for `node`'s service, if any.
+    fn waiters_of(&self, node: &str) -> Option<&[String]> {
+        let (service, _) = node.rsplit_once('-')?;
+        self.depended_on.get(service).map(Vec::as_slice)
+    }
+
+    /// Why the run failed, for its last line: which node, how, and why its
+    /// failure ends the cluster (a main node, or one others wait for).
+    fn failure_summary(&self) -> Option<String> {
+        let (node, code) = self.failing.as_ref()?;
+        let main = self.nodes.get(node).is_some_and(|n| n.main);
+        Some(match (main, self.waiters_of(node)) {
+            (true, _) | (false, None) => format!("node {node} failed with exit code {code}"),
+            (false, Some(waiters)) => {
+                format!("node {node} failed with exit code {code} (service(s) {} wait for it)", waiters.join(", "))
+            }
+        })
+    }
+
+    /// Records a node's reported state; `true` when the status changed.
+    fn set_state(&mut self, node: &str, state: &ReportedState, printer: &Printer, progress: &ProgressBar) -> bool {
+        let Some(n) = self.nodes.get_mut(node) else { return false };
+        match state {
+            ReportedState::Waiting { target, port, waited_secs } => {
+                let now = Instant::now();
+                let since = now.checked_sub(Duration::from_secs(u64::from(*waited_secs))).unwrap_or(now);
+                let next_note = (since + WAIT_NOTE_FIRST).max(now);
+                n.waiting = Some(Waiting { target: target.clone(), port: *port, since, next_note });
+            }
+            ReportedState::Running => n.waiting = None,
+            ReportedState::GaveUp { reason } => {
+                n.waiting = None;
+                n.note = Some(reason.clone());
+                progress.suspend(|| printer.note(node, reason));
+            }
+        }
+        true
+    }
+
+    /// Shows the nodes that have been waiting for a while:
+    /// `web-1 | waiting for db-0:5432 (12 s)`.
+    fn note_waits(&mut self, printer: &Printer, progress: &ProgressBar) {
+        let now = Instant::now();
+        for (name, n) in &mut self.nodes {
+            if n.exit.is_some() {
+                continue;
+            }
+            if let Some(w) = &mut n.waiting
+                && now >= w.next_note
+            {
+                let line = format!("waiting for {} ({} s)", w.what(), now.duration_since(w.since).as_secs());
+                progress.suspend(|| printer.note(name, &line));
+                while w.next_note <= now {
+                    w.next_note += WAIT_NOTE_EVERY;
+                }
+            }
+        }
+    }
+
+    /// Nodes still waiting for a `wait_for` target when the cluster
+    /// stopped: they never ran their program. Each gets a note (kept in the
+    /// status) and a line for the stop summary.
+    fn never_started(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (name, n) in &mut self.nodes {
+            if let Some(w) = n.waiting.take() {
+                let why = format!(
+                    "never started its program: still waiting for {} after {} s",
+                    w.what(),
+                    w.since.elapsed().as_secs()
+                );
+                lines.push(format!("{name} {why}"));
+                n.note = Some(why);
+            }
+        }
+        lines
     }
 
     fn record_exit(&mut self, node: &str, code: i32) {
@@ -407,6 +521,9 @@ impl ClusterView {
             ServerMessage::LogsDropped { batches } => {
                 progress.suspend(|| eprintln!("(output fell behind: {batches} batches not shown; see boxer logs)"))
             }
+            ServerMessage::State { node, state } if self.nodes.get(node).is_some_and(|n| n.exit.is_none()) => {
+                return self.set_state(node, state, printer, progress);
+            }
             _ => {}
         }
         false
@@ -468,10 +585,11 @@ impl ClusterView {
                 name: name.clone(),
                 id: n.member.as_ref().map(|m| m.node_id.to_string()),
                 overlay_ip: n.member.as_ref().map(|m| m.overlay_ip.to_string()),
-                state: match (n.exit, &n.member) {
-                    (Some(code), _) => format!("exited {code}"),
-                    (None, Some(_)) => "running".into(),
-                    (None, None) => "starting".into(),
+                state: match (n.exit, &n.member, &n.waiting) {
+                    (Some(code), _, _) => format!("exited {code}"),
+                    (None, Some(_), Some(w)) => format!("waiting for {}", w.what()),
+                    (None, Some(_), None) => "running".into(),
+                    (None, None, _) => "starting".into(),
                 },
                 output: output_dir.join(format!("{name}.log")).display().to_string(),
                 runtime_log: provider.runtime_log(name),
@@ -606,8 +724,9 @@ async fn run<P: Provider>(
             break Ok(());
         }
         if let Some((name, code)) = view.failed_dependency() {
+            let waiters = view.waiters_of(&name).map(|w| w.join(", ")).unwrap_or_default();
             eprintln!(
-                "cluster {}: {name} failed (exit code {code}) and other services wait for it; stopping",
+                "cluster {}: node {name} failed (exit code {code}) and service(s) {waiters} wait for it; stopping",
                 spec.name
             );
             view.failing.get_or_insert((name, code));
@@ -631,6 +750,7 @@ async fn run<P: Provider>(
             _ = tokio::signal::ctrl_c() => { interrupted = true; break Ok(()); }
             _ = terminate.recv() => { interrupted = true; break Ok(()); }
         }
+        view.note_waits(&printer, &progress);
         view.settle_unreported(&printer, &progress);
         write_status(&mut status, &view, &provider);
     };
@@ -638,8 +758,16 @@ async fn run<P: Provider>(
     if interrupted {
         eprintln!("stopping cluster {} (interrupted)", spec.name);
     }
+    // Nodes ended by the teardown did not fail: a main node's 143 after
+    // Ctrl-C is the stop, not the run's outcome.
+    let failing = view.failing.clone();
     teardown(&mut provider, &mut exits, &mut feed, &mut view, &printer, &rendezvous).await;
+    view.failing = failing;
     drop(holder);
+    let never_started = view.never_started();
+    for line in &never_started {
+        eprintln!("cluster {}: {line}", spec.name);
+    }
     outcome?;
     let code = match (&view.failing, interrupted) {
         (_, true) => 130,
@@ -652,8 +780,8 @@ async fn run<P: Provider>(
     for line in provider.summary() {
         eprintln!("{line}");
     }
-    if let Some((node, code)) = &view.failing {
-        eprintln!("cluster {}: node {node} failed with exit code {code}", spec.name);
+    if let Some(failure) = view.failure_summary() {
+        eprintln!("cluster {}: {failure}", spec.name);
     }
     Ok(code)
 }
@@ -747,4 +875,136 @@ fn spawn_feed_reader(
 /// Paths of a cluster's stored node output, for `boxer logs`.
 pub fn output_files(cluster: &str) -> PathBuf {
     state::cluster_dir(cluster).join("rendezvous").join("logs").join(cluster)
+}
+
+#[cfg(test)]
+mod tests {
+    use boxer_proto::control::{ExitStatus, LogLine, Stream};
+
+    use super::*;
+
+    fn view() -> ClusterView {
+        let spec = crate::spec::parse(
+            Path::new("/x/boxer.toml"),
+            "[cluster]\nname = \"c\"\n[services.db]\ncommand = [\"x\"]\n\
+             [services.web]\ncommand = [\"x\"]\nwait_for = [\"db-0:5432\"]\nmain = true\n",
+        )
+        .unwrap();
+        ClusterView::new(&spec)
+    }
+
+    fn state_of(view: &ClusterView, node: &str) -> String {
+        let provider = LocalProviderStub;
+        view.status(Path::new("/o"), &provider).into_iter().find(|n| n.name == node).unwrap().state
+    }
+
+    /// Just enough of a provider for [`ClusterView::status`].
+    struct LocalProviderStub;
+
+    impl Provider for LocalProviderStub {
+        fn kind(&self) -> &'static str {
+            "stub"
+        }
+        async fn launch(&mut self, _: &Join, _: &crate::spec::Service, _: u32) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn exited(&mut self, _: &str) {}
+        fn running(&self) -> usize {
+            0
+        }
+        fn stop_all(&mut self, _: bool) {}
+        fn stops_through_rendezvous(&self) -> bool {
+            false
+        }
+        fn stop_grace(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn runtime_log(&self, _: &str) -> String {
+            String::new()
+        }
+        fn summary(&self) -> Vec<String> {
+            vec![]
+        }
+    }
+
+    fn joined(view: &mut ClusterView, node: &str, id: u32) {
+        let (service, index) = node.rsplit_once('-').unwrap();
+        let member = Member {
+            node_id: boxer_proto::NodeId(id),
+            service: service.into(),
+            index: index.parse().unwrap(),
+            overlay_ip: Ipv4Addr::new(100, 96, 0, id as u8),
+            fingerprint: Fingerprint([id as u8; 32]),
+            reflexive: "192.0.2.1:1".parse().unwrap(),
+            local: vec![],
+            listening: vec![],
+        };
+        view.nodes.get_mut(node).unwrap().member = Some(member);
+    }
+
+    #[test]
+    fn a_waiting_node_is_shown_as_waiting_until_it_runs() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let mut view = view();
+        joined(&mut view, "db-0", 1);
+        joined(&mut view, "web-0", 2);
+        assert_eq!(state_of(&view, "web-0"), "running", "no state reported: joined is running");
+        let waiting = ReportedState::Waiting { target: "db-0".into(), port: 5432, waited_secs: 12 };
+        assert!(view.apply(&ServerMessage::State { node: "web-0".into(), state: waiting }, &printer, &hidden));
+        assert_eq!(state_of(&view, "web-0"), "waiting for db-0:5432");
+        let w = view.nodes["web-0"].waiting.clone().unwrap();
+        // It had waited 12 s already: shown at once, next in 10 s.
+        assert!(w.since.elapsed() >= Duration::from_secs(12) && w.next_note <= Instant::now());
+        view.note_waits(&printer, &hidden);
+        let w = view.nodes["web-0"].waiting.clone().unwrap();
+        assert!(w.next_note > Instant::now() + Duration::from_secs(9), "next line in 10 s");
+        view.apply(&ServerMessage::State { node: "web-0".into(), state: ReportedState::Running }, &printer, &hidden);
+        assert_eq!(state_of(&view, "web-0"), "running");
+        assert!(view.never_started().is_empty());
+    }
+
+    #[test]
+    fn a_fresh_wait_is_shown_after_three_seconds_and_named_when_the_cluster_stops() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let mut view = view();
+        joined(&mut view, "web-0", 2);
+        let waiting = ReportedState::Waiting { target: "db-0".into(), port: 5432, waited_secs: 0 };
+        view.apply(&ServerMessage::State { node: "web-0".into(), state: waiting }, &printer, &hidden);
+        let w = view.nodes["web-0"].waiting.clone().unwrap();
+        assert!(w.next_note >= Instant::now() + Duration::from_secs(2), "not shown before 3 s");
+        let lines = view.never_started();
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("web-0 never started its program: still waiting for db-0:5432 after "),
+            "{lines:?}"
+        );
+        assert!(view.nodes["web-0"].note.as_deref().unwrap().starts_with("never started its program"));
+    }
+
+    #[test]
+    fn giving_up_is_noted_and_the_failure_names_its_role() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let mut view = view();
+        joined(&mut view, "web-0", 2);
+        let reason = "gave up waiting for db-0:5432 after 5 s (wait_timeout); db-0 never listened on 5432".to_owned();
+        let gave_up = ReportedState::GaveUp { reason: reason.clone() };
+        view.apply(&ServerMessage::State { node: "web-0".into(), state: gave_up }, &printer, &hidden);
+        let exited = ServerMessage::Exited { node: "web-0".into(), status: ExitStatus { code: 124 } };
+        view.apply(&exited, &printer, &hidden);
+        assert_eq!(state_of(&view, "web-0"), "exited 124");
+        assert_eq!(view.nodes["web-0"].note.as_deref(), Some(reason.as_str()));
+        assert_eq!(view.failure_summary().unwrap(), "node web-0 failed with exit code 124");
+        // States after the exit change nothing; lines still print.
+        let late = ServerMessage::State { node: "web-0".into(), state: ReportedState::Running };
+        assert!(!view.apply(&late, &printer, &hidden));
+        let line = LogLine { stream: Stream::Stdout, text: "x".into() };
+        view.apply(&ServerMessage::Logs { node: "web-0".into(), lines: vec![line] }, &printer, &hidden);
+
+        // A node others wait for, not main.
+        let mut view = super::tests::view();
+        view.record_exit("db-0", 1);
+        let (name, code) = view.failed_dependency().unwrap();
+        view.failing = Some((name, code));
+        assert_eq!(view.failure_summary().unwrap(), "node db-0 failed with exit code 1 (service(s) web wait for it)");
+    }
 }

@@ -4,3 +4,4 @@ pub mod files;
 pub mod ifaddrs;
 pub mod net;
 pub mod resolve;
+pub mod udp;

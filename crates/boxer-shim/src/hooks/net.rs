@@ -1,6 +1,6 @@
 //! Socket calls: `connect`, `bind`, `listen`, `accept`, `accept4`,
-//! `getpeername`, `getsockname`, and the UDP guards on `sendto`, `sendmsg`,
-//! `sendmmsg`.
+//! `getpeername`, `getsockname`. Datagram sockets are handed to `udp.rs`
+//! (which also holds the send and receive hooks).
 //!
 //! A redirected connect binds the app's socket to the node's loopback address
 //! (so the runtime can tell it apart), registers `source -> overlay
@@ -12,8 +12,8 @@ use std::net::SocketAddrV4;
 
 use boxer_proto::shim::{ShimRequest, ShimResponse};
 use libc::{
-    AF_INET6, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ENOSYS, SO_TYPE, SOCK_STREAM, SOL_SOCKET, c_int, c_uint, c_void,
-    mmsghdr, msghdr, size_t, sockaddr, sockaddr_storage, socklen_t, ssize_t,
+    AF_INET6, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, ENOSYS, SO_TYPE, SOCK_STREAM, SOL_SOCKET, c_int, sockaddr,
+    sockaddr_storage, socklen_t,
 };
 
 use crate::config::{self, Config};
@@ -119,16 +119,13 @@ unsafe fn connect_impl(
         // it): the overlay is unreachable, and must not be tried for real.
         return if config::in_default_overlay(*dst.ip()) { fail(ENETUNREACH) } else { passthrough() };
     };
+    if (config.is_overlay(*dst.ip()) || super::udp::is_group(config, *dst.ip())) && socket_type(fd) != Some(SOCK_STREAM)
+    {
+        // Datagram sockets: overlay UDP flows, broadcast/multicast refused (udp.rs).
+        return unsafe { super::udp::connect_dgram(real, config, fd, addr, len, dst, family) };
+    }
     if !config.is_overlay(*dst.ip()) {
         return passthrough();
-    }
-    if socket_type(fd) != Some(SOCK_STREAM) {
-        // Overlay UDP is not supported: fail here, never send towards the range.
-        return fail(ENETUNREACH);
-    }
-    if *dst.ip() == config.overlay_ip {
-        // Our own overlay address: the app's listener is on our loopback address.
-        return call_real(real, fd, SocketAddrV4::new(config.loopback, dst.port()), family);
     }
     if already_connecting(fd) {
         // A repeated connect (event loops poll with it): the kernel answers.
@@ -147,7 +144,10 @@ unsafe fn connect_impl(
             }
         }
     };
-    // The runtime matches the accepted connection by its source port.
+    // The runtime matches the accepted connection by its source port. A
+    // connection to our own overlay address is registered as well (the
+    // runtime answers with our listener's loopback address), so both of its
+    // ends can later be named exactly.
     let src = SocketAddrV4::new(config.loopback, port);
     set_errno(saved);
     match control::ask(config, &ShimRequest::Connect { src, dst }) {
@@ -235,18 +235,23 @@ fn announce_listener(config: &Config, fd: c_int) {
 }
 
 /// The overlay address of the peer of a socket whose real peer is on the
-/// node's loopback address.
-fn overlay_peer(config: &Config, fd: c_int, peer: SocketAddrV4) -> SocketAddrV4 {
-    let local = local_v4(fd).unwrap_or(peer);
+/// node's loopback address; `None` when the runtime cannot say (it is
+/// unreachable, or the connection is not one it or the shim set up): the
+/// caller reports an error rather than a made-up address.
+fn overlay_peer(config: &Config, fd: c_int, peer: SocketAddrV4) -> Option<SocketAddrV4> {
+    let local = local_v4(fd)?;
     match control::ask(config, &ShimRequest::Lookup { local, peer }) {
-        Some(ShimResponse::Peer(p)) => p,
-        // Not a proxied connection: a connection to ourselves.
-        _ => SocketAddrV4::new(config.overlay_ip, peer.port()),
+        Some(ShimResponse::Peer(p)) => Some(p),
+        _ => None,
     }
 }
 
+/// An address on the node's loopback address whose overlay identity is unknown.
+struct Untranslatable;
+
 /// Writes the address in `s` to the app's buffer, translated to the overlay if
 /// it is on the node's loopback address (`peer`: ask the runtime who it is).
+/// Fails when a peer on the loopback address cannot be identified.
 unsafe fn report(
     fd: c_int,
     s: &sockaddr_storage,
@@ -254,22 +259,33 @@ unsafe fn report(
     out: *mut sockaddr,
     out_len: *mut socklen_t,
     peer: bool,
-) {
+) -> Result<(), Untranslatable> {
     if out.is_null() || out_len.is_null() {
-        return;
+        return Ok(());
     }
-    let translated = config::get().and_then(|config| {
-        // SAFETY: `s` holds `len` bytes written by the kernel.
-        let (addr, family) = unsafe { inet::read((s as *const sockaddr_storage).cast(), len) }?;
-        if *addr.ip() != config.loopback {
-            return None;
+    let translated = match config::get() {
+        None => None,
+        Some(config) => {
+            // SAFETY: `s` holds `len` bytes written by the kernel.
+            match unsafe { inet::read((s as *const sockaddr_storage).cast(), len) } {
+                // UDP sockets name their overlay flows themselves (udp.rs).
+                Some((addr, family)) if addr.ip().is_loopback() && super::udp::is_udp(fd) => {
+                    super::udp::overlay_name(config, fd, addr, peer).map(|a| (a, family))
+                }
+                Some((addr, family)) if *addr.ip() == config.loopback => {
+                    let saved = errno();
+                    let overlay = if peer {
+                        overlay_peer(config, fd, addr)
+                    } else {
+                        Some(SocketAddrV4::new(config.overlay_ip, addr.port()))
+                    };
+                    set_errno(saved);
+                    Some((overlay.ok_or(Untranslatable)?, family))
+                }
+                _ => None,
+            }
         }
-        let saved = errno();
-        let overlay =
-            if peer { overlay_peer(config, fd, addr) } else { SocketAddrV4::new(config.overlay_ip, addr.port()) };
-        set_errno(saved);
-        Some((overlay, family))
-    });
+    };
     // SAFETY: the caller passed a buffer of `*out_len` bytes.
     unsafe {
         match translated {
@@ -281,6 +297,7 @@ unsafe fn report(
             }
         }
     }
+    Ok(())
 }
 
 unsafe fn accept_common(
@@ -299,7 +316,14 @@ unsafe fn accept_common(
     if new_fd >= 0 {
         let _ = fd;
         // SAFETY: `addr`/`len` are the caller's buffer.
-        guard(|| unsafe { report(new_fd, &s, slen, addr, len, true) }, || ());
+        if guard(|| unsafe { report(new_fd, &s, slen, addr, len, true) }, || Err(Untranslatable)).is_err() {
+            // Who connected is unknown: rather than hand the server a wrong
+            // client address (its access rules and logs rely on it), drop
+            // the connection as aborted, which servers retry past.
+            // SAFETY: `new_fd` is the descriptor we just accepted.
+            unsafe { libc::close(new_fd) };
+            return fail(libc::ECONNABORTED);
+        }
     }
     new_fd
 }
@@ -336,9 +360,13 @@ unsafe fn name_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, real:
     let mut s: sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut slen = std::mem::size_of::<sockaddr_storage>() as socklen_t;
     let r = unsafe { real(fd, (&raw mut s).cast(), &mut slen) };
-    if r == 0 {
+    if r == 0
         // SAFETY: `addr`/`len` are the caller's buffer.
-        guard(|| unsafe { report(fd, &s, slen, addr, len, peer) }, || ());
+        && guard(|| unsafe { report(fd, &s, slen, addr, len, peer) }, || Err(Untranslatable)).is_err()
+    {
+        // A peer on our loopback address that nobody can name: say the
+        // socket has no (known) peer rather than invent one.
+        return fail(libc::ENOTCONN);
     }
     r
 }
@@ -361,76 +389,4 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // SAFETY: arguments passed through from the caller.
     unsafe { name_common(fd, addr, len, real::get().getsockname, false) }
-}
-
-/// Whether a send with an explicit destination must be refused: a datagram
-/// (or a TCP Fast Open SYN) towards the overlay. Connected TCP sockets
-/// ignore the destination, so their sends pass.
-unsafe fn overlay_destination(fd: c_int, flags: c_int, addr: *const sockaddr, len: socklen_t) -> bool {
-    // SAFETY: the caller's address and length.
-    let Some((dst, _)) = (unsafe { inet::read(addr, len) }) else { return false };
-    let overlay = match config::get() {
-        Some(config) => config.is_overlay(*dst.ip()),
-        None => config::in_default_overlay(*dst.ip()),
-    };
-    overlay && (flags & libc::MSG_FASTOPEN != 0 || socket_type(fd) != Some(SOCK_STREAM))
-}
-
-/// `sendto`: only the destination is checked; overlay UDP fails with
-/// `ENETUNREACH` so nothing is ever sent towards the overlay range.
-///
-/// # Safety
-/// Called by C with the arguments of `sendto(2)`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn sendto(
-    fd: c_int,
-    buf: *const c_void,
-    n: size_t,
-    flags: c_int,
-    addr: *const sockaddr,
-    len: socklen_t,
-) -> ssize_t {
-    let Some(real) = real::get().sendto else { return fail(ENOSYS) as ssize_t };
-    // SAFETY: arguments passed through from the caller.
-    if !addr.is_null() && guard(|| unsafe { overlay_destination(fd, flags, addr, len) }, || false) {
-        return fail(ENETUNREACH) as ssize_t;
-    }
-    unsafe { real(fd, buf, n, flags, addr, len) }
-}
-
-/// `sendmsg`: as [`sendto`].
-///
-/// # Safety
-/// Called by C with the arguments of `sendmsg(2)`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    let Some(real) = real::get().sendmsg else { return fail(ENOSYS) as ssize_t };
-    // SAFETY: `msg` is the caller's valid msghdr.
-    if !msg.is_null()
-        && guard(|| unsafe { overlay_destination(fd, flags, (*msg).msg_name.cast(), (*msg).msg_namelen) }, || false)
-    {
-        return fail(ENETUNREACH) as ssize_t;
-    }
-    unsafe { real(fd, msg, flags) }
-}
-
-/// `sendmmsg`: fails whole if any destination is in the overlay.
-///
-/// # Safety
-/// Called by C with the arguments of `sendmmsg(2)`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn sendmmsg(fd: c_int, msgs: *mut mmsghdr, count: c_uint, flags: c_int) -> c_int {
-    let Some(real) = real::get().sendmmsg else { return fail(ENOSYS) };
-    let any_overlay = || {
-        (0..count as usize).any(|i| {
-            // SAFETY: the caller's array of `count` messages.
-            let hdr = unsafe { &(*msgs.add(i)).msg_hdr };
-            unsafe { overlay_destination(fd, flags, hdr.msg_name.cast(), hdr.msg_namelen) }
-        })
-    };
-    if !msgs.is_null() && guard(any_overlay, || false) {
-        return fail(ENETUNREACH);
-    }
-    // SAFETY: arguments passed through from the caller.
-    unsafe { real(fd, msgs, count, flags) }
 }

@@ -82,11 +82,21 @@ impl Provider for LocalProvider {
                 // Its own namespace: any interface, its NAT's mapping is what peers see.
                 Some(_) => &["--bind", "0.0.0.0:0"][..],
                 None => &["--bind", "127.0.0.1:0", "--shared-namespace"][..],
-            })
-            .arg("--run-dir")
-            .arg(dir.join("run"));
+            });
+        // No --run-dir: the runtime makes the node's run directory under the
+        // system temp directory, where programs that switch users (servers
+        // dropping root) can read it, and removes it when the node ends.
         for (name, port) in &service.wait_for {
             cmd.arg("--wait-for").arg(format!("{name}:{port}"));
+        }
+        if let Some(timeout) = service.wait_timeout {
+            cmd.arg("--wait-timeout").arg(timeout.as_secs().to_string());
+        }
+        for port in &service.expose {
+            cmd.arg("--expose").arg(port.to_string());
+        }
+        for f in &service.forward {
+            cmd.arg("--forward").arg(format!("{}={}:{}", f.listen, f.target, f.port));
         }
         cmd.arg("--").args(&service.command);
         cmd.envs(&service.env)

@@ -1,0 +1,227 @@
+//! Unmodified programs as Debian ships them, in the lab through `boxer up`:
+//! servers that drop root keep the overlay, and only processes of a node can
+//! use its runtime.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use boxer_e2e::*;
+
+/// A cluster run with its own state directory.
+struct Run {
+    state: Scratch,
+}
+
+impl Run {
+    fn new(tag: &str) -> Self {
+        Self { state: Scratch::new(tag) }
+    }
+
+    fn boxer(&self) -> Command {
+        let mut cmd = Command::new(bin("boxer"));
+        cmd.env("BOXER_STATE_DIR", self.state.path()).env_remove("RUST_LOG");
+        cmd
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("boxer.toml")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Stops a background `boxer up` if the test fails before it is done.
+struct StopOnDrop(std::process::Child);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child; it tears its cluster down on SIGTERM.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn postgres_runs_as_postgres_and_pgbench_reports_tps() {
+    assert!(
+        Path::new("/usr/lib/postgresql").is_dir(),
+        "PostgreSQL is not installed (`.ci/run` installs Debian's postgresql)"
+    );
+    let run = Run::new("programs-postgres");
+    let out = run.boxer().arg("up").arg(example("postgres")).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("database system is ready to accept connections"), "{stdout}");
+    let tps: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("bench-0 | tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no tps line:\n{stdout}"));
+    println!("pgbench across two NATed nodes: {tps:.0} tps");
+    assert!(tps > 0.0, "{stdout}");
+    assert!(stdout.contains("number of failed transactions: 0"), "{stdout}");
+    // The server ran as `postgres`: it refuses to start as root.
+    assert!(!stdout.contains("cannot be run as root"), "{stdout}");
+}
+
+/// The environment of process `pid`.
+fn environ(pid: u32) -> HashMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The pid of the `sleep` process whose command line is `sleep <marker>`.
+fn sleeper(marker: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+        let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "sleep" && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().ends_with(marker))
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn a_process_outside_the_node_cannot_use_its_runtime() {
+    let run = Run::new("programs-outsider");
+    let dir = run.state.path().join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("boxer.toml");
+    let marker = "987661";
+    std::fs::write(
+        &spec,
+        format!("[cluster]\nname = \"outsider\"\n[services.a]\ncommand = [\"sleep\", \"{marker}\"]\n"),
+    )
+    .unwrap();
+    let up = run.boxer().arg("up").arg(&spec).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let _up = StopOnDrop(up);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let program = loop {
+        if let Some(pid) = sleeper(marker) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the node's program did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Everything the node's own processes know: the shim, the control
+    // socket's name, the addresses. What the outsider lacks is ancestry.
+    let env = environ(program);
+    assert!(env.get("BOXER_CONTROL_SOCKET").is_some_and(|c| c.starts_with('@')), "{env:?}");
+    let own_ip = env["BOXER_OVERLAY_IP"].clone();
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(); s.bind(('0.0.0.0', 7777)); s.listen()\n\
+         c = socket.socket()\n\
+         try:\n    c.connect(('{own_ip}', 7777)); print('connected')\n\
+         except OSError as e:\n    print('connect failed', e.errno)\n"
+    );
+    // In the node's network namespace (where its abstract socket is), as
+    // root, with the node's environment: but not started by its runtime.
+    let out = Command::new("nsenter")
+        .args(["-t", &program.to_string(), "-n", "--", "python3", "-c", &script])
+        .env_clear()
+        .envs(env.iter().filter(|(k, _)| k.starts_with("BOXER_") || *k == "LD_PRELOAD" || *k == "PATH"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("connect failed {}", libc::ENETUNREACH)), "{stdout}\n{stderr}");
+    assert!(stderr.contains("refused this process") && stderr.contains("is not a process of this node"), "{stderr}");
+    // The runtime refused both requests and announced nothing.
+    let log = std::fs::read_to_string(run.state.path().join("outsider/nodes/a-0/runtime.log")).unwrap_or_else(|e| {
+        panic!("runtime log: {e}");
+    });
+    assert!(log.contains("refused a request"), "{log}");
+    assert!(!log.contains("7777"), "the outsider's port was announced:\n{log}");
+    assert!(run.boxer().args(["down", "outsider"]).status().unwrap().success());
+}
+
+/// The rate and the loss iperf3's receiver reports: (Mbit/s, lost, total).
+fn iperf_receiver(stdout: &str) -> Option<(f64, u64, u64)> {
+    let line = stdout.lines().find(|l| l.starts_with("client-0 |") && l.trim_end().ends_with("receiver"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let rate = fields.iter().position(|f| *f == "Mbits/sec").and_then(|i| fields[i - 1].parse().ok())?;
+    let (lost, total) = fields.iter().find_map(|f| f.split_once('/').filter(|(a, _)| a.parse::<u64>().is_ok()))?;
+    Some((rate, lost.parse().ok()?, total.parse().ok()?))
+}
+
+#[test]
+fn iperf3_udp_runs_across_two_nats_with_its_loss_figure() {
+    assert!(
+        Command::new("iperf3").arg("--version").output().is_ok(),
+        "iperf3 is not installed (`.ci/run` installs it)"
+    );
+    let run = Run::new("programs-udp");
+    let out = run.boxer().arg("up").arg(example("udp")).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (rate, lost, total) = iperf_receiver(&stdout).unwrap_or_else(|| panic!("no receiver line:\n{stdout}"));
+    println!("iperf3 -u -b 50M across two NATs: {rate} Mbit/s received, {lost}/{total} datagrams lost");
+    assert!(total > 0 && rate > 0.0, "{stdout}");
+    // Loss is allowed on UDP; on an idle lab at 50 Mbit/s there should be little.
+    assert!(lost * 100 <= total * 5, "more than 5% lost:\n{stdout}");
+    // Both sides name each other by overlay address.
+    assert!(
+        stdout.contains("client-0 | [  5] local 100.96.0.") && stdout.contains("connected to 100.96.0."),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn udp_request_and_reply_carry_the_senders_overlay_addresses() {
+    let run = Run::new("programs-udp-echo");
+    let dir = run.state.path().join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/udp_echo.py");
+    let echo = echo.display();
+    let spec = dir.join("boxer.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[cluster]\nname = \"udpecho\"\n\
+             [services.echo]\ncommand = [\"python3\", \"{echo}\", \"serve\", \"9000\"]\n\
+             [services.ask]\nmain = true\nwait_for = [\"echo-0:9000\"]\ncommand = [\"sh\", \"-c\", \"\"\"\n\
+             set -e\n\
+             echo me $(getent hosts ask-0 | cut -d' ' -f1) it $(getent hosts echo-0 | cut -d' ' -f1)\n\
+             python3 {echo} ask echo-0 9000 50 512\n\
+             python3 {echo} connected echo-0 9000 20 65507\n\
+             python3 {echo} ask echo-0 9000 20 1460 --v6\n\
+             \"\"\"]\n\
+             ",
+        ),
+    )
+    .unwrap();
+    let out = run.boxer().arg("up").arg(&spec).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let ips = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ask-0    | me "))
+        .unwrap_or_else(|| panic!("no address line:\n{stdout}"));
+    let (me, it) = ips.split_once(" it ").unwrap();
+    assert!(me.starts_with("100.96.") && it.starts_with("100.96.") && me != it, "{ips}");
+    // The server saw the client's overlay address as the source ...
+    assert!(stdout.contains(&format!("echo-0   | from {me}:")), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with(&format!("echo-0   | from {me}:")) && l.ends_with(" 65507")),
+        "{stdout}"
+    );
+    // ... and the client saw replies from the server's, in both families.
+    assert!(stdout.contains(&format!("ask-0    | reply from {it}:9000")), "{stdout}");
+    assert!(stdout.contains(&format!("ask-0    | reply from ::ffff:{it}:9000")), "{stdout}");
+    // A connected socket names both ends by overlay address.
+    assert!(stdout.contains(&format!("ask-0    | peer {it}:9000")), "{stdout}");
+    assert!(stdout.contains(&format!("ask-0    | local {me}:")), "{stdout}");
+    assert_eq!(stdout.matches("bad 0").count(), 3, "{stdout}");
+}
