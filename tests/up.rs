@@ -82,6 +82,22 @@ fn nginx_proxy_balances_across_both_backends() {
     let answers: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("client-0  | served by ")).collect();
     assert_eq!(answers.len(), 4, "{stdout}");
     assert!(answers.contains(&"backend-0") && answers.contains(&"backend-1"), "round-robin: {answers:?}");
+    // nginx's workers run as www-data (no `user root` in nginx.conf) and
+    // still log the client's own overlay address, not the proxy's.
+    let client = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client-0  | client address: "))
+        .unwrap_or_else(|| panic!("no client address:\n{stdout}"));
+    assert!(client.starts_with("100.96."), "{client}");
+    let logged: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("proxy-0   | "))
+        .filter(|l| l.contains("\"GET / HTTP/1.1\" 200"))
+        .collect();
+    assert_eq!(logged.len(), 4, "{stdout}");
+    assert!(logged.iter().all(|l| l.starts_with(&format!("{client} "))), "{logged:?}");
+    let conf = std::fs::read_to_string(example("nginx-proxy").with_file_name("nginx.conf")).unwrap();
+    assert!(conf.lines().any(|l| l.starts_with("user www-data;")), "{conf}");
 }
 
 #[test]
