@@ -24,31 +24,40 @@ pub(crate) fn say(line: &str) {
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
 }
 
+/// Writes `line()` to stderr the first time `flag` is raised in this
+/// process (`line` is not even built afterwards).
+pub(crate) fn say_once(flag: &AtomicBool, line: impl FnOnce() -> String) {
+    if !flag.swap(true, Ordering::Relaxed) {
+        say(&line());
+    }
+}
+
 /// Sends one request and waits for the answer. `None` if the runtime cannot
-/// be reached or refused this process (each said once per process on
-/// stderr); the caller then fails the call rather than guess.
+/// be reached or refused this process (`Denied`; each said once per process
+/// on stderr): a caller never sees [`ShimResponse::Denied`], and fails the
+/// call (overlay connects and sends with `ENETUNREACH`) rather than guess.
 pub fn ask(config: &Config, request: &ShimRequest) -> Option<ShimResponse> {
     let saved = crate::errno();
     let result = exchange(config, request);
     crate::set_errno(saved);
     match result {
         Ok(ShimResponse::Denied(why)) => {
-            if !DENIED.swap(true, Ordering::Relaxed) {
-                say(&format!(
+            say_once(&DENIED, || {
+                format!(
                     "boxer-shim: the Boxer runtime at {} refused this process: {why}; overlay addresses are unreachable\n",
                     config.control
-                ));
-            }
+                )
+            });
             None
         }
         Ok(response) => Some(response),
         Err(e) => {
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                say(&format!(
+            say_once(&WARNED, || {
+                format!(
                     "boxer-shim: cannot reach the Boxer runtime at {}: {e}; overlay addresses are unreachable\n",
                     config.control
-                ));
-            }
+                )
+            });
             None
         }
     }

@@ -25,13 +25,16 @@ use std::time::{Duration, Instant};
 
 /// How long an answer of the runtime is used without asking again.
 ///
-/// Safe because the runtime keeps an idle flow for at least 60 s after its
-/// last use and refreshes it on every `UdpFlow`/`UdpPeer` answer: an entry
-/// is at most 10 s old (counted from before the request was sent), so the
-/// flow it names still exists and its port `Y` has not been given to
-/// another flow. Short enough that the app re-asks (and so keeps the flow
-/// alive in the runtime) several times per idle timeout even if it only
-/// ever hits the cache.
+/// Safe because the runtime never frees a flow's port `Y` within 10 s of
+/// an answer naming it: an open flow is closed only after 120 s idle (and
+/// not while the app's socket holds its port), evicted only after 30 s
+/// idle with the app's socket gone, and a closed flow keeps its socket
+/// bound and its answer for a 15 s linger, extended by every answer (see
+/// docs/shim.md, "UDP"). An entry is at most 10 s old (counted from before
+/// the request was sent), so the flow it names still holds `Y`. Short
+/// enough that the app re-asks (and so keeps the flow alive in the
+/// runtime) several times per idle timeout even if it only ever hits the
+/// cache.
 pub const CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// Most entries per map. An app with more concurrent UDP flows than this

@@ -1,6 +1,6 @@
 //! Socket calls: `connect`, `bind`, `listen`, `accept`, `accept4`,
-//! `getpeername`, `getsockname`. Datagram sockets are handed to `udp.rs`
-//! (which also holds the send and receive hooks).
+//! `getpeername`, `getsockname`. Datagram sockets are handed to
+//! [`super::udp`] (which also holds the send and receive hooks).
 //!
 //! A redirected connect binds the app's socket to the node's loopback address
 //! (so the runtime can tell it apart), registers `source -> overlay
@@ -16,32 +16,17 @@ use libc::{
     sockaddr_storage, socklen_t,
 };
 
+use super::{AddrFn, real_name, sockopt_int, towards_overlay};
 use crate::config::{self, Config};
 use crate::inet::{self, Family};
 use crate::{control, errno, fail, guard, real, set_errno};
 
-type AddrFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
-
 fn socket_type(fd: c_int) -> Option<c_int> {
-    let mut ty: c_int = 0;
-    let mut len = std::mem::size_of::<c_int>() as socklen_t;
-    // SAFETY: valid out-pointers of the right size.
-    let r = unsafe { libc::getsockopt(fd, SOL_SOCKET, SO_TYPE, (&raw mut ty).cast(), &mut len) };
-    (r == 0).then_some(ty)
-}
-
-/// The real address `query` (getsockname or getpeername) reports for `fd`.
-fn real_addr(query: Option<AddrFn>, fd: c_int) -> Option<(sockaddr_storage, socklen_t)> {
-    let query = query?;
-    // SAFETY: zeroed storage is valid; we pass its true size.
-    let mut storage: sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<sockaddr_storage>() as socklen_t;
-    let r = unsafe { query(fd, (&raw mut storage).cast(), &mut len) };
-    (r == 0).then_some((storage, len))
+    sockopt_int(fd, SOL_SOCKET, SO_TYPE)
 }
 
 fn local_v4(fd: c_int) -> Option<SocketAddrV4> {
-    let (s, len) = real_addr(real::get().getsockname, fd)?;
+    let (s, len) = real_name(real::get().getsockname, fd)?;
     // SAFETY: `s` holds `len` bytes written by getsockname.
     unsafe { inet::read((&raw const s).cast(), len) }.map(|(a, _)| a)
 }
@@ -66,7 +51,7 @@ unsafe fn v6_wildcard_port(addr: *const sockaddr, len: socklen_t) -> Option<u16>
 
 /// The local port of `fd` whatever its family (0 if unbound).
 fn local_port(fd: c_int) -> Option<u16> {
-    let (s, len) = real_addr(real::get().getsockname, fd)?;
+    let (s, len) = real_name(real::get().getsockname, fd)?;
     let ptr: *const sockaddr = (&raw const s).cast();
     // SAFETY: `s` holds `len` bytes written by getsockname.
     unsafe { inet::read(ptr, len).map(|(a, _)| a.port()).or_else(|| v6_wildcard_port(ptr, len)) }
@@ -97,13 +82,22 @@ fn call_real(
 
 /// `connect`: overlay destinations go through the runtime.
 ///
+/// If the hook panics (a bug), a destination the overlay handles fails with
+/// `ENETUNREACH` ([`towards_overlay`]): the real `connect` towards it would
+/// reach (TCP) or fix as the target of later unhooked `send`/`write` (UDP)
+/// the overlay range on the real network. Other destinations pass to libc.
+/// The real `connect` is the body's last step, so it never runs twice.
+///
 /// # Safety
 /// Called by C with the arguments of `connect(2)`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let Some(real) = real::get().connect else { return fail(ENOSYS) };
     // SAFETY: arguments passed through from the caller.
-    guard(|| unsafe { connect_impl(real, fd, addr, len) }, || unsafe { real(fd, addr, len) })
+    guard(
+        || unsafe { connect_impl(real, fd, addr, len) },
+        || if unsafe { towards_overlay(addr, len) } { fail(ENETUNREACH) } else { unsafe { real(fd, addr, len) } },
+    )
 }
 
 unsafe fn connect_impl(
@@ -121,7 +115,7 @@ unsafe fn connect_impl(
     };
     if (config.is_overlay(*dst.ip()) || super::udp::is_group(config, *dst.ip())) && socket_type(fd) != Some(SOCK_STREAM)
     {
-        // Datagram sockets: overlay UDP flows, broadcast/multicast refused (udp.rs).
+        // Datagram sockets: overlay UDP flows, broadcast/multicast refused (udp).
         return unsafe { super::udp::connect_dgram(real, config, fd, addr, len, dst, family) };
     }
     if !config.is_overlay(*dst.ip()) {
@@ -160,6 +154,11 @@ unsafe fn connect_impl(
 
 /// `bind`: the overlay address (and, when nodes share a namespace, the
 /// wildcard) becomes the node's loopback address.
+///
+/// If the hook panics (a bug), the app's arguments go to the real `bind`:
+/// binding sends nothing (the kernel refuses an overlay address that is not
+/// on this machine with `EADDRNOTAVAIL`), and the socket's connects and
+/// sends stay hooked.
 ///
 /// # Safety
 /// Called by C with the arguments of `bind(2)`.
@@ -218,7 +217,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
 fn announce_listener(config: &Config, fd: c_int) {
     let saved = errno();
     if socket_type(fd) == Some(SOCK_STREAM)
-        && let Some((s, len)) = real_addr(real::get().getsockname, fd)
+        && let Some((s, len)) = real_name(real::get().getsockname, fd)
     {
         let ptr: *const sockaddr = (&raw const s).cast();
         // SAFETY: `s` holds `len` bytes written by getsockname.
@@ -268,7 +267,7 @@ unsafe fn report(
         Some(config) => {
             // SAFETY: `s` holds `len` bytes written by the kernel.
             match unsafe { inet::read((s as *const sockaddr_storage).cast(), len) } {
-                // UDP sockets name their overlay flows themselves (udp.rs).
+                // UDP sockets name their overlay flows themselves (udp).
                 Some((addr, family)) if addr.ip().is_loopback() && super::udp::is_udp(fd) => {
                     super::udp::overlay_name(config, fd, addr, peer).map(|a| (a, family))
                 }
