@@ -9,7 +9,7 @@
 //! QUIC datagrams on the peer connection, cut into fragments when it is
 //! larger than one (see [`boxer_proto::peer::UdpHeader`]).
 //!
-//! * [`flows`]: the table of flows, their limits and idle expiry.
+//! * [`flows`]: the table of flows, their limits, idle expiry and linger.
 //! * [`send`]: a flow's task, app to peer.
 //! * [`deliver`]: peers' datagrams to the app.
 //! * [`fragment`]: cutting and reassembly (sans-IO).
@@ -33,7 +33,7 @@ use tokio::net::UdpSocket;
 use tracing::{Instrument, debug, info_span};
 
 pub(crate) use deliver::{INBOUND_BUFFER, serve};
-use flows::{Flow, FlowKey, FlowTable, MAX_FLOWS, TableFull};
+use flows::{Flow, FlowKey, FlowTable, MAX_FLOWS, Opener, PeerQuota, TableFull};
 
 use crate::node::Shared;
 
@@ -50,6 +50,13 @@ pub(crate) enum FlowError {
     /// The table is full.
     #[error(transparent)]
     Full(#[from] TableFull),
+    /// The peer's datagrams already opened their share of the table.
+    #[error(transparent)]
+    PeerQuota(#[from] PeerQuota),
+    /// A peer's datagram is addressed to a port of the runtime's own flow
+    /// sockets, which no app can receive on.
+    #[error("port {0} is a flow socket's, not an app's")]
+    FlowPort(u16),
     /// The node is stopping.
     #[error("the node is stopping")]
     Stopped,
@@ -95,43 +102,115 @@ impl Udp {
         }
     }
 
-    /// The flow of `key` (to `peer`), opened if there is none, active at `now`.
+    /// The flow of `key` (to `peer`) the local app asks for, opened if
+    /// there is none, active at `now`.
     pub(crate) fn flow(self: &Arc<Self>, key: FlowKey, peer: NodeId, now: Instant) -> Result<Arc<Flow>, FlowError> {
+        self.open(key, peer, Opener::App, now)
+    }
+
+    /// The flow of `key` for a datagram of `peer`, opened if there is none
+    /// and the peer's share of the table allows, active at `now`. The caller
+    /// checked that an app socket holds `key.local_port`.
+    pub(crate) fn inbound_flow(
+        self: &Arc<Self>,
+        key: FlowKey,
+        peer: NodeId,
+        now: Instant,
+    ) -> Result<Arc<Flow>, FlowError> {
+        self.open(key, peer, Opener::Peer, now)
+    }
+
+    /// The open flow of `key`, if any, marked active at `now`.
+    pub(crate) fn existing(&self, key: &FlowKey, now: Instant) -> Option<Arc<Flow>> {
+        let guard = self.flows.lock().expect("flow table lock");
+        let flow = guard.as_ref()?.get(key)?;
+        flow.touch(now);
+        Some(flow.clone())
+    }
+
+    /// The open flow of `key`, else a new one opened by `opener`: within
+    /// the table's limit (freeing a forgotten flow's socket if full) and,
+    /// for a peer, within its share.
+    fn open(
+        self: &Arc<Self>,
+        key: FlowKey,
+        peer: NodeId,
+        opener: Opener,
+        now: Instant,
+    ) -> Result<Arc<Flow>, FlowError> {
+        let full = {
+            let mut guard = self.flows.lock().expect("flow table lock");
+            let Some(table) = guard.as_mut() else { return Err(FlowError::Stopped) };
+            if let Some(flow) = table.get(&key) {
+                flow.touch(now);
+                return Ok(flow.clone());
+            }
+            table.is_full(now)
+        };
+        // Only a full table needs the app sockets, read outside the lock.
+        let bound = full.then(bound_udp_ports);
         let mut guard = self.flows.lock().expect("flow table lock");
         let Some(table) = guard.as_mut() else { return Err(FlowError::Stopped) };
         if let Some(flow) = table.get(&key) {
             flow.touch(now);
             return Ok(flow.clone());
         }
-        if let Some(evicted) = table.make_room(now)? {
-            debug!(port = evicted.key.local_port, remote = %evicted.key.remote, "UDP flow closed to make room");
+        if opener == Opener::Peer {
+            if table.by_port(key.local_port).is_some() {
+                return Err(FlowError::FlowPort(key.local_port));
+            }
+            table.check_quota(peer)?;
+        }
+        // Not read (the table filled up meanwhile): every app port counts
+        // as in use, so nothing is evicted on a guess.
+        let in_use = |port| bound.as_ref().is_none_or(|b| b.contains(&port));
+        if let Some(freed) = table.make_room(now, in_use)? {
+            debug!(port = freed.key.local_port, remote = %freed.key.remote, flow = freed.port, "UDP flow socket freed to make room");
         }
         let socket = bind(self.loopback).map_err(|source| FlowError::Socket { addr: self.loopback, source })?;
-        let flow =
-            Flow::new(key, peer, socket, now).map_err(|source| FlowError::Socket { addr: self.loopback, source })?;
+        let flow = Flow::new(key, peer, opener, socket, now)
+            .map_err(|source| FlowError::Socket { addr: self.loopback, source })?;
         let flow = Arc::new(flow);
-        table.insert(flow.clone());
+        table.insert(flow.clone(), now);
         let flows = table.len();
         drop(guard);
         let span = info_span!(parent: &self.span, "udp", port = key.local_port, remote = %key.remote, flow = flow.port);
-        span.in_scope(|| debug!(%peer, flows, "UDP flow opened"));
+        span.in_scope(|| debug!(%peer, ?opener, flows, "UDP flow opened"));
         let task = tokio::spawn(send::run(flow.clone(), self.clone()).instrument(span));
         flow.set_task(task.abort_handle());
         Ok(flow)
     }
 
-    /// The remote endpoint of the flow whose socket is on `port`, marked
-    /// active at `now`.
+    /// The remote endpoint of the flow (open or lingering) whose socket is
+    /// on `port`, for an answer to the shim at `now` (see
+    /// [`FlowTable::peer_of`]).
     pub(crate) fn remote_of(&self, port: u16, now: Instant) -> Option<SocketAddrV4> {
-        let table = self.flows.lock().expect("flow table lock");
-        let flow = table.as_ref()?.by_port(port)?;
-        flow.touch(now);
-        Some(flow.key.remote)
+        self.flows.lock().expect("flow table lock").as_mut()?.peer_of(port, now)
     }
 
-    /// Closes the flows idle too long at `now` whose app socket is gone.
+    /// Closes `flow`, whose task ended by itself at `now` (its socket
+    /// failed, or the task panicked): it lingers like any closed flow and
+    /// the next `UdpFlow` for its pair opens a new one. Never panics (it
+    /// runs from a drop).
+    pub(crate) fn task_ended(&self, flow: &Arc<Flow>, now: Instant) {
+        let Ok(mut guard) = self.flows.lock() else { return };
+        if guard.as_mut().is_some_and(|t| t.close_flow(flow, now)) {
+            debug!(port = flow.key.local_port, remote = %flow.key.remote, flow = flow.port, "UDP flow closed: its task ended");
+        }
+    }
+
+    /// Releases the sockets of flows whose linger is over at `now`, and
+    /// closes (to linger) the flows idle too long whose app socket is gone.
     pub(crate) fn expire(&self, now: Instant) {
-        let any_idle = self.flows.lock().expect("flow table lock").as_ref().is_some_and(|t| t.any_idle(now));
+        let any_idle = {
+            let mut guard = self.flows.lock().expect("flow table lock");
+            let Some(table) = guard.as_mut() else { return };
+            let released = table.sweep(now);
+            if !released.is_empty() {
+                debug!(flows = released.len(), "UDP flow sockets released after their linger");
+            }
+            table.any_idle(now)
+        };
         if !any_idle {
             return;
         }
@@ -149,16 +228,19 @@ impl Udp {
         }
     }
 
-    /// Closes the flows to a peer that left.
+    /// Closes the flows to a peer that left (they linger, see
+    /// [`flows::FLOW_LINGER`]).
     pub(crate) fn peer_left(&self, peer: NodeId) {
+        let now = Instant::now();
         let closed =
-            self.flows.lock().expect("flow table lock").as_mut().map(|t| t.remove_peer(peer)).unwrap_or_default();
+            self.flows.lock().expect("flow table lock").as_mut().map(|t| t.remove_peer(peer, now)).unwrap_or_default();
         if !closed.is_empty() {
             debug!(%peer, flows = closed.len(), "UDP flows closed: the peer left");
         }
     }
 
-    /// Closes every flow and opens no more (the node stops).
+    /// Closes every flow and releases every socket at once, lingering ones
+    /// included, and opens no more (the node stops).
     pub(crate) fn shutdown(&self) {
         if let Some(mut table) = self.flows.lock().expect("flow table lock").take() {
             table.clear();
@@ -168,6 +250,8 @@ impl Udp {
 
 /// Local ports of every UDP socket in this network namespace (the node's),
 /// from `/proc/net/udp` and `/proc/net/udp6`; empty if they cannot be read.
+/// Costs a read of a line per socket (the flow sockets included): only
+/// called when a flow might be closed or opened for a peer.
 fn bound_udp_ports() -> std::collections::HashSet<u16> {
     ["/proc/net/udp", "/proc/net/udp6"]
         .iter()
@@ -214,8 +298,8 @@ fn flow_limit() -> usize {
 ///
 /// `dst` on this node itself: `Proxy(L:dst.port)`, straight to the local
 /// app, no flow. No member with that address: `Unreachable`. Otherwise the
-/// pair's flow socket, `Proxy(L:Y)`, the same while the flow lives (asking
-/// again keeps it alive).
+/// pair's flow socket, `Proxy(L:Y)`, the same while the flow is open
+/// (asking again keeps it alive).
 pub(crate) fn answer_flow(shared: &Shared, src_port: u16, dst: SocketAddrV4) -> ShimResponse {
     if src_port == 0 || dst.port() == 0 {
         return ShimResponse::Error(format!("UDP flow with port 0 ({src_port} to {dst})"));
@@ -233,7 +317,7 @@ pub(crate) fn answer_flow(shared: &Shared, src_port: u16, dst: SocketAddrV4) -> 
 }
 
 /// Answers `ShimRequest::UdpPeer`: the overlay endpoint behind the flow
-/// socket on `port`, or `Unknown`.
+/// socket on `port` (open or lingering), or `Unknown`.
 pub(crate) fn answer_peer(shared: &Shared, port: u16) -> ShimResponse {
     match shared.udp.remote_of(port, Instant::now()) {
         Some(remote) => ShimResponse::Peer(remote),

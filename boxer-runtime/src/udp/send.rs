@@ -66,9 +66,35 @@ thread_local! {
     });
 }
 
-/// Runs a flow until it is closed (its task is aborted).
+/// Runs a flow until it is closed (its task is aborted). Should it end
+/// otherwise (its socket failed, a bug panicked), the flow is closed too
+/// (see [`TaskEnd`]), so it does not stay in the table forwarding nothing.
 pub(crate) async fn run(flow: Arc<Flow>, udp: Arc<Udp>) {
-    let mut link = Link::new(udp, &flow);
+    let _end = TaskEnd { flow: flow.clone(), udp: udp.clone() };
+    forward(&flow, udp).await;
+}
+
+/// Closes its flow when the flow's task ends without the flow being
+/// closed: the next `UdpFlow` for the pair then opens a working flow
+/// instead of finding this one. A drop guard, so a panic counts too.
+struct TaskEnd {
+    flow: Arc<Flow>,
+    udp: Arc<Udp>,
+}
+
+impl Drop for TaskEnd {
+    fn drop(&mut self) {
+        // A closed flow's task is aborted: nothing to do, and `close` may
+        // still hold the table lock.
+        if !self.flow.is_closed() {
+            self.udp.task_ended(&self.flow, Instant::now());
+        }
+    }
+}
+
+/// Forwards the app's datagrams until the flow socket fails.
+async fn forward(flow: &Flow, udp: Arc<Udp>) {
+    let mut link = Link::new(udp, flow);
     // Set while datagrams wait for a connection.
     let mut waiting: Option<watch::Receiver<Option<quinn::Connection>>> = None;
     loop {
@@ -79,7 +105,7 @@ pub(crate) async fn run(flow: Arc<Flow>, udp: Arc<Udp>) {
                     warn!("flow socket failed: {e}");
                     return;
                 }
-                SCRATCH.with_borrow_mut(|s| drain(&flow, &mut link, s));
+                SCRATCH.with_borrow_mut(|s| drain(flow, &mut link, s));
             }
             up = connection_changed(&mut waiting), if waiting.is_some() => match up {
                 Some(conn) => {

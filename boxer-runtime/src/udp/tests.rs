@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boxer_net::rendezvous::RendezvousAddr;
 use boxer_proto::control::CreateClusterRequest;
@@ -15,6 +15,7 @@ use rendezvous::{Config, Rendezvous};
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
 
+use super::flows::FlowKey;
 use crate::control;
 use crate::{Node, NodeConfig};
 
@@ -151,6 +152,11 @@ async fn datagrams_cross_between_two_nodes_and_back() {
     assert_eq!(got, b"hello");
     assert_eq!(*fb.ip(), lb, "delivered from B's flow socket");
 
+    // A datagram to a port of B where no socket is (checked at the end).
+    let closed_port = std::net::UdpSocket::bind((lb, 0)).expect("bind").local_addr().expect("addr").port();
+    let to_closed = flow(&a, x, SocketAddrV4::new(ip_b, closed_port)).await;
+    app_a.send_to(b"nobody", to_closed).await.expect("send");
+
     // B's app sees the datagram come from A's app, and its reply to that
     // address takes the same flow.
     let from_a = SocketAddrV4::new(ip_a, x);
@@ -171,6 +177,20 @@ async fn datagrams_cross_between_two_nodes_and_back() {
     assert_eq!(got, b"from 127.0.0.1");
     app_b.send_to(b"back to 127.0.0.1", fbc).await.expect("send reply");
     assert_eq!(recv(&app_c).await, (b"back to 127.0.0.1".to_vec(), fc));
+
+    // A flow whose task ends by itself (a failed socket) leaves the table:
+    // asking again opens a working flow on another port.
+    let pair_c = FlowKey { local_port: xc, remote: to_b };
+    let flow_c = a.shared().udp.existing(&pair_c, Instant::now()).expect("open flow");
+    flow_c.task().expect("task").abort();
+    let gone = async {
+        while a.shared().udp.existing(&pair_c, Instant::now()).is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(PATIENCE, gone).await.expect("flow closed when its task ended");
+    assert!(flow_c.is_closed());
+    assert_ne!(flow(&a, xc, to_b).await, fc);
 
     // The largest UDP datagram, in fragments, both ways.
     let big: Vec<u8> = (0..boxer_proto::peer::MAX_UDP_PAYLOAD).map(|i| (i % 251) as u8).collect();
@@ -211,17 +231,27 @@ async fn datagrams_cross_between_two_nodes_and_back() {
     let received = received.load(Ordering::Relaxed);
     assert!(received * 100 >= BURST * 99, "only {received} of {BURST} datagrams arrived");
 
+    // The datagram to a closed port opened no flow on B: a peer cannot fill
+    // B's table by spraying ports.
+    let refused = FlowKey { local_port: closed_port, remote: SocketAddrV4::new(ip_a, x) };
+    assert!(b.shared().udp.existing(&refused, Instant::now()).is_none(), "no flow for a closed port");
+
     // A stopped node opens no flows (nothing would close them).
     a.shutdown().await;
     let late = ask(&a, ShimRequest::UdpFlow { src_port: x, dst: to_b }).await;
     assert_eq!(late, ShimResponse::Error("the node is stopping".into()));
 
-    // When A leaves, B closes its flows to A.
+    // When A leaves, B closes its flows to A; they linger: the flow
+    // socket's port still names A's app (a datagram still queued for B's
+    // app keeps its true source), and its socket stays bound.
+    let pair = FlowKey { local_port: pb, remote: from_a };
     let closed = async {
-        while ask(&b, ShimRequest::UdpPeer { port: fb.port() }).await != ShimResponse::Unknown {
+        while b.shared().udp.existing(&pair, Instant::now()).is_some() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     timeout(PATIENCE, closed).await.expect("flow closed after the peer left");
+    assert_eq!(ask(&b, ShimRequest::UdpPeer { port: fb.port() }).await, ShimResponse::Peer(from_a));
+    assert!(std::net::UdpSocket::bind(fb).is_err(), "a lingering flow keeps its port");
     b.shutdown().await;
 }
