@@ -21,8 +21,8 @@ pub const MAX_ANCESTRY_DEPTH: usize = 64;
 /// Why a caller was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallerError {
-    /// The kernel gave no pid for the peer (it is in another pid namespace
-    /// that has no mapping in ours).
+    /// The kernel gave no pid for the peer (0: it is in a pid namespace that
+    /// has no mapping in ours).
     #[error("the caller's process id is unknown (SO_PEERCRED gave none)")]
     NoPid,
     /// The caller does not descend from the runtime.
@@ -43,10 +43,27 @@ pub enum CallerError {
     },
 }
 
+/// Walks tried when a process of the chain vanishes mid-walk: a daemon's
+/// intermediate parent exits right after forking, and its child is then
+/// re-parented (to the runtime, the subreaper) before a new walk starts.
+const WALK_ATTEMPTS: usize = 3;
+
 /// Checks that `pid` is `ancestor` or one of its descendants, reading
-/// parent pids from `proc` (normally `/proc`).
+/// parent pids from `proc` (normally `/proc`). A pid of 0 is what the kernel
+/// reports for a peer in a pid namespace that ours cannot see.
 pub fn check_descends(proc: &Path, pid: Option<i32>, ancestor: i32) -> Result<(), CallerError> {
-    let first = pid.ok_or(CallerError::NoPid)?;
+    let first = pid.filter(|&p| p > 0).ok_or(CallerError::NoPid)?;
+    let mut result = walk(proc, first, ancestor);
+    for _ in 1..WALK_ATTEMPTS {
+        match &result {
+            Err(CallerError::Proc { pid, .. }) if *pid != first => result = walk(proc, first, ancestor),
+            _ => break,
+        }
+    }
+    result
+}
+
+fn walk(proc: &Path, first: i32, ancestor: i32) -> Result<(), CallerError> {
     let mut current = first;
     for _ in 0..MAX_ANCESTRY_DEPTH {
         if current == ancestor {
@@ -100,6 +117,7 @@ mod tests {
         let parent = parse_ppid(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
         assert!(matches!(check_descends(proc, Some(parent), me), Err(CallerError::Outsider { .. })));
         assert_eq!(check_descends(proc, None, me), Err(CallerError::NoPid));
+        assert_eq!(check_descends(proc, Some(0), me), Err(CallerError::NoPid));
         child.kill().unwrap();
         child.wait().unwrap();
     }

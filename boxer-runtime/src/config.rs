@@ -27,9 +27,10 @@ pub struct NodeConfig {
     pub expose: Vec<u16>,
     /// Where to keep a JSON copy of the membership table, if anywhere.
     pub status_file: Option<PathBuf>,
-    /// The node's run directory (`/etc` files the shim redirects to), made
-    /// world-readable and removed at shutdown; `None` runs no shim side
-    /// (explicit forward/expose only).
+    /// Where to create the node's run directory (`/etc` files the shim
+    /// redirects to): a fresh, world-readable `boxer-<node>-<random>`
+    /// directory inside this one, removed when the node ends (this one is
+    /// left alone). `None` runs no shim side (explicit forward/expose only).
     pub run_dir: Option<PathBuf>,
     /// Other nodes share this network namespace: the shim narrows wildcard
     /// binds to the node's loopback address.

@@ -22,15 +22,29 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// hammering the socket cannot flood the node's log.
 const REFUSALS_WARNED: u32 = 20;
 
+/// Control connections served at once. The shim's requests take
+/// microseconds and each process makes one at a time, so this is far above
+/// real use; it bounds the descriptors and tasks a process flooding the
+/// socket can take from the runtime (the socket's name is visible in
+/// `/proc/net/unix` to everyone in the namespace). Connections beyond it are
+/// closed at once (the shim then reports the runtime unreachable).
+const MAX_CONTROL_CONNECTIONS: usize = 128;
+
 /// Serves the control socket until the listener fails.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: UnixListener, name: String) {
     let refusals = Arc::new(AtomicU32::new(0));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!("control socket: {MAX_CONTROL_CONNECTIONS} requests in progress; closing a new one");
+                    continue;
+                };
                 let shared = shared.clone();
                 let refusals = refusals.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let denied = match stream.peer_cred() {
                         Ok(cred) => caller::check_descends(Path::new("/proc"), cred.pid(), std::process::id() as i32)
                             .err()
@@ -62,6 +76,14 @@ async fn answer(
     mut stream: UnixStream,
     denied: Option<String>,
 ) -> Result<(), boxer_proto::FrameError> {
+    if let Some(why) = denied {
+        // Nothing of a refused caller is read: the answer goes out at once
+        // (the shim wrote its request already and reads after it).
+        let mut out = frame::encode(&Hello::current())?;
+        frame::encode_into(&ShimResponse::Denied(why), &mut out)?;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &out).await?;
+        return Ok(());
+    }
     let read = async {
         let hello: Hello = frame::read(&mut stream).await?;
         let request = match hello.check() {
@@ -74,10 +96,9 @@ async fn answer(
         Ok::<_, boxer_proto::FrameError>(request)
     };
     let request = tokio::time::timeout(REQUEST_TIMEOUT, read).await.map_err(|_| boxer_proto::FrameError::Closed)??;
-    let response = match (request, denied) {
-        (_, Some(why)) => ShimResponse::Denied(why),
-        (Some(r), None) => handle(shared, r).await,
-        (None, None) => ShimResponse::Error("protocol version mismatch".into()),
+    let response = match request {
+        Some(r) => handle(shared, r).await,
+        None => ShimResponse::Error("protocol version mismatch".into()),
     };
     let mut out = frame::encode(&Hello::current())?;
     frame::encode_into(&response, &mut out)?;

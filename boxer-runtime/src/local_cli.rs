@@ -37,15 +37,6 @@ pub struct LocalRun {
     pub grace: u64,
 }
 
-/// A run directory we created, removed on drop.
-struct TempRunDir(PathBuf);
-
-impl Drop for TempRunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Joins, runs the command, returns its exit code.
 pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
     // Check the program before joining, so a mistake costs no cluster slot.
@@ -63,17 +54,9 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
     };
     let host = Host::probe();
     let config = &mut run.config;
-    let mut _temp = None;
     if config.run_dir.is_none() && app.is_some() {
-        let dir = std::env::temp_dir().join(format!(
-            "boxer-{}-{}-{}-{}",
-            config.cluster,
-            config.service,
-            config.index,
-            std::process::id()
-        ));
-        _temp = Some(TempRunDir(dir.clone()));
-        config.run_dir = Some(dir);
+        // The node makes its own directory inside, and removes it at the end.
+        config.run_dir = Some(std::env::temp_dir());
     }
     let (cluster, replica, rendezvous) =
         (config.cluster.clone(), format!("{}-{}", config.service, config.index), config.rendezvous.addr);

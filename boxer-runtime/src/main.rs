@@ -71,10 +71,12 @@ struct Args {
     /// Keep a JSON copy of this node's membership table at this path.
     #[arg(long, value_name = "PATH")]
     status_file: Option<PathBuf>,
-    /// The node's run directory, with the /etc files the shim shows the
-    /// program (default: a fresh directory under $TMPDIR). Made readable by
-    /// every user, so servers that drop root still see them; removed when
-    /// the node ends. The control socket itself is in the abstract namespace.
+    /// Where to make the node's run directory, with the /etc files the shim
+    /// shows the program (default: $TMPDIR). The node creates a fresh
+    /// `boxer-<node>-<random>` directory inside, readable by every user so
+    /// servers that drop root still see the files, and removes it when the
+    /// node ends; DIR itself is never changed. The control socket is in the
+    /// abstract namespace.
     #[arg(long, value_name = "DIR", env = "BOXER_RUN_DIR")]
     run_dir: Option<PathBuf>,
     /// Other nodes share this network namespace: narrow the app's wildcard
@@ -109,6 +111,13 @@ fn parse_wait_for(s: &str) -> Result<(String, u16), String> {
     let port = port.parse().map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
     if name.is_empty() {
         return Err(format!("{s:?}: empty name"));
+    }
+    if name.len() > boxer_proto::control::MAX_NAME_LEN {
+        return Err(format!(
+            "name of {} bytes: a host name has at most {}",
+            name.len(),
+            boxer_proto::control::MAX_NAME_LEN
+        ));
     }
     Ok((name.to_owned(), port))
 }

@@ -132,8 +132,29 @@ pub struct ShimFiles {
     pub control: String,
     /// Directory with `hosts`, `hostname`, `resolv.conf`.
     pub etc_dir: PathBuf,
-    /// The node's run directory, removed when the node shuts down.
-    pub run_dir: PathBuf,
+    /// The node's run directory, removed when the node shuts down or the
+    /// last handle to the node is dropped.
+    run_dir: Arc<RunDir>,
+}
+
+/// A run directory the node created; removed when dropped.
+#[derive(Debug)]
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn remove(&self) {
+        match std::fs::remove_dir_all(&self.0) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("cannot remove the run directory {}: {e}", self.0.display()),
+        }
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 /// A running node.
@@ -433,11 +454,8 @@ impl Node {
         }
         self.shared.udp.shutdown();
         // Nothing of the run directory outlives the node.
-        if let Some(files) = &self.shim
-            && let Err(e) = std::fs::remove_dir_all(&files.run_dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!("cannot remove the run directory {}: {e}", files.run_dir.display());
+        if let Some(files) = &self.shim {
+            files.run_dir.remove();
         }
     }
 }
@@ -448,45 +466,56 @@ impl Node {
 /// Nothing secret is in it; only the runtime's user may write.
 const RUN_DIR_MODE: u32 = 0o755;
 
-/// Creates the control socket and `/etc` files in `dir` and serves them.
+/// Creates the node's run directory under `parent` with the `/etc` files,
+/// and the control socket, and serves them.
 ///
-/// The control socket is in the abstract namespace, named with 64 random
-/// bits so no other process can claim the name first; it is reachable from
-/// the node's network namespace only, and [`control::serve`] answers only
-/// processes of this node.
+/// The run directory is a fresh directory with a random name that only this
+/// node uses (`parent` itself, which the user may have chosen, is never
+/// changed or removed). The control socket is in the abstract namespace,
+/// named with 64 random bits so no other process can claim the name first;
+/// it is reachable from the node's network namespace only, and
+/// [`control::serve`] answers only processes of this node.
 fn start_shim_side(
     shared: &Arc<Shared>,
-    dir: &std::path::Path,
+    parent: &std::path::Path,
     span: &tracing::Span,
     tasks: &mut Vec<tokio::task::AbortHandle>,
 ) -> Result<ShimFiles, NodeError> {
     use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let local = |what: &'static str, path: &std::path::Path| {
         let path = path.display().to_string();
         move |source| NodeError::Local { what, path, source }
     };
+    let random_hex = || -> Result<String, NodeError> {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| NodeError::Local {
+            what: "no randomness for the run directory and control socket names:",
+            path: String::new(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+    };
+    std::fs::create_dir_all(parent).map_err(local("cannot create", parent))?;
+    let dir = parent.join(format!("boxer-{}-{}", shared.joined.names[0], random_hex()?));
+    // `create`, not `create_all`: the name is new, and an existing one is an error.
+    std::fs::DirBuilder::new().mode(RUN_DIR_MODE).create(&dir).map_err(local("cannot create", &dir))?;
+    let guard = Arc::new(RunDir(dir.clone()));
     let etc_dir = dir.join("etc");
-    std::fs::create_dir_all(&etc_dir).map_err(local("cannot create", &etc_dir))?;
-    for d in [dir, etc_dir.as_path()] {
+    std::fs::DirBuilder::new().mode(RUN_DIR_MODE).create(&etc_dir).map_err(local("cannot create", &etc_dir))?;
+    // Whatever the umask was.
+    for d in [dir.as_path(), etc_dir.as_path()] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(RUN_DIR_MODE))
             .map_err(local("cannot make readable", d))?;
     }
-    if let Some(closed) = unreadable_ancestor(dir) {
+    if let Some(closed) = unreadable_ancestor(&dir) {
         warn!(
             "{} is not searchable by other users, so programs of this node that switch users cannot read their /etc files; use a run directory under {}",
             closed.display(),
             std::env::temp_dir().display()
         );
     }
-    let mut random = [0u8; 8];
-    let _ = getrandom::fill(&mut random);
-    let name = format!(
-        "boxer/{}/{}/{}",
-        shared.membership.borrow().cluster(),
-        shared.joined.names[0],
-        random.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
+    let name = format!("boxer/{}/{}/{}", shared.membership.borrow().cluster(), shared.joined.names[0], random_hex()?);
     let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
         .map_err(local("invalid control socket name", std::path::Path::new(&name)))?;
     let listener = std::os::unix::net::UnixListener::bind_addr(&address)
@@ -498,7 +527,7 @@ fn start_shim_side(
     let control = format!("@{name}");
     spawn_tracked(tasks, control::serve(shared.clone(), listener, control.clone()).instrument(span.clone()));
     spawn_tracked(tasks, etc::keep_written(shared.clone(), etc_dir.clone()).instrument(span.clone()));
-    Ok(ShimFiles { control, etc_dir, run_dir: dir.to_owned() })
+    Ok(ShimFiles { control, etc_dir, run_dir: guard })
 }
 
 /// The first directory on the way to `dir` that other users cannot search.

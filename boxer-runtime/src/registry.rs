@@ -11,9 +11,11 @@
 //!
 //! Each loopback port has at most one role: the latest registration on that
 //! port replaces whatever was there. A finished connection's role is kept
-//! (an app may ask for the peer of a socket whose peer already closed) until
-//! its port is used again; since the table is keyed by port it never holds
-//! more than 65536 entries.
+//! for [`ENDED_GRACE`] (an app may ask for the peer of a socket whose peer
+//! already closed) or until its port is used again, then forgotten, so a
+//! later connection on that port that nobody registered (a process that
+//! bypasses the shim) is never named after the old peer. Keyed by port, the
+//! table never holds more than 65536 entries.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -25,6 +27,12 @@ use boxer_proto::NodeId;
 /// after registering; one that never arrives (the app closed the socket) is
 /// dropped after this.
 pub const PENDING_TTL: Duration = Duration::from_secs(30);
+
+/// How long the role of a finished connection is still answered: an app
+/// asks for its peer's address when it accepts or soon after (to log it);
+/// a minute covers a server that reads a closed connection's last request
+/// before it asks.
+pub const ENDED_GRACE: Duration = Duration::from_secs(60);
 
 /// A connect the shim announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +55,18 @@ enum Role {
     SelfConnect,
 }
 
+/// A port's role, and when its connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    role: Role,
+    ended: Option<Instant>,
+}
+
 /// The tables, keyed by loopback port.
 #[derive(Debug, Default)]
 pub struct Registry {
     pending: HashMap<u16, Pending>,
-    roles: HashMap<u16, Role>,
+    roles: HashMap<u16, Entry>,
 }
 
 impl Registry {
@@ -59,6 +74,7 @@ impl Registry {
     pub fn register(&mut self, src_port: u16, peer: NodeId, dst: SocketAddrV4) {
         let now = Instant::now();
         self.pending.retain(|_, p| now.duration_since(p.registered) < PENDING_TTL);
+        self.roles.retain(|_, e| e.ended.is_none_or(|t| now.duration_since(t) < ENDED_GRACE));
         self.roles.remove(&src_port);
         self.pending.insert(src_port, Pending { peer, dst, registered: now });
     }
@@ -66,7 +82,7 @@ impl Registry {
     /// Claims the registration of a connection accepted from `src_port`.
     pub fn claim(&mut self, src_port: u16) -> Option<Pending> {
         let p = self.pending.remove(&src_port)?;
-        self.roles.insert(src_port, Role::Outbound(p.dst));
+        self.roles.insert(src_port, Entry { role: Role::Outbound(p.dst), ended: None });
         Some(p)
     }
 
@@ -74,13 +90,13 @@ impl Registry {
     /// to be made to a local listener.
     pub fn inbound(&mut self, local_port: u16, src: SocketAddrV4) {
         self.pending.remove(&local_port);
-        self.roles.insert(local_port, Role::Inbound(src));
+        self.roles.insert(local_port, Entry { role: Role::Inbound(src), ended: None });
     }
 
     /// The app socket on `src_port` connects to the node's own overlay address.
     pub fn self_connect(&mut self, src_port: u16) {
         self.pending.remove(&src_port);
-        self.roles.insert(src_port, Role::SelfConnect);
+        self.roles.insert(src_port, Entry { role: Role::SelfConnect, ended: None });
     }
 
     /// A listener now holds `port`: no connection uses it as a source, so an
@@ -90,21 +106,41 @@ impl Registry {
         self.roles.remove(&port);
     }
 
-    /// A finished outbound connection. Its role stays until the port is reused.
-    pub fn end_outbound(&mut self, _src_port: u16) {}
+    /// A finished outbound connection: its role is answered for [`ENDED_GRACE`] more.
+    pub fn end_outbound(&mut self, src_port: u16) {
+        self.end(src_port, Instant::now());
+    }
 
-    /// A finished inbound connection. Its role stays until the port is reused.
-    pub fn end_inbound(&mut self, _local_port: u16) {}
+    /// A finished inbound connection: its role is answered for [`ENDED_GRACE`] more.
+    pub fn end_inbound(&mut self, local_port: u16) {
+        self.end(local_port, Instant::now());
+    }
+
+    fn end(&mut self, port: u16, now: Instant) {
+        if let Some(e) = self.roles.get_mut(&port) {
+            e.ended.get_or_insert(now);
+        }
+    }
 
     /// Overlay peer of an app socket with loopback `local` and `peer` ports
     /// on a node whose overlay address is `own`; `None` when neither port
     /// has a role (not a connection the runtime or the shim set up).
     pub fn lookup(&self, own: Ipv4Addr, local_port: u16, peer_port: u16) -> Option<SocketAddrV4> {
+        self.lookup_at(own, local_port, peer_port, Instant::now())
+    }
+
+    fn lookup_at(&self, own: Ipv4Addr, local_port: u16, peer_port: u16, now: Instant) -> Option<SocketAddrV4> {
         if let Some(p) = self.pending.get(&local_port) {
             // Connected but not yet accepted by the proxy (the app may ask at once).
             return Some(p.dst);
         }
-        match (self.roles.get(&local_port), self.roles.get(&peer_port)) {
+        let role = |port| {
+            self.roles
+                .get(&port)
+                .filter(|e| e.ended.is_none_or(|t| now.duration_since(t) < ENDED_GRACE))
+                .map(|e| e.role)
+        };
+        match (role(local_port).as_ref(), role(peer_port).as_ref()) {
             (Some(Role::Outbound(dst)), _) => Some(*dst),
             // Our socket to our own listener: its peer is that listener.
             (Some(Role::SelfConnect), _) => Some(SocketAddrV4::new(own, peer_port)),
@@ -136,10 +172,14 @@ mod tests {
         assert_eq!(r.lookup(OWN, 6379, 41000), Some(src));
         r.end_outbound(40000);
         r.end_inbound(41000);
-        // A socket whose peer already closed still has its peer address.
+        // A socket whose peer already closed still has its peer address ...
         assert_eq!(r.lookup(OWN, 40000, 5555), Some(dst));
         assert_eq!(r.lookup(OWN, 6379, 41000), Some(src));
         assert_eq!(r.lookup(OWN, 7000, 7001), None, "unknown ports are not guessed");
+        // ... for a while: then an unregistered connection on that port is unknown.
+        let later = Instant::now() + ENDED_GRACE;
+        assert_eq!(r.lookup_at(OWN, 40000, 5555, later), None);
+        assert_eq!(r.lookup_at(OWN, 6379, 41000, later), None);
     }
 
     #[test]

@@ -309,15 +309,29 @@ async fn kill_adopted() {
         }
         for pid in &children {
             warn!(pid, "killing a process the program left behind");
-            // SAFETY: kill(2) and waitpid(2) on our own (adopted) children.
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-                libc::waitpid(*pid, std::ptr::null_mut(), 0);
+            // SAFETY: kill(2) on our own (adopted) child.
+            if unsafe { libc::kill(*pid, libc::SIGKILL) } != 0 {
+                warn!(pid, "cannot kill it: {}", std::io::Error::last_os_error());
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Reap without blocking: a process in uninterruptible sleep must not
+        // hold up the node's exit report.
+        let deadline = Instant::now() + ADOPTED_REAP_WAIT;
+        let mut left = children;
+        while !left.is_empty() && Instant::now() < deadline {
+            // SAFETY: waitpid(2) with WNOHANG on our own children.
+            left.retain(|pid| unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !left.is_empty() {
+            warn!(pids = ?left, "processes left behind did not die within {ADOPTED_REAP_WAIT:?}");
+            return;
+        }
     }
 }
+
+/// How long [`kill_adopted`] waits per round for killed processes to die.
+const ADOPTED_REAP_WAIT: Duration = Duration::from_secs(1);
 
 /// Pids whose parent is `parent`, from `/proc`.
 fn children_of(parent: i32) -> Vec<i32> {

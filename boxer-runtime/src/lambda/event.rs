@@ -186,6 +186,13 @@ fn parse_name_port(s: &str) -> Result<(String, u16), String> {
     if name.is_empty() {
         return Err(format!("{s:?}: empty name"));
     }
+    if name.len() > boxer_proto::control::MAX_NAME_LEN {
+        return Err(format!(
+            "name of {} bytes: a host name has at most {}",
+            name.len(),
+            boxer_proto::control::MAX_NAME_LEN
+        ));
+    }
     Ok((name.to_owned(), port))
 }
 

@@ -81,9 +81,10 @@ impl Scratch {
         Ok(Self { dir })
     }
 
-    /// The node's run directory (control socket, `/etc` files).
+    /// Where the node makes its run directory (`/etc` files): the scratch
+    /// directory itself, traversable by every user.
     pub fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        self.dir.clone()
     }
 
     /// A fresh writable working directory.

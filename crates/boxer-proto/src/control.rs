@@ -312,8 +312,8 @@ pub enum NodeMessage {
     /// `boxer status`.
     Paths(Vec<PathReport>),
     /// The node's state changed (waiting for a `wait_for` target, running,
-    /// gave up). Added after version 2's first release: the last variant, so
-    /// every earlier message encodes as before.
+    /// gave up). New in protocol version 3, as the last variant, so every
+    /// earlier message encodes as before.
     State(NodeState),
 }
 
@@ -435,7 +435,7 @@ mod tests {
     #[test]
     fn new_variants_leave_old_encodings_alone() {
         // Variant tags are positions: State came last, so an exit report
-        // still encodes as version 2's first release did.
+        // still encodes as in version 2.
         let exit = postcard::to_stdvec(&NodeMessage::Exited(ExitStatus { code: 3 })).unwrap();
         assert_eq!(exit, [4, 6]);
         let state = postcard::to_stdvec(&NodeMessage::State(NodeState::Running)).unwrap();

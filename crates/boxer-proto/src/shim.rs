@@ -127,11 +127,11 @@ pub enum ShimResponse {
     NotBoxer,
     /// Names of an address, primary first.
     Names(Vec<String>),
+    /// The request was malformed or could not be served.
+    Error(String),
     /// The runtime does not know the address asked about ([`ShimRequest::Lookup`],
     /// [`ShimRequest::UdpPeer`]): the shim reports an error rather than guess.
     Unknown,
     /// The caller is not a process of this node: the request was ignored.
     Denied(String),
-    /// The request was malformed or could not be served.
-    Error(String),
 }
