@@ -3,41 +3,16 @@
 //! use its runtime.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use boxer_e2e::*;
-
-/// A cluster run with its own state directory.
-struct Run {
-    state: Scratch,
-}
-
-impl Run {
-    fn new(tag: &str) -> Self {
-        Self { state: Scratch::new(tag) }
-    }
-
-    fn boxer(&self) -> Command {
-        let mut cmd = Command::new(bin("boxer"));
-        cmd.env("BOXER_STATE_DIR", self.state.path()).env_remove("RUST_LOG");
-        cmd
-    }
-}
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("boxer.toml")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+use boxer_e2e::up::{BoxerRun as Run, example, output_of, text};
 
 /// Stops a background `boxer up` if the test fails before it is done.
-struct StopOnDrop(std::process::Child);
+struct StopAndWait(std::process::Child);
 
-impl Drop for StopOnDrop {
+impl Drop for StopAndWait {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our child; it tears its cluster down on SIGTERM.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
@@ -105,7 +80,7 @@ fn a_process_outside_the_node_cannot_use_its_runtime() {
     )
     .unwrap();
     let up = run.boxer().arg("up").arg(&spec).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let _up = StopOnDrop(up);
+    let _up = StopAndWait(up);
     let deadline = Instant::now() + Duration::from_secs(30);
     let program = loop {
         if let Some(pid) = sleeper(marker) {
@@ -145,15 +120,6 @@ fn a_process_outside_the_node_cannot_use_its_runtime() {
     assert!(log.contains("refused a request"), "{log}");
     assert!(!log.contains("7777"), "the outsider's port was announced:\n{log}");
     assert!(run.boxer().args(["down", "outsider"]).status().unwrap().success());
-}
-
-/// The output lines of `node` in `boxer up`'s output (`node | text`,
-/// names padded to a common width).
-fn output_of<'a>(stdout: &'a str, node: &str) -> Vec<&'a str> {
-    stdout
-        .lines()
-        .filter_map(|l| l.split_once(" | ").filter(|(n, _)| n.trim_end() == node).map(|(_, text)| text))
-        .collect()
 }
 
 /// The rate and the loss iperf3's receiver reports: (Mbit/s, lost, total).

@@ -5,80 +5,11 @@
 //! runs in the NAT lab (`--net lab`, the default): namespaces with no way
 //! out of the machine.
 
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use boxer_e2e::*;
-
-/// A cluster run with its own state directory; `boxer up`'s stdout and
-/// stderr go to one file, in the order it wrote them.
-struct Run {
-    state: Scratch,
-}
-
-impl Run {
-    fn new(tag: &str) -> Self {
-        Self { state: Scratch::new(tag) }
-    }
-
-    fn boxer(&self) -> Command {
-        let mut cmd = Command::new(bin("boxer"));
-        cmd.env("BOXER_STATE_DIR", self.state.path()).env_remove("RUST_LOG");
-        cmd
-    }
-
-    /// Writes `spec` as `<state>/spec/boxer.toml`.
-    fn spec(&self, spec: &str) -> PathBuf {
-        let dir = self.state.path().join("spec");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("boxer.toml");
-        std::fs::write(&path, spec).unwrap();
-        path
-    }
-
-    /// Where [`Run::spawn`] writes the output.
-    fn output_path(&self) -> PathBuf {
-        self.state.path().join("output.txt")
-    }
-
-    /// Starts `boxer ARGS` with stdout and stderr merged into one file (one
-    /// open file shared by both: lines land in the order they are written).
-    fn spawn(&self, args: &[&str]) -> Child {
-        let out = File::create(self.output_path()).unwrap();
-        let err = out.try_clone().unwrap();
-        self.boxer().args(args).stdin(Stdio::null()).stdout(out).stderr(err).spawn().unwrap()
-    }
-
-    /// Runs `boxer ARGS` to its end (at most `limit`): exit code and output.
-    fn run(&self, args: &[&str], limit: Duration) -> (Option<i32>, String) {
-        let mut child = self.spawn(args);
-        let _stop = StopOnDrop(child.id());
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status.code(), read(&self.output_path()));
-            }
-            assert!(Instant::now() < deadline, "boxer {args:?} still running after {limit:?}:\n{}", self.output());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn output(&self) -> String {
-        read(&self.output_path())
-    }
-}
-
-/// Stops a `boxer up` (SIGTERM: it tears its cluster down) if a test ends early.
-struct StopOnDrop(u32);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our child (a no-op error if it already ended).
-        unsafe { libc::kill(self.0 as i32, libc::SIGTERM) };
-    }
-}
+use boxer_e2e::up::{BoxerRun as Run, StopOnDrop};
 
 /// Index of the first line of `text` that starts with `prefix`.
 fn line_starting(text: &str, prefix: &str) -> Option<usize> {

@@ -2,40 +2,11 @@
 //! and its output is checked. `boxer up` puts each cluster in its own network
 //! namespace with only loopback (`--net shared`, the default).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use boxer_e2e::up::{BoxerRun as Run, example, text};
 use boxer_e2e::*;
-
-/// A cluster run, with its own state directory.
-struct Run {
-    state: Scratch,
-}
-
-impl Run {
-    fn new(tag: &str) -> Self {
-        Self { state: Scratch::new(tag) }
-    }
-
-    fn boxer(&self) -> Command {
-        let mut cmd = Command::new(bin("boxer"));
-        cmd.env("BOXER_STATE_DIR", self.state.path()).env_remove("RUST_LOG");
-        cmd
-    }
-
-    fn up(&self, spec: &Path) -> Output {
-        self.boxer().arg("up").arg(spec).output().expect("boxer runs")
-    }
-}
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name).join("boxer.toml")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[test]
 fn hello_http_serves_the_page_across_nodes() {

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 pub mod lab;
 pub mod lambdalab;
 pub mod natlab;
+pub mod up;
 
 /// Set to `1` to build and use release binaries (benchmarks do).
 pub const RELEASE_ENV: &str = "BOXER_E2E_RELEASE";
