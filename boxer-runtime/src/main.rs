@@ -87,7 +87,7 @@ struct Args {
     #[arg(long, value_name = "PATH", env = "BOXER_SHIM")]
     shim: Option<PathBuf>,
     /// Start the program only once NAME resolves to a node listening on PORT. Repeatable.
-    #[arg(long, value_name = "NAME:PORT", value_parser = parse_wait_for)]
+    #[arg(long, value_name = "NAME:PORT", value_parser = boxer_runtime::wait::parse_target)]
     wait_for: Vec<(String, u16)>,
     /// Give up after waiting this long for the --wait-for targets: the node
     /// reports why and exits with code 124 without starting the program.
@@ -104,22 +104,6 @@ struct Args {
     /// The program to run on the overlay, with its arguments.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
-}
-
-fn parse_wait_for(s: &str) -> Result<(String, u16), String> {
-    let (name, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: expected NAME:PORT, e.g. db-0:6379"))?;
-    let port = port.parse().map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
-    if name.is_empty() {
-        return Err(format!("{s:?}: empty name"));
-    }
-    if name.len() > boxer_proto::control::MAX_NAME_LEN {
-        return Err(format!(
-            "name of {} bytes: a host name has at most {}",
-            name.len(),
-            boxer_proto::control::MAX_NAME_LEN
-        ));
-    }
-    Ok((name.to_owned(), port))
 }
 
 /// What this process is.

@@ -136,6 +136,25 @@ pub async fn give_up(node: &Node, error: &WaitError) -> i32 {
     WAIT_TIMEOUT_EXIT_CODE
 }
 
+/// Parses a `wait_for` target `NAME:PORT` (the runtime's `--wait-for`, the
+/// Lambda event's `wait_for`): a non-empty host name of at most 253 bytes
+/// and a port from 1 to 65535.
+pub fn parse_target(s: &str) -> Result<(String, u16), String> {
+    let (name, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: expected NAME:PORT, e.g. db-0:6379"))?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{s:?}: {port:?} is not a port"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?}: empty name"));
+    }
+    if name.len() > boxer_proto::control::MAX_NAME_LEN {
+        return Err(format!(
+            "name of {} bytes: a host name has at most {}",
+            name.len(),
+            boxer_proto::control::MAX_NAME_LEN
+        ));
+    }
+    Ok((name.to_owned(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;

@@ -119,7 +119,7 @@ fn check(event: NodeEvent) -> Result<NodeRequest, BadEvent> {
     let wait_for = event
         .wait_for
         .iter()
-        .map(|w| parse_name_port(w).map_err(|why| BadEvent::field("wait_for", why)))
+        .map(|w| crate::wait::parse_target(w).map_err(|why| BadEvent::field("wait_for", why)))
         .collect::<Result<Vec<_>, _>>()?;
     let wait_timeout = match event.wait_timeout_secs {
         Some(t) if t == 0 || t > MAX_WAIT_TIMEOUT_SECS => {
@@ -177,23 +177,6 @@ fn check(event: NodeEvent) -> Result<NodeRequest, BadEvent> {
         timeout,
         event,
     })
-}
-
-/// `NAME:PORT` with a nonzero port.
-fn parse_name_port(s: &str) -> Result<(String, u16), String> {
-    let (name, port) = s.rsplit_once(':').ok_or_else(|| format!("{s:?}: expected NAME:PORT, e.g. db-0:6379"))?;
-    let port = port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("{s:?}: {port:?} is not a port"))?;
-    if name.is_empty() {
-        return Err(format!("{s:?}: empty name"));
-    }
-    if name.len() > boxer_proto::control::MAX_NAME_LEN {
-        return Err(format!(
-            "name of {} bytes: a host name has at most {}",
-            name.len(),
-            boxer_proto::control::MAX_NAME_LEN
-        ));
-    }
-    Ok((name.to_owned(), port))
 }
 
 #[cfg(test)]
