@@ -29,6 +29,23 @@ pub fn bin_dir() -> &'static Path {
         cmd.args(["build", "--quiet", "--offline", "-p", "boxer", "-p", "boxer-runtime", "-p", "rendezvous-server"])
             .args(["-p", "boxer-shim"])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        // What `cargo test` sets for this test binary would reach build
+        // scripts (ring's reads CARGO_MANIFEST_DIR) and make this build and
+        // the next plain `cargo build` rebuild each other's dependencies.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key == "OUT_DIR"
+                || key == "CARGO_MANIFEST_DIR"
+                || key == "CARGO_MANIFEST_PATH"
+                || key == "CARGO_CRATE_NAME"
+                || key == "CARGO_PRIMARY_PACKAGE"
+                || key == "CARGO_TARGET_TMPDIR"
+                || key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_BIN_")
+            {
+                cmd.env_remove(key.as_ref());
+            }
+        }
         if release {
             cmd.arg("--release");
         }

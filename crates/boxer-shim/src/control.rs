@@ -1,6 +1,5 @@
 //! Requests to the runtime over its Unix control socket.
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -72,6 +71,25 @@ fn connect(control: &str) -> std::io::Result<UnixStream> {
     }
 }
 
+/// Writes all of `buf` with `MSG_NOSIGNAL`: the app's SIGPIPE disposition is
+/// its own, and a runtime that closed early must not kill it.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        // SAFETY: sending from a buffer we own on a socket we own.
+        let n = unsafe { libc::send(stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
 fn exchange(config: &Config, request: &ShimRequest) -> Result<ShimResponse, String> {
     let mut stream = connect(&config.control).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(CONTROL_TIMEOUT)).map_err(|e| e.to_string())?;
@@ -79,8 +97,14 @@ fn exchange(config: &Config, request: &ShimRequest) -> Result<ShimResponse, Stri
     let mut out = Vec::with_capacity(64);
     frame::encode_into(&Hello::current(), &mut out).map_err(|e| e.to_string())?;
     frame::encode_into(request, &mut out).map_err(|e| e.to_string())?;
-    stream.write_all(&out).map_err(|e| e.to_string())?;
-    let hello: Hello = frame::read_sync(&mut stream).map_err(|e| e.to_string())?;
+    // A runtime that refuses this process answers `Denied` and closes
+    // without reading, so the write may fail (EPIPE, ECONNRESET) while the
+    // answer already waits in our receive queue: read it either way.
+    let written = send_all(&stream, &out);
+    let hello: Hello = match frame::read_sync(&mut stream) {
+        Ok(hello) => hello,
+        Err(read) => return Err(written.err().map_or_else(|| read.to_string(), |e| e.to_string())),
+    };
     hello.check().map_err(|e| e.to_string())?;
     frame::read_sync(&mut stream).map_err(|e| e.to_string())
 }
