@@ -1,6 +1,7 @@
 //! Unmodified programs as Debian ships them, in the lab through `boxer up`:
-//! servers that drop root keep the overlay, and only processes of a node can
-//! use its runtime.
+//! servers that drop root keep the overlay, only processes of a node can
+//! use its runtime, and a node's own address is its overlay address however
+//! a program asks.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -156,13 +157,82 @@ fn iperf3_udp_runs_across_two_nats_with_its_loss_figure() {
     }
 }
 
+/// How Python programs find "my IP": the UDP idiom, and the interface
+/// list (`socket.if_nameindex()` asks netlink, so getifaddrs through ctypes).
+const IDENTITY_PY: &str = r#"
+import ctypes, os, socket
+
+own = os.environ["BOXER_OVERLAY_IP"]
+# "My IP": a UDP socket connected to a public address (sends nothing).
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("8.8.8.8", 80))
+print("udp idiom", s.getsockname()[0], "peer", s.getpeername()[0])
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s6.connect(("::ffff:8.8.8.8", 80))
+print("udp idiom v6", s6.getsockname()[0])
+
+# getifaddrs through ctypes: CDLL(None) looks symbols up in the process's
+# global scope, where the preloaded shim comes first (a handle to
+# libc.so.6 itself would find libc's own getifaddrs).
+class Sockaddr(ctypes.Structure):
+    _fields_ = [("family", ctypes.c_ushort), ("data", ctypes.c_ubyte * 14)]
+
+class Ifaddrs(ctypes.Structure):
+    pass
+
+Ifaddrs._fields_ = [
+    ("next", ctypes.POINTER(Ifaddrs)), ("name", ctypes.c_char_p), ("flags", ctypes.c_uint),
+    ("addr", ctypes.POINTER(Sockaddr)), ("netmask", ctypes.POINTER(Sockaddr)),
+    ("ifu", ctypes.c_void_p), ("data", ctypes.c_void_p),
+]
+libc = ctypes.CDLL(None, use_errno=True)
+head = ctypes.POINTER(Ifaddrs)()
+if libc.getifaddrs(ctypes.byref(head)) != 0:
+    raise OSError(ctypes.get_errno(), "getifaddrs")
+names, v4 = [], []
+p = head
+while p:
+    e = p.contents
+    name = e.name.decode()
+    if name not in names:
+        names.append(name)
+    if e.addr and e.addr.contents.family == socket.AF_INET:
+        v4.append("%s=%s" % (name, socket.inet_ntoa(bytes(e.addr.contents.data[2:6]))))
+    p = e.next
+libc.freeifaddrs(head)
+print("getifaddrs names", " ".join(names))
+print("getifaddrs ipv4", " ".join(v4))
+# Netlink (not covered by the shim) still shows the device's interfaces.
+print("if_nameindex", " ".join(n for _, n in socket.if_nameindex()))
+"#;
+
+/// Compiles tests/shim/probe.c into `dir`.
+fn probe(dir: &Path) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("shim/probe.c");
+    let out = dir.join("probe");
+    let status = Command::new("cc").args(["-O2", "-o"]).arg(&out).arg(&src).status().expect("cc runs");
+    assert!(status.success(), "compiling {}", src.display());
+    out
+}
+
+/// UDP between nodes, and the node's own address (which needs a node with a
+/// real interface and a default route: the lab), asked by C and Python.
 #[test]
-fn udp_request_and_reply_carry_the_senders_overlay_addresses() {
+fn udp_peers_and_the_node_s_own_address_are_overlay_addresses() {
     let run = Run::new("programs-udp-echo");
     let dir = run.state.path().join("spec");
     std::fs::create_dir_all(&dir).unwrap();
-    let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/udp_echo.py");
+    // Everything the nodes run lies beside the spec: their /tmp is their
+    // own, and only the working directory stays visible there (this
+    // repository may be a clone under /tmp).
+    let echo = dir.join("udp_echo.py");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/udp_echo.py"), &echo).unwrap();
     let echo = echo.display();
+    let probe = probe(&dir);
+    let probe = probe.display();
+    let identity = dir.join("identity.py");
+    std::fs::write(&identity, IDENTITY_PY).unwrap();
+    let identity = identity.display();
     let spec = dir.join("boxer.toml");
     std::fs::write(
         &spec,
@@ -175,6 +245,8 @@ fn udp_request_and_reply_carry_the_senders_overlay_addresses() {
              python3 {echo} ask echo-0 9000 50 512\n\
              python3 {echo} connected echo-0 9000 20 65507\n\
              python3 {echo} ask echo-0 9000 20 1460 --v6\n\
+             {probe} identity\n\
+             python3 {identity}\n\
              \"\"\"]\n\
              ",
         ),
@@ -199,4 +271,21 @@ fn udp_request_and_reply_carry_the_senders_overlay_addresses() {
     assert!(ask.contains(&format!("peer {it}:9000").as_str()), "{stdout}");
     assert!(ask.iter().any(|l| l.starts_with(&format!("local {me}:"))), "{stdout}");
     assert_eq!(stdout.matches("bad 0").count(), 3, "{stdout}");
+
+    // The node's own address, from C: every check of `probe identity` (a
+    // UDP socket connected to 8.8.8.8, both families; TCP on the real
+    // address; getifaddrs) passed ...
+    assert!(ask.contains(&"ALL CHECKS PASSED"), "probe identity:\n{stdout}");
+    assert!(ask.contains(&"ok UDP getsockname after connecting to 8.8.8.8 is the overlay address"), "{stdout}");
+    assert!(ask.contains(&"ok getifaddrs lists only boxer0 and lo"), "{stdout}");
+    // ... and from Python.
+    assert!(ask.contains(&format!("udp idiom {me} peer 8.8.8.8").as_str()), "{stdout}");
+    assert!(ask.contains(&format!("udp idiom v6 ::ffff:{me}").as_str()), "{stdout}");
+    assert!(ask.contains(&"getifaddrs names boxer0 lo"), "{stdout}");
+    let v4 = ask.iter().find_map(|l| l.strip_prefix("getifaddrs ipv4 ")).unwrap_or_else(|| panic!("{stdout}"));
+    let v4: Vec<&str> = v4.split_whitespace().collect();
+    assert!(v4[0] == format!("boxer0={me}") && v4[1..].iter().all(|a| a.starts_with("lo=127.")), "{v4:?}");
+    // The device has a real interface, which getifaddrs did not show.
+    let links = ask.iter().find_map(|l| l.strip_prefix("if_nameindex ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(links.split_whitespace().any(|n| n != "lo"), "no interface to hide: {links}");
 }

@@ -7,6 +7,10 @@
  *   probe unreachable IP PORT       connect twice, expect ENETUNREACH both times
  *   probe bench HOST PORT N         N x (connect, read 1 byte), print latencies (us)
  *   probe oneshot PORT              server that writes one byte per connection
+ *   probe identity                  the node's own address is BOXER_OVERLAY_IP by
+ *                                   every common route (run it where the node has
+ *                                   a real interface with a default route: the
+ *                                   NAT lab; it sends nothing)
  *
  * Prints "ok <check>" per passed check and "FAIL <check>: ..." per failure;
  * exits 1 if anything failed.
@@ -17,6 +21,7 @@
 #include <fcntl.h>
 #include <ifaddrs.h>
 #include <netdb.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -24,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,6 +151,125 @@ static void check_exchange(const char *name, int fd, const char *server_addr) {
     CHECK(label, strstr(line, expect_peer) && strstr(line, accepted), "client is %s, server said %s", mine, line);
     snprintf(label, sizeof label, "%s: server getsockname is its overlay address", name);
     CHECK(label, strstr(line, expect_local) != NULL, "server said %s, want %s", line, expect_local);
+}
+
+/* getifaddrs lists boxer0 first, with the overlay address `own_ip`, then
+ * loopback, and no other interface. */
+static void check_interfaces(const char *own_ip) {
+    struct ifaddrs *ifs = NULL, *i;
+    int found = 0, loopback = 0, first = 0;
+    char others[200] = "";
+    CHECK("getifaddrs succeeds", getifaddrs(&ifs) == 0, "%s", strerror(errno));
+    for (i = ifs; i; i = i->ifa_next) {
+        if (strcmp(i->ifa_name, "boxer0") == 0) {
+            first |= i == ifs;
+            if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET) {
+                char a[80];
+                fmt(i->ifa_addr, a, sizeof a);
+                *strrchr(a, ':') = 0;
+                found = strcmp(a, own_ip) == 0;
+            }
+        } else if (strcmp(i->ifa_name, "lo") == 0) {
+            loopback |= i->ifa_addr && i->ifa_addr->sa_family == AF_INET;
+        } else if (strlen(others) + strlen(i->ifa_name) + 2 < sizeof others) {
+            strcat(others, " ");
+            strcat(others, i->ifa_name);
+        }
+    }
+    freeifaddrs(ifs);
+    CHECK("getifaddrs lists boxer0 with the overlay address", found, "not found (own address %s)", own_ip);
+    CHECK("getifaddrs lists boxer0 first", first, "another interface came first");
+    CHECK("getifaddrs keeps loopback", loopback, "no IPv4 entry of lo");
+    CHECK("getifaddrs lists only boxer0 and lo", others[0] == 0, "also listed:%s", others);
+}
+
+/* The socket's real local address, asked of the kernel past the shim. */
+static void real_name(int fd, struct sockaddr_storage *ss) {
+    socklen_t len = sizeof *ss;
+    memset(ss, 0, sizeof *ss);
+    syscall(SYS_getsockname, fd, (struct sockaddr *)ss, &len);
+}
+
+static int identity(void) {
+    const char *own = getenv("BOXER_OVERLAY_IP");
+    if (!own) {
+        printf("FAIL identity: BOXER_OVERLAY_IP is not set\n");
+        return 1;
+    }
+    char shown[80], peer[80], real[80], want[120];
+    struct sockaddr_storage ss;
+
+    /* "My IP": connect a UDP socket to a public address (connect on UDP
+     * sends nothing), read its local address. The kernel picks the real
+     * interface's address; the app must see the overlay address, same port. */
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in dns = {.sin_family = AF_INET, .sin_port = htons(80)};
+    inet_aton("8.8.8.8", &dns.sin_addr);
+    CHECK("UDP connect to 8.8.8.8:80", connect(u, (void *)&dns, sizeof dns) == 0, "%s", strerror(errno));
+    real_name(u, &ss);
+    fmt((void *)&ss, real, sizeof real);
+    struct in_addr real_ip = ((struct sockaddr_in *)&ss)->sin_addr;
+    printf("real local address %s\n", real);
+    CHECK("the kernel's local address is another (the real interface's)",
+          strncmp(real, own, strlen(own)) != 0 && strncmp(real, "127.", 4) != 0 && strncmp(real, "0.", 2) != 0,
+          "got %s", real);
+    name_of(u, 0, shown, sizeof shown);
+    snprintf(want, sizeof want, "%s:%d", own, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    CHECK("UDP getsockname after connecting to 8.8.8.8 is the overlay address", strcmp(shown, want) == 0,
+          "got %s, want %s", shown, want);
+    name_of(u, 1, peer, sizeof peer);
+    CHECK("UDP getpeername of 8.8.8.8 is untouched", strcmp(peer, "8.8.8.8:80") == 0, "got %s", peer);
+    close(u);
+
+    /* The same from an IPv6 socket with a v4-mapped destination. */
+    int u6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    struct sockaddr_in6 dns6 = {.sin6_family = AF_INET6, .sin6_port = htons(80)};
+    inet_pton(AF_INET6, "::ffff:8.8.8.8", &dns6.sin6_addr);
+    CHECK("AF_INET6 UDP connect to ::ffff:8.8.8.8:80", connect(u6, (void *)&dns6, sizeof dns6) == 0, "%s",
+          strerror(errno));
+    real_name(u6, &ss);
+    name_of(u6, 0, shown, sizeof shown);
+    snprintf(want, sizeof want, "::ffff:%s:%d", own, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+    CHECK("AF_INET6 UDP getsockname is the v4-mapped overlay address", strcmp(shown, want) == 0, "got %s, want %s",
+          shown, want);
+    close(u6);
+
+    /* A TCP socket on the real address (as after connecting to a host
+     * outside the overlay; bound here so that nothing is sent). */
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in on_real = {.sin_family = AF_INET, .sin_addr = real_ip};
+    CHECK("TCP bind to the real address", bind(t, (void *)&on_real, sizeof on_real) == 0, "%s", strerror(errno));
+    real_name(t, &ss);
+    name_of(t, 0, shown, sizeof shown);
+    snprintf(want, sizeof want, "%s:%d", own, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    CHECK("TCP getsockname on the real address is the overlay address", strcmp(shown, want) == 0, "got %s, want %s",
+          shown, want);
+    close(t);
+
+    /* The wildcard stays the wildcard. */
+    int w = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in any = {.sin_family = AF_INET};
+    bind(w, (void *)&any, sizeof any);
+    name_of(w, 0, shown, sizeof shown);
+    CHECK("getsockname of a wildcard bind is the wildcard", strncmp(shown, "0.0.0.0:", 8) == 0, "got %s", shown);
+    close(w);
+
+    /* Interfaces: boxer0 and lo only, though the device has more
+     * (if_nameindex asks netlink, which the shim does not cover). */
+    check_interfaces(own);
+    struct if_nameindex *names = if_nameindex(), *n;
+    int hidden = 0;
+    printf("if_nameindex:");
+    for (n = names; n && n->if_index; n++) {
+        printf(" %s", n->if_name);
+        hidden |= strcmp(n->if_name, "lo") != 0;
+    }
+    printf("\n");
+    if (names) if_freenameindex(names);
+    CHECK("the device has an interface besides lo (so getifaddrs hid one)", hidden, "only lo");
+
+    printf("%s\n", failures ? "SOME CHECKS FAILED" : "ALL CHECKS PASSED");
+    return failures ? 1 : 0;
 }
 
 static int client(const char *host, int port, int closed, const char *unknown) {
@@ -279,24 +404,11 @@ static int client(const char *host, int port, int closed, const char *unknown) {
     CHECK("a forked child connects through the shim", WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d",
           status);
 
-    /* getifaddrs shows boxer0 with our overlay address. */
-    struct ifaddrs *ifs = NULL, *i;
-    int found = 0;
+    /* getifaddrs shows boxer0 with our overlay address, and loopback. */
     char own_ip[80];
     snprintf(own_ip, sizeof own_ip, "%s", mine);
     *strrchr(own_ip, ':') = 0;
-    if (getifaddrs(&ifs) == 0) {
-        for (i = ifs; i; i = i->ifa_next) {
-            if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && strcmp(i->ifa_name, "boxer0") == 0) {
-                char a[80];
-                fmt(i->ifa_addr, a, sizeof a);
-                *strrchr(a, ':') = 0;
-                found = strcmp(a, own_ip) == 0;
-            }
-        }
-        freeifaddrs(ifs);
-    }
-    CHECK("getifaddrs lists boxer0 with the overlay address", found, "not found (own address %s)", own_ip);
+    check_interfaces(own_ip);
 
     /* Non-overlay traffic passes through untouched: a local listener on 127.0.0.1. */
     int l = socket(AF_INET, SOCK_STREAM, 0);
@@ -374,6 +486,7 @@ static int oneshot(int port) {
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "server")) return server(atoi(argv[2]));
     if (argc == 3 && !strcmp(argv[1], "oneshot")) return oneshot(atoi(argv[2]));
+    if (argc == 2 && !strcmp(argv[1], "identity")) return identity();
     if (argc == 6 && !strcmp(argv[1], "client")) return client(argv[2], atoi(argv[3]), atoi(argv[4]), argv[5]);
     if (argc == 5 && !strcmp(argv[1], "bench")) return bench(argv[2], atoi(argv[3]), atoi(argv[4]));
     if (argc == 4 && !strcmp(argv[1], "unreachable")) {

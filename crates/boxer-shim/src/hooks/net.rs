@@ -6,7 +6,10 @@
 //! (so the runtime can tell it apart), registers `source -> overlay
 //! destination` with the runtime in one round trip, and connects the socket
 //! to the runtime's proxy. Every later address query of that socket sees the
-//! loopback address and translates it back.
+//! loopback address and translates it back. `getsockname` also shows the
+//! overlay address where the kernel would show the machine's real interface
+//! address (a socket connected outside the overlay): the node's own address
+//! is its overlay address by every route.
 
 use std::net::SocketAddrV4;
 
@@ -245,12 +248,29 @@ fn overlay_peer(config: &Config, fd: c_int, peer: SocketAddrV4) -> Option<Socket
     }
 }
 
+/// What `getsockname` shows for a local address `addr` that is not on the
+/// node's loopback address: an address of the machine's real interface
+/// becomes the overlay address, port kept. That is where the socket's
+/// traffic comes from as far as the app can tell (the idiom "connect a UDP
+/// socket to 8.8.8.8:80, read its local address" and a TCP connection to a
+/// host outside the overlay both end up here), and the node has no other
+/// address its peers can reach. Loopback, the wildcard, multicast and
+/// broadcast addresses are not the node's address and stay as they are.
+fn own_address(config: &Config, addr: SocketAddrV4) -> Option<SocketAddrV4> {
+    let ip = *addr.ip();
+    let real_interface =
+        !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip == config.overlay_ip);
+    real_interface.then(|| SocketAddrV4::new(config.overlay_ip, addr.port()))
+}
+
 /// An address on the node's loopback address whose overlay identity is unknown.
 struct Untranslatable;
 
 /// Writes the address in `s` to the app's buffer, translated to the overlay if
-/// it is on the node's loopback address (`peer`: ask the runtime who it is).
-/// Fails when a peer on the loopback address cannot be identified.
+/// it is on the node's loopback address (`peer`: ask the runtime who it is)
+/// or, for the local end (`!peer`), if it is the machine's real interface
+/// address ([`own_address`]). Fails when a peer on the loopback address
+/// cannot be identified.
 unsafe fn report(
     fd: c_int,
     s: &sockaddr_storage,
@@ -281,6 +301,7 @@ unsafe fn report(
                     set_errno(saved);
                     Some((overlay.ok_or(Untranslatable)?, family))
                 }
+                Some((addr, family)) if !peer => own_address(config, addr).map(|a| (a, family)),
                 _ => None,
             }
         }
@@ -380,7 +401,8 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
     unsafe { name_common(fd, addr, len, real::get().getpeername, true) }
 }
 
-/// `getsockname`: the node's overlay address instead of its loopback address.
+/// `getsockname`: the node's overlay address instead of its loopback address
+/// or its real interface address.
 ///
 /// # Safety
 /// Called by C with the arguments of `getsockname(2)`.
@@ -388,4 +410,44 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // SAFETY: arguments passed through from the caller.
     unsafe { name_common(fd, addr, len, real::get().getsockname, false) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CString;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            control: "/x".into(),
+            overlay_ip: Ipv4Addr::new(100, 96, 0, 7),
+            network: "100.96.0.0/12".parse().unwrap(),
+            loopback: Ipv4Addr::new(127, 100, 0, 7),
+            hostname: CString::new("web-0").unwrap(),
+            cluster: "demo".into(),
+            etc_dir: None,
+            shared_namespace: false,
+        }
+    }
+
+    #[test]
+    fn a_real_interface_address_is_shown_as_the_overlay_address() {
+        let c = config();
+        let own = |s: &str| own_address(&c, s.parse().unwrap());
+        // The lab device's, a Lambda function's, a public and a link-local address.
+        for real in ["10.0.1.2:40000", "169.254.76.1:5353", "198.18.0.9:1", "203.0.113.4:443"] {
+            let port = real.rsplit_once(':').unwrap().1;
+            assert_eq!(own(real), Some(format!("100.96.0.7:{port}").parse().unwrap()), "{real}");
+        }
+        // Not the node's address: loopback (any, including the node's own
+        // loopback address, translated elsewhere), the wildcard, groups;
+        // and the overlay address is already right.
+        for keep in
+            ["127.0.0.1:80", "127.100.0.7:80", "0.0.0.0:80", "224.0.0.251:5353", "255.255.255.255:67", "100.96.0.7:80"]
+        {
+            assert_eq!(own(keep), None, "{keep}");
+        }
+    }
 }
