@@ -113,6 +113,16 @@ fn udp(lab: &LambdaLab) {
     std::fs::create_dir_all(&files).expect("files dir");
     let echo = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/udp_echo.py");
     std::fs::copy(&echo, files.join("udp_echo.py")).expect("copy udp_echo.py");
+    // The node's own address and name as a function sees them: the UDP
+    // idiom for "my IP" (connect sends nothing) and the hostname.
+    std::fs::write(
+        files.join("own.py"),
+        "import os, socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.connect(('8.8.8.8', 80))\n\
+         print('own', s.getsockname()[0], os.environ['BOXER_OVERLAY_IP'], socket.gethostname())\n",
+    )
+    .expect("write own.py");
     let spec = spec(
         lab,
         "lambda-udp",
@@ -128,7 +138,7 @@ files = "{files}"
 command = ["python3", "udp_echo.py", "serve", "9000"]
 
 [services.ask]
-command = ["sh", "-c", "echo it $(getent hosts echo-0 | cut -d' ' -f1); python3 udp_echo.py ask echo-0 9000 20 1460"]
+command = ["sh", "-c", "echo it $(getent hosts echo-0 | cut -d' ' -f1); python3 udp_echo.py ask echo-0 9000 20 1460; python3 own.py"]
 wait_for = ["echo-0:9000"]
 main = true
 "#,
@@ -142,6 +152,9 @@ main = true
     assert!(out.contains(&format!("reply from {it}:9000")), "{out}");
     assert!(out.contains("echo-0 | from 100.96."), "{out}");
     assert!(out.contains("received 20 bad 0") || out.contains("received 19 bad 0"), "{out}");
+    let own = out.lines().find_map(|l| l.strip_prefix("ask-0  | own ")).unwrap_or_else(|| panic!("{out}"));
+    let own: Vec<&str> = own.split_whitespace().collect();
+    assert!(own.len() == 3 && own[0] == own[1] && own[0].starts_with("100.96.") && own[2] == "ask-0", "{own:?}");
 }
 
 /// A main service's exit code is `boxer up`'s; a node whose program cannot

@@ -142,7 +142,9 @@ fn static_programs_are_refused_with_advice_and_run_with_expose_and_forward() {
     );
 
     // With them: a static server and a static client across two NATs.
-    let site = run.state.path().join("site");
+    // Beside the spec: a node sees the host's /tmp only through its working
+    // directory (the spec's), and the scratch directory may be under /tmp.
+    let site = run.state.path().join("spec/site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "served by busybox httpd\n").unwrap();
     let client = format!(

@@ -23,7 +23,9 @@ pub const MAX_ANCESTRY_DEPTH: usize = 64;
 pub enum CallerError {
     /// The kernel gave no pid for the peer (0: it is in a pid namespace that
     /// has no mapping in ours).
-    #[error("the caller's process id is unknown (SO_PEERCRED gave none)")]
+    #[error(
+        "the caller is not a process of this node (it is outside the node's process namespace: SO_PEERCRED gave no pid)"
+    )]
     NoPid,
     /// The caller does not descend from the runtime.
     #[error("process {pid} is not a process of this node (it does not descend from the runtime, pid {runtime})")]

@@ -17,6 +17,7 @@ pub mod host;
 mod inbound;
 pub mod interfaces;
 pub mod lambda;
+pub mod machine;
 pub mod node;
 mod outbound;
 pub mod output;

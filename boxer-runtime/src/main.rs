@@ -98,6 +98,17 @@ struct Args {
         value_parser = clap::value_parser!(u64).range(1..=boxer_runtime::wait::MAX_WAIT_TIMEOUT_SECS)
     )]
     wait_timeout: Option<u64>,
+    /// Make the node a machine of its own before joining: its own mount
+    /// namespace with empty private /tmp, /var/tmp and /dev/shm, its own PID
+    /// namespace (the runtime is its PID 1; `ps` shows the node's processes
+    /// only) and its own hostname (the node's name). Needs root or a user
+    /// namespace of its own (`boxer up` passes it in --net lab and shared).
+    #[arg(long, env = "BOXER_ISOLATE")]
+    isolate: bool,
+    /// With --isolate: give the node its own empty, writable DIR (same owner
+    /// and mode as the host's, which must exist). Repeatable.
+    #[arg(long = "private", value_name = "DIR", requires = "isolate")]
+    private: Vec<PathBuf>,
     /// Seconds the program gets between SIGTERM and SIGKILL when the runtime stops.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     grace: u64,
@@ -200,7 +211,23 @@ fn run_main() -> anyhow::Result<i32> {
         .init();
     let args = Args::parse();
     let shim = args.shim.clone();
+    let machine = args.isolate.then(|| boxer_runtime::machine::Machine {
+        hostname: boxer_runtime::machine::hostname_for(&boxer_proto::names::replica_name(
+            args.service.as_deref().unwrap_or_default(),
+            args.index,
+        )),
+        private: args.private.clone(),
+        keep: [std::env::current_dir().ok(), Some(args.shim.clone().unwrap_or_else(boxer_runtime::app::default_shim))]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.canonicalize().ok())
+            .collect(),
+    });
     let mode = args.mode()?;
+    if let (Some(machine), Mode::Local(_)) = (&machine, &mode) {
+        // Before any thread exists: this forks, and only the child returns.
+        boxer_runtime::machine::enter(machine)?;
+    }
     // One current-thread runtime per process: QUIC bulk transfer was 10-80%
     // slower on a multi-thread runtime (cross-thread wakeups per packet).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

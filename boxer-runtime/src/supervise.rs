@@ -124,6 +124,9 @@ pub async fn run(
     if let Some(dir) = &program.workdir {
         command.current_dir(dir);
     }
+    // The join token admits members to the cluster: the runtime may get it
+    // in its environment (kept off `ps`), the program does not inherit it.
+    command.env_remove(JOIN_TOKEN_ENV);
     let has = |key: &str| program.env.iter().any(|(k, _)| k == key) || std::env::var_os(key).is_some();
     if !has("PYTHONUNBUFFERED") {
         // Output goes to a pipe, not a terminal: without this Python holds
@@ -247,6 +250,9 @@ pub async fn run(
     Ok(Outcome { exit_code: code, run_time, stopped, killed_after_grace, last_output, own_group })
 }
 
+/// The environment variable that carries the join token to the runtime.
+pub const JOIN_TOKEN_ENV: &str = "BOXER_JOIN_TOKEN";
+
 /// Makes the runtime the child subreaper of everything the program starts:
 /// a daemon that double-forks is re-parented to the runtime instead of init,
 /// so it stays a process of the node (the control socket serves only the
@@ -335,6 +341,10 @@ const ADOPTED_REAP_WAIT: Duration = Duration::from_secs(1);
 
 /// Pids whose parent is `parent`, from `/proc`.
 fn children_of(parent: i32) -> Vec<i32> {
+    if !crate::machine::proc_matches_pid_namespace() {
+        warn!("/proc is another PID namespace's: not looking for processes left behind there");
+        return vec![];
+    }
     let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
     dir.flatten()
         .filter_map(|e| {

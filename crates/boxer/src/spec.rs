@@ -15,6 +15,8 @@
 //! wait_for = ["db-0:6379"]        # start once db-0 listens on 6379
 //! wait_timeout = 120              # seconds; then give up (exit code 124), default: wait as long as it takes
 //! main = true                     # the cluster ends when its main services exit
+//! private = ["/var/lib/zookeeper"] # local nodes: an empty writable copy of each, per node
+//! isolate = true                  # local nodes: own /tmp, process table, hostname (default)
 //!
 //! [services.api]                  # a Go or static program: the shim cannot serve it,
 //! command = ["./api-server"]      # so its ports are listed (explicit mode)
@@ -115,6 +117,11 @@ pub struct Service {
     pub main: bool,
     /// NAT of this service's nodes with `--net lab` (default: `--nat`).
     pub nat: Option<NatKind>,
+    /// Local nodes run as machines of their own: private `/tmp`, `/var/tmp`
+    /// and `/dev/shm`, own process table and hostname (default: yes).
+    pub isolate: bool,
+    /// Further directories each local node gets an empty writable copy of.
+    pub private: Vec<PathBuf>,
 }
 
 impl Spec {
@@ -197,6 +204,8 @@ struct RawService {
     forward: Option<Vec<Spanned<String>>>,
     main: Option<bool>,
     nat: Option<NatKind>,
+    isolate: Option<bool>,
+    private: Option<Vec<Spanned<String>>>,
 }
 
 struct Ctx<'a> {
@@ -392,6 +401,25 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             forward_spans.insert((sname.get_ref().clone(), forward.len()), f.span());
             forward.push(spec);
         }
+        let isolate = s.isolate.unwrap_or(true);
+        let mut private: Vec<PathBuf> = Vec::new();
+        for d in s.private.iter().flatten() {
+            let pkey = format!("{key}.private");
+            let dir = PathBuf::from(d.get_ref());
+            boxer_runtime::machine::check_private(&dir)
+                .map_err(|why| ctx.error(d.span(), &pkey, format!("{:?}: {why}", d.get_ref())))?;
+            if !isolate {
+                return Err(ctx.error(
+                    d.span(),
+                    &pkey,
+                    "private directories need the node's own mount namespace: remove `isolate = false` or `private`",
+                ));
+            }
+            if private.contains(&dir) {
+                return Err(ctx.error(d.span(), &pkey, format!("{:?} is listed twice", d.get_ref())));
+            }
+            private.push(dir);
+        }
         services.push(Service {
             name: sname.get_ref().clone(),
             command,
@@ -404,6 +432,8 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             forward,
             main: s.main.unwrap_or(false),
             nat: s.nat,
+            isolate,
+            private,
         });
     }
     let lambda = match &raw.lambda {
@@ -601,6 +631,8 @@ pub fn single(name: &str, replicas: u32, command: Vec<String>, workdir: PathBuf)
             forward: vec![],
             main: true,
             nat: None,
+            isolate: true,
+            private: vec![],
         }],
         lambda: LambdaSpec::default(),
     })
@@ -644,6 +676,30 @@ nat = "strict"
         assert!(bench.main && bench.env["A"] == "1" && bench.workdir == Path::new("/tmp"));
         assert_eq!(bench.wait_for, [("db-0".to_string(), 6379), ("db".to_string(), 6379)]);
         assert_eq!((bench.nat, spec.services[1].nat), (Some(NatKind::Strict), None));
+    }
+
+    #[test]
+    fn nodes_are_isolated_by_default_and_private_directories_are_checked() {
+        let spec = parse(
+            Path::new("/tmp/boxer.toml"),
+            "[cluster]\nname = \"c\"\n[services.zk]\ncommand = [\"x\"]\nprivate = [\"/var/lib/zookeeper\"]\n\
+             [services.tool]\ncommand = [\"x\"]\nisolate = false\n",
+        )
+        .unwrap();
+        let (tool, zk) = (&spec.services[0], &spec.services[1]);
+        assert!(zk.isolate && !tool.isolate);
+        assert_eq!(zk.private, [PathBuf::from("/var/lib/zookeeper")]);
+        let base = "[cluster]\nname = \"c\"\n[services.a]\ncommand = [\"x\"]\n";
+        let relative = err(&format!("{base}private = [\"data\"]\n"));
+        assert!(relative.contains("services.a.private") && relative.contains("absolute"), "{relative}");
+        let tmp = err(&format!("{base}private = [\"/tmp/x\"]\n"));
+        assert!(tmp.contains("/tmp is already private to every node"), "{tmp}");
+        let proc = err(&format!("{base}private = [\"/proc\"]\n"));
+        assert!(proc.contains("cannot be replaced"), "{proc}");
+        let twice = err(&format!("{base}private = [\"/srv\", \"/srv\"]\n"));
+        assert!(twice.contains("listed twice"), "{twice}");
+        let shared = err(&format!("{base}isolate = false\nprivate = [\"/srv\"]\n"));
+        assert!(shared.contains("own mount namespace"), "{shared}");
     }
 
     #[test]

@@ -137,6 +137,12 @@ async fn start(spec: &Spec, options: &UpOptions, dir: &Path) -> anyhow::Result<i
     match &options.provider {
         ProviderChoice::Local => {
             let (provider, exits) = LocalProvider::new(dir.to_owned(), lab.clone().map(|l| (l, options.nat)))?;
+            if !provider.can_isolate() && spec.services.iter().any(|s| s.isolate) {
+                eprintln!(
+                    "note: --net host as an ordinary user: nodes share this machine's /tmp, process table and hostname \
+                     (run as root, or use --net lab or --net shared, to give each its own)"
+                );
+            }
             let rendezvous = ClusterRendezvous::start(spec, options, dir, lab.as_deref()).await?;
             run(spec, options, dir, started, rendezvous, lab.as_deref(), provider, exits).await
         }

@@ -1,5 +1,7 @@
 //! The local provider: every node is a `boxer-runtime` process on this
-//! machine, in the namespace `boxer up` runs in.
+//! machine, in the network namespace `boxer up` runs in (or its lab
+//! device's), and, unless its service says `isolate = false`, in mount, PID
+//! and UTS namespaces of its own (see `boxer_runtime::machine`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +26,10 @@ pub struct LocalProvider {
     /// In `--net lab`: the lab and the NAT each node gets.
     lab: Option<(Arc<LabNet>, NatKind)>,
     state_dir: PathBuf,
+    /// Whether nodes can get namespaces of their own (`--isolate`): root
+    /// here, which `boxer up` is inside the user namespace it makes for
+    /// `--net lab` and `--net shared`.
+    can_isolate: bool,
     pids: HashMap<String, i32>,
     exits: mpsc::UnboundedSender<NodeExit>,
 }
@@ -53,7 +59,16 @@ impl LocalProvider {
         lab: Option<(Arc<LabNet>, NatKind)>,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<NodeExit>)> {
         let (exits, rx) = mpsc::unbounded_channel();
-        Ok((Self { runtime: runtime_binary()?, lab, state_dir, pids: HashMap::new(), exits }, rx))
+        // SAFETY: geteuid has no preconditions.
+        let can_isolate = unsafe { libc::geteuid() } == 0;
+        Ok((Self { runtime: runtime_binary()?, lab, state_dir, can_isolate, pids: HashMap::new(), exits }, rx))
+    }
+
+    /// Whether nodes of services with `isolate = true` (the default) get
+    /// their own mount, PID and UTS namespaces; `false` only with
+    /// `--net host` as an ordinary user.
+    pub fn can_isolate(&self) -> bool {
+        self.can_isolate
     }
 
     /// The runtime log of a node.
@@ -76,7 +91,10 @@ impl Provider for LocalProvider {
         let mut cmd = tokio::process::Command::new(&self.runtime);
         cmd.arg("--rendezvous")
             .arg(join.rendezvous.to_string())
-            .args(["--fingerprint", &join.fingerprint, "--cluster", &join.cluster, "--token", &join.token])
+            .args(["--fingerprint", &join.fingerprint, "--cluster", &join.cluster])
+            // In the environment, not on the command line, where every
+            // process (a node's own, with `ps`) could read it.
+            .env(boxer_runtime::supervise::JOIN_TOKEN_ENV, &join.token)
             .args(["--service", &service.name, "--index", &index.to_string()])
             .args(match self.lab {
                 // Its own namespace: any interface, its NAT's mapping is what peers see.
@@ -86,6 +104,12 @@ impl Provider for LocalProvider {
         // No --run-dir: the runtime makes the node's run directory under the
         // system temp directory, where programs that switch users (servers
         // dropping root) can read it, and removes it when the node ends.
+        if service.isolate && self.can_isolate {
+            cmd.arg("--isolate");
+            for dir in &service.private {
+                cmd.arg("--private").arg(dir);
+            }
+        }
         for (name, port) in &service.wait_for {
             cmd.arg("--wait-for").arg(format!("{name}:{port}"));
         }

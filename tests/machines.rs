@@ -1,0 +1,155 @@
+//! Local nodes look like separate machines: three PostgreSQL replicas with
+//! the same default paths under `/tmp` run side by side, each node sees its
+//! own processes and hostname, a `private` directory is per node, and
+//! nothing of a node's namespaces or private files outlives it.
+//!
+//! One cluster for the file: the lab's set-up and three `initdb`s are the
+//! expensive part.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use boxer_e2e::up::{BoxerRun as Run, output_of, text};
+
+/// A directory that exists on every Debian host (FHS) and that the nodes
+/// replace with their own empty copy (`private`).
+const PRIVATE_DIR: &str = "/srv";
+
+/// The namespaces (as `mnt:[inode]` etc.) any process on the host is in.
+fn host_namespaces() -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        for kind in ["mnt", "pid", "uts"] {
+            if let Ok(link) = std::fs::read_link(entry.path().join("ns").join(kind)) {
+                seen.insert(link.display().to_string());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn replicas_with_the_same_tmp_paths_run_side_by_side_as_separate_machines() {
+    assert!(
+        Path::new("/usr/lib/postgresql").is_dir(),
+        "PostgreSQL is not installed (`.ci/run` installs Debian's postgresql)"
+    );
+    assert!(Path::new(PRIVATE_DIR).is_dir(), "{PRIVATE_DIR} is missing on this host");
+    let marker = format!("boxer-machines-{}", std::process::id());
+    let run = Run::new("machines");
+    // Every replica: the same data directory and socket directory under
+    // /tmp, a marker file there and in the private directory, and its view
+    // of itself (hostname, namespaces) on its output.
+    let spec = run.spec(&format!(
+        r#"[cluster]
+name = "machines"
+
+[services.db]
+replicas = 3
+private = ["{PRIVATE_DIR}"]
+command = ["sh", "-c", """
+set -e
+PATH=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1):$PATH
+echo "ns $(readlink /proc/self/ns/mnt) $(readlink /proc/self/ns/pid) $(readlink /proc/self/ns/uts)"
+touch /tmp/{marker} {PRIVATE_DIR}/{marker}-$(hostname)
+echo "private $(ls {PRIVATE_DIR} | tr '\n' ' ')"
+mkdir /tmp/data && chown postgres: /tmp/data
+runuser -u postgres -- initdb -D /tmp/data -U postgres -A trust >/dev/null
+echo "host all all 100.64.0.0/10 trust" >> /tmp/data/pg_hba.conf
+exec runuser -u postgres -- postgres -D /tmp/data -k /tmp -c listen_addresses='*' -c fsync=off
+"""]
+
+[services.check]
+main = true
+wait_for = ["db-0:5432", "db-1:5432", "db-2:5432"]
+command = ["sh", "-c", """
+set -e
+for i in 0 1 2; do
+  echo "db-$i says $(psql -h db-$i -U postgres -Atc "select inet_server_addr() || ' ' || current_setting('data_directory') || ' ' || current_setting('unix_socket_directories')" postgres)"
+done
+echo "hostname $(hostname) static $(busybox hostname) kernel $(cat /proc/sys/kernel/hostname)"
+echo "processes $(ps -e -o comm= | sort | tr '\n' ' ')"
+echo "pid1 $(cat /proc/1/comm)"
+echo "token ${{BOXER_JOIN_TOKEN:-not inherited}} $(tr '\\0' ' ' < /proc/1/cmdline | grep -c -e ' --token [0-9a-f]' || true)"
+echo "tmp $(ls -A /tmp | tr '\n' ' ')"
+"""]
+"#
+    ));
+    let out = run.up(&spec);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let check = output_of(&stdout, "check-0");
+    let line = |prefix: &str| -> String {
+        check
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{stdout}"))
+            .trim()
+            .to_owned()
+    };
+
+    // Three servers, each on its own overlay address, all with the same
+    // default paths under /tmp.
+    let mut addresses = BTreeSet::new();
+    for i in 0..3 {
+        let said = line(&format!("db-{i} says "));
+        let fields: Vec<&str> = said.split_whitespace().collect();
+        assert_eq!(fields.get(1..), Some(&["/tmp/data", "/tmp"][..]), "{said}");
+        assert!(fields[0].starts_with("100.96."), "{said}");
+        addresses.insert(fields[0].to_owned());
+    }
+    assert_eq!(addresses.len(), 3, "{stdout}");
+
+    // Its own hostname, for a static program and the kernel too.
+    assert_eq!(line("hostname "), "check-0 static check-0 kernel check-0", "{stdout}");
+    // Its own process table: the runtime as PID 1, no postgres of the other
+    // nodes, nothing of the host.
+    assert_eq!(line("pid1 "), "boxer-runtime", "{stdout}");
+    // The join token is neither inherited nor on the runtime's command line.
+    assert_eq!(line("token "), "not inherited 0", "{stdout}");
+    let processes = line("processes ");
+    assert!(!processes.contains("postgres") && !processes.contains("cargo"), "{processes}");
+    assert!(processes.split_whitespace().count() < 8, "{processes}");
+    // Its own /tmp: none of the replicas' files (no data directory, socket
+    // or marker); only its run directory and the scratch directory that
+    // holds the spec (a working directory stays visible).
+    let tmp = line("tmp ");
+    assert!(
+        tmp.split_whitespace().all(|f| f.starts_with("boxer-check-0-") || f.starts_with("boxer-machines-")),
+        "{tmp}"
+    );
+
+    // Each replica saw only its own file in the private directory; the host
+    // saw none of them.
+    let mut namespaces = BTreeSet::new();
+    for i in 0..3 {
+        let db = output_of(&stdout, &format!("db-{i}"));
+        let private = db.iter().find_map(|l| l.strip_prefix("private ")).unwrap_or_else(|| panic!("{stdout}"));
+        assert_eq!(private.trim(), format!("{marker}-db-{i}"), "{stdout}");
+        let ns = db.iter().find_map(|l| l.strip_prefix("ns ")).unwrap_or_else(|| panic!("{stdout}"));
+        namespaces.extend(ns.split_whitespace().map(str::to_owned));
+    }
+    assert_eq!(namespaces.len(), 9, "each replica has its own mount, PID and UTS namespace: {namespaces:?}");
+    assert!(!Path::new("/tmp").join(&marker).exists(), "a node's /tmp file reached the host's /tmp");
+    let leaked: Vec<_> = std::fs::read_dir(PRIVATE_DIR)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&marker))
+        .collect();
+    assert!(leaked.is_empty(), "a node's private file reached the host: {leaked:?}");
+
+    // Nothing of the nodes outlives them: no process is left in any of
+    // their namespaces (so their tmpfs mounts are gone too).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let alive: Vec<String> = host_namespaces().intersection(&namespaces).cloned().collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "namespaces of ended nodes still in use: {alive:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
