@@ -153,3 +153,63 @@ echo "tmp $(ls -A /tmp | tr '\n' ' ')"
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Pid of the process whose command line holds all of `parts` and whose
+/// parent's does not (the waiter of a node, not the runtime it forked).
+fn waiter_of(parts: &[&str]) -> Option<i32> {
+    let cmdline = |pid: i32| -> Option<String> {
+        std::fs::read(format!("/proc/{pid}/cmdline")).ok().map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+    };
+    let matches =
+        |pid: i32| cmdline(pid).is_some_and(|c| c.contains("boxer-runtime") && parts.iter().all(|p| c.contains(p)));
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        (matches(pid) && !matches(ppid)).then_some(pid)
+    })
+}
+
+/// The runtime is PID 1 of its node, which gets no signal it has no
+/// handler for: the stop signals sent to the node's pid (the waiter) reach
+/// it and stop the node gracefully; another signal ends the node.
+#[test]
+fn stop_signals_reach_a_node_whose_runtime_is_pid_1() {
+    let run = Run::new("machines-signals");
+    let spec = run.spec("[cluster]\nname = \"signals\"\n[services.a]\nreplicas = 2\ncommand = [\"sleep\", \"600\"]\n");
+    let mut up = run.spawn(&["up", spec.to_str().unwrap()]);
+    let stop = boxer_e2e::up::StopOnDrop(up.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let waiters = loop {
+        let found = (waiter_of(&["--cluster signals", "--index 0"]), waiter_of(&["--cluster signals", "--index 1"]));
+        if let (Some(a), Some(b)) = found
+            && run.output().contains("2/2 nodes joined")
+        {
+            break [a, b];
+        }
+        assert!(std::time::Instant::now() < deadline, "the nodes did not start:\n{}", run.output());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // SAFETY: kill(2) on processes of this test's cluster.
+    unsafe {
+        libc::kill(waiters[0], libc::SIGHUP);
+        libc::kill(waiters[1], libc::SIGUSR1);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let out = run.output();
+        if out.contains("a-0 | exited with code") && out.contains("a-1 | runtime exited with code") {
+            // SIGHUP: the runtime stopped its program (SIGTERM, 143) and left.
+            assert!(out.contains("a-0 | exited with code 143"), "{out}");
+            // SIGUSR1: the waiter died of it (128 + 10), the node with it.
+            assert!(out.contains("a-1 | runtime exited with code 138"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the nodes did not stop:\n{out}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(run.state.path().join("signals/nodes/a-0/runtime.log")).unwrap();
+    assert!(log.contains("hung up") && log.contains("stopping the program: SIGTERM"), "{log}");
+    drop(stop);
+    up.wait().unwrap();
+}

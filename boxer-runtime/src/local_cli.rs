@@ -12,7 +12,7 @@ use anyhow::Context;
 use boxer_proto::lambda::StopCause;
 use boxer_runtime::supervise::{self, Program};
 use boxer_runtime::{Node, NodeConfig, app, host::Host, wait};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// How long the last output and the exit status may take to reach the
 /// rendezvous: each relay drains for up to 2 s, and the rendezvous confirms
@@ -39,6 +39,11 @@ pub struct LocalRun {
 
 /// Joins, runs the command, returns its exit code.
 pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
+    // Handlers first: as PID 1 of its own namespace (--isolate) the runtime
+    // gets no signal it has no handler for, so they were kept blocked until
+    // now; stopping must work from the first moment, also while joining.
+    let mut stops = StopSignals::register()?;
+    boxer_runtime::machine::unblock_stop_signals();
     // Check the program before joining, so a mistake costs no cluster slot.
     let app = match run.command.first() {
         Some(cmd) => {
@@ -60,18 +65,21 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
     }
     let (cluster, replica, rendezvous) =
         (config.cluster.clone(), format!("{}-{}", config.service, config.index), config.rendezvous.addr);
-    let node = Node::start(run.config)
-        .await
-        .with_context(|| format!("joining cluster {cluster:?} as {replica} through rendezvous {rendezvous}"))?;
-    let mut terminate = signal(SignalKind::terminate())?;
+    let node = tokio::select! {
+        node = Node::start(run.config) => node
+            .with_context(|| format!("joining cluster {cluster:?} as {replica} through rendezvous {rendezvous}"))?,
+        (code, what) = stops.recv() => {
+            tracing::info!("{what} while joining");
+            return Ok(code);
+        }
+    };
     let name = node.joined().names[0].clone();
     let Some((path, shim)) = app else {
         tokio::select! {
             e = node.stopped() => {
                 return Err(anyhow::anyhow!("{e}")).context(format!("node {name} stopped"));
             }
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, leaving the cluster"),
-            _ = terminate.recv() => tracing::info!("terminated, leaving the cluster"),
+            (_, what) = stops.recv() => tracing::info!("{what}, leaving the cluster"),
         }
         node.shutdown().await;
         return Ok(0);
@@ -87,8 +95,11 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
                 }
                 Err(e) => return Err(e).context(format!("node {name} did not start its program")),
             },
-            _ = tokio::signal::ctrl_c() => { node.shutdown().await; return Ok(130); }
-            _ = terminate.recv() => { node.shutdown().await; return Ok(143); }
+            (code, what) = stops.recv() => {
+                tracing::info!("{what} while waiting");
+                node.shutdown().await;
+                return Ok(code);
+            }
         }
     }
 
@@ -103,10 +114,8 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
         pdeathsig: host.pdeathsig,
     };
     let stop = async {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-            _ = terminate.recv() => tracing::info!("terminated"),
-        }
+        let (_, what) = stops.recv().await;
+        tracing::info!("{what}");
         StopCause::Terminated
     };
     let outcome = supervise::run(&node, &program, stop).await?;
@@ -119,5 +128,37 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
             Ok(outcome.exit_code)
         }
         None => Ok(outcome.exit_code),
+    }
+}
+
+/// The signals that stop a local node (SIGTERM, SIGINT, SIGHUP, SIGQUIT:
+/// [`boxer_runtime::machine::STOP_SIGNALS`]), handled from the start.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+    quit: Signal,
+}
+
+impl StopSignals {
+    fn register() -> anyhow::Result<Self> {
+        let on = |kind: SignalKind| signal(kind).context("installing the runtime's signal handlers");
+        Ok(Self {
+            terminate: on(SignalKind::terminate())?,
+            interrupt: on(SignalKind::interrupt())?,
+            hangup: on(SignalKind::hangup())?,
+            quit: on(SignalKind::quit())?,
+        })
+    }
+
+    /// The next stop signal: the exit code a shell reports for it (128 + n)
+    /// and what it was.
+    async fn recv(&mut self) -> (i32, &'static str) {
+        tokio::select! {
+            _ = self.terminate.recv() => (128 + libc::SIGTERM, "terminated"),
+            _ = self.interrupt.recv() => (128 + libc::SIGINT, "interrupted"),
+            _ = self.hangup.recv() => (128 + libc::SIGHUP, "hung up"),
+            _ = self.quit.recv() => (128 + libc::SIGQUIT, "quit"),
+        }
     }
 }

@@ -103,8 +103,12 @@ struct Args {
     /// namespace (the runtime is its PID 1; `ps` shows the node's processes
     /// only) and its own hostname (the node's name). Needs root or a user
     /// namespace of its own (`boxer up` passes it in --net lab and shared).
-    #[arg(long, env = "BOXER_ISOLATE")]
+    #[arg(long)]
     isolate: bool,
+    /// Check that this host can give nodes their own namespaces (what
+    /// --isolate does, with nothing to run), exit 0 if so.
+    #[arg(long, hide = true, conflicts_with_all = ["rendezvous", "command"])]
+    probe_isolation: bool,
     /// With --isolate: give the node its own empty, writable DIR (same owner
     /// and mode as the host's, which must exist). Repeatable.
     #[arg(long = "private", value_name = "DIR", requires = "isolate")]
@@ -210,6 +214,11 @@ fn run_main() -> anyhow::Result<i32> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.probe_isolation {
+        let probe = boxer_runtime::machine::Machine { hostname: "probe".into(), private: vec![], keep: vec![] };
+        boxer_runtime::machine::enter(&probe)?;
+        return Ok(0);
+    }
     let shim = args.shim.clone();
     let machine = args.isolate.then(|| boxer_runtime::machine::Machine {
         hostname: boxer_runtime::machine::hostname_for(&boxer_proto::names::replica_name(

@@ -113,6 +113,41 @@ pub async fn up(spec: Spec, options: UpOptions) -> anyhow::Result<i32> {
     result
 }
 
+/// Says what local nodes will share with the host: all of it when this host
+/// cannot isolate them (an error if a service needs `private` directories),
+/// and `/tmp` content for a service whose working directory is a scratch
+/// directory itself.
+fn check_isolation(spec: &Spec, can: Result<(), &str>) -> anyhow::Result<()> {
+    let isolated: Vec<&crate::spec::Service> = spec.services.iter().filter(|s| s.isolate).collect();
+    if let Err(why) = can {
+        if let Some(s) = isolated.iter().find(|s| !s.private.is_empty()) {
+            anyhow::bail!(
+                "services.{}.private needs the node's own mount namespace, which this host cannot create ({why}); \
+                 run as root, use --net lab or --net shared, or remove `private`",
+                s.name
+            );
+        }
+        if !isolated.is_empty() {
+            eprintln!(
+                "note: nodes share this machine's /tmp, process table and hostname: it cannot give them their own ({why})"
+            );
+        }
+        return Ok(());
+    }
+    for s in isolated {
+        let workdir = s.workdir.canonicalize().unwrap_or_else(|_| s.workdir.clone());
+        if boxer_runtime::machine::SCRATCH_DIRS.iter().any(|d| workdir == std::path::Path::new(d)) {
+            eprintln!(
+                "note: services.{} runs in {}, which each node has its own empty copy of: relative paths still \
+                 reach the files there, absolute ones do not (move the spec into a directory of its own)",
+                s.name,
+                workdir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Builds the network and the rendezvous, then runs the cluster on the
 /// chosen provider.
 async fn start(spec: &Spec, options: &UpOptions, dir: &Path) -> anyhow::Result<i32> {
@@ -137,12 +172,7 @@ async fn start(spec: &Spec, options: &UpOptions, dir: &Path) -> anyhow::Result<i
     match &options.provider {
         ProviderChoice::Local => {
             let (provider, exits) = LocalProvider::new(dir.to_owned(), lab.clone().map(|l| (l, options.nat)))?;
-            if !provider.can_isolate() && spec.services.iter().any(|s| s.isolate) {
-                eprintln!(
-                    "note: --net host as an ordinary user: nodes share this machine's /tmp, process table and hostname \
-                     (run as root, or use --net lab or --net shared, to give each its own)"
-                );
-            }
+            check_isolation(spec, provider.can_isolate())?;
             let rendezvous = ClusterRendezvous::start(spec, options, dir, lab.as_deref()).await?;
             run(spec, options, dir, started, rendezvous, lab.as_deref(), provider, exits).await
         }

@@ -26,10 +26,9 @@ pub struct LocalProvider {
     /// In `--net lab`: the lab and the NAT each node gets.
     lab: Option<(Arc<LabNet>, NatKind)>,
     state_dir: PathBuf,
-    /// Whether nodes can get namespaces of their own (`--isolate`): root
-    /// here, which `boxer up` is inside the user namespace it makes for
-    /// `--net lab` and `--net shared`.
-    can_isolate: bool,
+    /// Whether nodes can get namespaces of their own (`--isolate`), as the
+    /// runtime found when asked to try (`--probe-isolation`), or why not.
+    can_isolate: Result<(), String>,
     pids: HashMap<String, i32>,
     exits: mpsc::UnboundedSender<NodeExit>,
 }
@@ -59,16 +58,16 @@ impl LocalProvider {
         lab: Option<(Arc<LabNet>, NatKind)>,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<NodeExit>)> {
         let (exits, rx) = mpsc::unbounded_channel();
-        // SAFETY: geteuid has no preconditions.
-        let can_isolate = unsafe { libc::geteuid() } == 0;
-        Ok((Self { runtime: runtime_binary()?, lab, state_dir, can_isolate, pids: HashMap::new(), exits }, rx))
+        let runtime = runtime_binary()?;
+        let can_isolate = probe_isolation(&runtime);
+        Ok((Self { runtime, lab, state_dir, can_isolate, pids: HashMap::new(), exits }, rx))
     }
 
     /// Whether nodes of services with `isolate = true` (the default) get
-    /// their own mount, PID and UTS namespaces; `false` only with
-    /// `--net host` as an ordinary user.
-    pub fn can_isolate(&self) -> bool {
-        self.can_isolate
+    /// their own mount, PID and UTS namespaces, or why not (`--net host` as
+    /// an ordinary user; a container without `CAP_SYS_ADMIN`).
+    pub fn can_isolate(&self) -> Result<(), &str> {
+        self.can_isolate.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// The runtime log of a node.
@@ -104,7 +103,7 @@ impl Provider for LocalProvider {
         // No --run-dir: the runtime makes the node's run directory under the
         // system temp directory, where programs that switch users (servers
         // dropping root) can read it, and removes it when the node ends.
-        if service.isolate && self.can_isolate {
+        if service.isolate && self.can_isolate.is_ok() {
             cmd.arg("--isolate");
             for dir in &service.private {
                 cmd.arg("--private").arg(dir);
@@ -123,7 +122,8 @@ impl Provider for LocalProvider {
             cmd.arg("--forward").arg(format!("{}={}:{}", f.listen, f.target, f.port));
         }
         cmd.arg("--").args(&service.command);
-        cmd.envs(&service.env)
+        cmd.env_remove("BOXER_ISOLATE")
+            .envs(&service.env)
             .env("RUST_LOG", std::env::var("BOXER_RUNTIME_LOG").unwrap_or_else(|_| "info".into()))
             .current_dir(&service.workdir)
             .stdin(Stdio::null())
@@ -192,6 +192,25 @@ impl Provider for LocalProvider {
     fn summary(&self) -> Vec<String> {
         vec![]
     }
+}
+
+/// Asks the runtime to create the namespaces of an isolated node, with
+/// nothing in them (`--probe-isolation`): root is not enough (a container
+/// without `CAP_SYS_ADMIN`, a `/proc` that may not be mounted again), and an
+/// ordinary user can only do it in the user namespace of `--net lab` or
+/// `--net shared`. The runtime's error, if any, says why not.
+fn probe_isolation(runtime: &std::path::Path) -> Result<(), String> {
+    let out = std::process::Command::new(runtime)
+        .arg("--probe-isolation")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", runtime.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    Err(why.trim().strip_prefix("error: ").unwrap_or(why.trim()).to_owned())
 }
 
 /// Time a runtime gets to stop its program and report before SIGKILL: the
