@@ -38,7 +38,7 @@ fn replicas_with_the_same_tmp_paths_run_side_by_side_as_separate_machines() {
         "PostgreSQL is not installed (`.ci/run` installs Debian's postgresql)"
     );
     assert!(Path::new(PRIVATE_DIR).is_dir(), "{PRIVATE_DIR} is missing on this host");
-    let marker = format!("boxer-machines-{}", std::process::id());
+    let marker = format!("boxer-marker-{}", std::process::id());
     let run = Run::new("machines");
     // Every replica: the same data directory and socket directory under
     // /tmp, a marker file there and in the private directory, and its view
@@ -114,13 +114,14 @@ echo "tmp $(ls -A /tmp | tr '\n' ' ')"
     assert!(!processes.contains("postgres") && !processes.contains("cargo"), "{processes}");
     assert!(processes.split_whitespace().count() < 8, "{processes}");
     // Its own /tmp: none of the replicas' files (no data directory, socket
-    // or marker); only its run directory and the scratch directory that
-    // holds the spec (a working directory stays visible).
+    // or marker). Besides its run directory it shows only what it keeps of
+    // the host's /tmp: the directories holding the spec and, when this
+    // repository is a clone under /tmp, the shim.
     let tmp = line("tmp ");
-    assert!(
-        tmp.split_whitespace().all(|f| f.starts_with("boxer-check-0-") || f.starts_with("boxer-machines-")),
-        "{tmp}"
-    );
+    for entry in tmp.split_whitespace() {
+        assert!(!entry.contains("data") && !entry.contains("PGSQL") && !entry.contains(&marker), "{tmp}");
+        assert!(entry.starts_with("boxer-check-0-") || Path::new("/tmp").join(entry).exists(), "{entry} in {tmp}");
+    }
 
     // Each replica saw only its own file in the private directory; the host
     // saw none of them.
