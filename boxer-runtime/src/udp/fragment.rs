@@ -344,6 +344,9 @@ impl<P: Copy + Eq + Hash> Reassembler<P> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

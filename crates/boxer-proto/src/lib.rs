@@ -14,6 +14,8 @@
 pub mod control;
 pub mod disco;
 pub mod frame;
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 pub mod hello;
 pub mod lambda;
 pub mod membership;

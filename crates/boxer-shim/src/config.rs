@@ -67,7 +67,9 @@ impl Config {
             return true;
         }
         let suffix = format!(".{}.{}", self.cluster, boxer_proto::names::DOMAIN);
-        name.len() > suffix.len() && name[name.len() - suffix.len()..].eq_ignore_ascii_case(&suffix)
+        // Bytes, not `str` slicing: the cut may fall inside a character.
+        name.len() > suffix.len()
+            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
     }
 }
 
@@ -87,6 +89,9 @@ pub fn init() {
 pub fn get() -> Option<&'static Config> {
     CONFIG.get_or_init(Config::from_env).as_ref()
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -114,6 +119,9 @@ mod tests {
         for no in ["example.com", "web-0.other.boxer", "100.96.0.5", "::1", "", "demo.boxer"] {
             assert!(!c.may_be_boxer_name(no), "{no}");
         }
+        // The suffix cut inside a character panicked (src/config/fuzz.rs finds it).
+        assert!(!c.may_be_boxer_name("a.\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}"));
+        assert!(c.may_be_boxer_name("\u{e9}-0.demo.boxer"));
         assert!(c.is_overlay(Ipv4Addr::new(100, 111, 255, 254)));
         assert!(!c.is_overlay(Ipv4Addr::new(100, 112, 0, 1)));
     }
