@@ -143,6 +143,7 @@ async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
         index: 0,
         local: vec![],
         listening: vec![],
+        disco_public: [7; 32],
     };
     // Opens the relay stream of a joined member (hello both ways).
     async fn relay_stream(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {

@@ -43,6 +43,9 @@ pub enum NodeError {
     /// The node's identity could not be created.
     #[error("cannot create the node's certificate: {0}")]
     Identity(#[from] boxer_net::identity::IdentityError),
+    /// The node's probe key could not be made (no system randomness).
+    #[error("cannot create the node's probe key: {0}")]
+    ProbeKey(getrandom::Error),
     /// The UDP endpoint could not be set up.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
@@ -183,6 +186,7 @@ impl Node {
     /// starts every task. Returns once the node is a member.
     pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
         let identity = Identity::generate()?;
+        let disco_secret = boxer_net::pair_keys::DiscoSecret::generate().map_err(NodeError::ProbeKey)?;
         let endpoint = NodeEndpoint::bind(config.bind, identity)?;
         let mut listeners = Vec::new();
         for spec in &config.forwards {
@@ -202,6 +206,7 @@ impl Node {
             index: config.index,
             local,
             listening: exposed.iter().copied().collect(),
+            disco_public: disco_secret.public(),
         };
         let (joined, session) = rendezvous::join(&endpoint, config.rendezvous, request).await?;
         let span = info_span!("node", name = %joined.names[0], id = %joined.node_id);
@@ -222,8 +227,14 @@ impl Node {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_BUFFER);
         let (datagram_tx, datagram_rx) = mpsc::channel(udp::INBOUND_BUFFER);
         let (punch_tx, punch_rx) = mpsc::channel(PUNCH_REQUEST_BUFFER);
-        let (pathfinder, ready) =
-            Pathfinder::new(joined.node_id, joined.disco_key, endpoint.socket().clone(), membership.clone(), punch_tx);
+        let (pathfinder, ready) = Pathfinder::new(
+            joined.node_id,
+            joined.disco_key,
+            disco_secret,
+            endpoint.socket().clone(),
+            membership.clone(),
+            punch_tx,
+        );
         let peers = Peers::new(endpoint.clone(), membership.clone(), pathfinder.clone(), inbound_tx, datagram_tx);
         let udp = Arc::new(udp::Udp::new(loopback, peers.clone(), span.clone()));
         let (to_rendezvous, outbound_rx) = mpsc::channel(OUTBOUND_BUFFER);

@@ -174,6 +174,7 @@ mod tests {
             reflexive: "192.0.2.1:1".parse().unwrap(),
             local: vec![],
             listening,
+            disco_public: [id as u8; 32],
         }
     }
 

@@ -357,6 +357,7 @@ impl Registry {
             reflexive,
             local: req.local,
             listening,
+            disco_public: req.disco_public,
         };
         let feed = cluster.feed(false);
         cluster.publish(MemberChange::Joined(member));
@@ -541,6 +542,7 @@ mod tests {
             index,
             local: vec![],
             listening: vec![80, 22, 80],
+            disco_public: [7; 32],
         }
     }
 

@@ -11,6 +11,7 @@
 //! * [`socket`]: the socket under quinn that routes each peer's packets
 //!   directly or through the relay, and sorts out path probes.
 //! * [`punch`]: hole punching, relay fallback, heartbeats and upgrades.
+//! * [`pair_keys`]: the per-pair keys path probes are tagged with.
 //! * [`relay`]: the relay stream on the rendezvous connection.
 //! * [`peers`]: one QUIC connection per peer node, dialled on demand, with the
 //!   peer's key pinned from membership.
@@ -18,6 +19,7 @@
 
 pub mod endpoint;
 pub mod identity;
+pub mod pair_keys;
 pub mod peers;
 pub mod proxy;
 pub mod punch;

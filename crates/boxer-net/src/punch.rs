@@ -29,11 +29,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use boxer_proto::disco::{DiscoKey, Probe, TX_LEN};
+use boxer_proto::disco::{DiscoKey, Probe, TX_LEN, claimed_sender};
 use boxer_proto::{Membership, NodeId};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, trace, warn};
 
+use crate::pair_keys::{DiscoSecret, PairKeys};
 use crate::socket::{PeerSocket, ReceivedProbe, Route};
 
 /// IP TTL of the first round of pings. It must carry a ping through our own
@@ -129,7 +130,8 @@ struct State {
 #[derive(Debug)]
 pub struct Pathfinder {
     me: NodeId,
-    key: DiscoKey,
+    /// Probe keys, one per pair ([`crate::pair_keys`]).
+    keys: Mutex<PairKeys>,
     socket: Arc<PeerSocket>,
     membership: watch::Receiver<Membership>,
     requests: PunchRequests,
@@ -147,6 +149,7 @@ impl Pathfinder {
     pub fn new(
         me: NodeId,
         key: DiscoKey,
+        secret: DiscoSecret,
         socket: Arc<PeerSocket>,
         membership: watch::Receiver<Membership>,
         requests: PunchRequests,
@@ -154,7 +157,7 @@ impl Pathfinder {
         let (ready, ready_rx) = mpsc::unbounded_channel();
         let this = Self {
             me,
-            key,
+            keys: Mutex::new(PairKeys::new(me, key, secret)),
             socket,
             membership,
             requests,
@@ -167,6 +170,13 @@ impl Pathfinder {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The probe key of the pair (this node, `peer`), from the key `peer`
+    /// published in membership; `None` for a non-member or a degenerate key.
+    fn pair_key(&self, peer: NodeId) -> Option<DiscoKey> {
+        let public = self.membership.borrow().get(peer)?.disco_public;
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).key(peer, &public)
     }
 
     fn bump(&self) {
@@ -322,6 +332,10 @@ impl Pathfinder {
     }
 
     fn ping(&self, peer: NodeId, addr: SocketAddr, ttl: Option<u8>) {
+        let Some(key) = self.pair_key(peer) else {
+            debug!(%peer, "no probe key for this peer (not a member, or a degenerate key): not pinging");
+            return;
+        };
         let mut tx = [0u8; TX_LEN];
         if getrandom::fill(&mut tx).is_err() {
             return;
@@ -334,7 +348,7 @@ impl Pathfinder {
             }
             s.pings.insert(tx, SentPing { peer, sent: Instant::now() });
         }
-        let packet = Probe::Ping { from: self.me, tx }.encode(&self.key);
+        let packet = Probe::Ping { from: self.me, tx }.encode(&key);
         if let Err(e) = self.socket.send_probe(addr, &packet, ttl) {
             trace!(%peer, %addr, "ping not sent: {e}");
         }
@@ -359,22 +373,28 @@ impl Pathfinder {
     }
 
     fn handle_probe(&self, from: SocketAddr, bytes: &[u8]) {
-        let probe = match Probe::decode(bytes, &self.key) {
+        // Checked under the key of the pair the probe claims: only that
+        // peer (and we) could have tagged it.
+        let Some(claimed) = claimed_sender(bytes) else { return };
+        let key = match self.pair_key(claimed) {
+            Some(key) if claimed != self.me => key,
+            _ => {
+                debug!(%from, peer = %claimed, "dropped probe from a non-member");
+                return;
+            }
+        };
+        let probe = match Probe::decode(bytes, &key) {
             Ok(p) => p,
             Err(e) => {
-                debug!(%from, "dropped probe: {e}");
+                debug!(%from, peer = %claimed, "dropped probe: {e}");
                 return;
             }
         };
         let peer = probe.from();
-        if peer == self.me || self.membership.borrow().get(peer).is_none() {
-            debug!(%from, %peer, "dropped probe from a non-member");
-            return;
-        }
         match probe {
             Probe::Ping { tx, .. } => {
                 self.socket.learn(from, peer);
-                let pong = Probe::Pong { from: self.me, tx, observed: from }.encode(&self.key);
+                let pong = Probe::Pong { from: self.me, tx, observed: from }.encode(&key);
                 if let Err(e) = self.socket.send_probe(from, &pong, None) {
                     trace!(%peer, %from, "pong not sent: {e}");
                 }
@@ -459,5 +479,93 @@ impl Pathfinder {
                 let _ = self.requests.try_send(peer);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxer_proto::disco::DiscoPublic;
+    use boxer_proto::membership::MembershipSnapshot;
+    use boxer_proto::{Fingerprint, Member};
+
+    const CLUSTER: DiscoKey = [4; 32];
+
+    fn member(id: u32, public: DiscoPublic) -> Member {
+        Member {
+            node_id: NodeId(id),
+            service: "n".into(),
+            index: id,
+            overlay_ip: std::net::Ipv4Addr::new(100, 96, 0, id as u8),
+            fingerprint: Fingerprint([id as u8; 32]),
+            reflexive: "192.0.2.1:1".parse().unwrap(),
+            local: vec![],
+            listening: vec![],
+            disco_public: public,
+        }
+    }
+
+    /// What a member knows: its secret's public half and its pair keys.
+    fn keys(id: u32) -> (DiscoPublic, PairKeys) {
+        let secret = DiscoSecret::generate().unwrap();
+        (secret.public(), PairKeys::new(NodeId(id), CLUSTER, secret))
+    }
+
+    async fn probe_at(sock: &tokio::net::UdpSocket) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 256];
+        let got = tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await.ok()?;
+        Some(buf[..got.ok()?.0].to_vec())
+    }
+
+    /// Member C knows the cluster key and its own pair keys, sees B's ping
+    /// to A, and answers and pings in A's name: B takes none of it, while
+    /// A's own probes work.
+    #[tokio::test]
+    async fn a_member_forging_probes_in_another_members_name_changes_no_path() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let (a_pub, mut a_keys) = keys(1);
+        let (c_pub, mut c_keys) = keys(3);
+        let b_secret = DiscoSecret::generate().unwrap();
+        let b_pub = b_secret.public();
+        let snapshot =
+            MembershipSnapshot { seq: 3, members: vec![member(1, a_pub), member(2, b_pub), member(3, c_pub)] };
+        let (_members_tx, members) = watch::channel(Membership::from_snapshot("demo", snapshot));
+        let (socket, _probes) = PeerSocket::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let (punch_tx, _punch_rx) = mpsc::channel(8);
+        let (b_finder, _ready) = Pathfinder::new(b, CLUSTER, b_secret, socket.clone(), members, punch_tx);
+        let a_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let c_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (a_addr, c_addr) = (a_sock.local_addr().unwrap(), c_sock.local_addr().unwrap());
+        let (ab, cb) = (a_keys.key(b, &b_pub).unwrap(), c_keys.key(b, &b_pub).unwrap());
+
+        // A forged ping "from A" (under C's key with B, or the cluster key):
+        // not answered, C's address not taken for A's.
+        for key in [cb, CLUSTER] {
+            let forged = Probe::Ping { from: a, tx: [1; TX_LEN] }.encode(&key);
+            b_finder.handle_probe(c_addr, &forged);
+            assert_eq!(probe_at(&c_sock).await, None, "a forged ping was answered");
+            assert_eq!(socket.peer_at(c_addr), None);
+        }
+
+        // B pings A; C, seeing the ping's transaction id on the path, answers
+        // in A's name first: no path. A's own answer: the direct path.
+        b_finder.ping(a, a_addr, None);
+        let ping = probe_at(&a_sock).await.expect("B pings A");
+        let Ok(Probe::Ping { from, tx }) = Probe::decode(&ping, &ab) else { panic!("not a ping under the pair key") };
+        assert_eq!(from, b);
+        for key in [cb, CLUSTER] {
+            let forged = Probe::Pong { from: a, tx, observed: a_addr }.encode(&key);
+            b_finder.handle_probe(c_addr, &forged);
+            assert_eq!(socket.route(a), None, "a forged pong chose a path");
+        }
+        let pong = Probe::Pong { from: a, tx, observed: a_addr }.encode(&ab);
+        b_finder.handle_probe(a_addr, &pong);
+        assert_eq!(socket.route(a), Some(Route::Direct(a_addr)));
+
+        // A genuine ping from A is answered under the pair key.
+        let ping = Probe::Ping { from: a, tx: [2; TX_LEN] }.encode(&ab);
+        b_finder.handle_probe(a_addr, &ping);
+        let pong = probe_at(&a_sock).await.expect("B answers A");
+        assert!(matches!(Probe::decode(&pong, &ab), Ok(Probe::Pong { from, .. }) if from == b));
     }
 }

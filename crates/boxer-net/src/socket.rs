@@ -155,6 +155,11 @@ impl PeerSocket {
         self.routes().from_addr.insert(addr, peer);
     }
 
+    /// The peer packets from `addr` are attributed to, if any.
+    pub fn peer_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.routes().from_addr.get(&addr).copied()
+    }
+
     /// Forgets every route of a peer that left.
     pub fn forget(&self, peer: NodeId) {
         let mut r = self.routes();

@@ -51,6 +51,9 @@ pub struct JoinRequest {
     pub local: Vec<SocketAddr>,
     /// TCP ports the node accepts overlay connections on from the start.
     pub listening: Vec<u16>,
+    /// The node's public key for probe authentication, published to the
+    /// other members ([`crate::disco::pair_key`]).
+    pub disco_public: crate::disco::DiscoPublic,
 }
 
 /// Read-only subscription to a cluster's membership.
@@ -271,6 +274,7 @@ pub struct Joined {
     /// Membership at admission, the node itself included.
     pub snapshot: MembershipSnapshot,
     /// The cluster's key for path probes ([`crate::disco`]); members only.
+    /// Probes are tagged with per-pair keys derived under it.
     pub disco_key: crate::disco::DiscoKey,
 }
 

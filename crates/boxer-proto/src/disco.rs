@@ -39,6 +39,39 @@ pub const KEY_LEN: usize = 32;
 /// A cluster's disco key, given to every member at admission.
 pub type DiscoKey = [u8; KEY_LEN];
 
+/// A node's public X25519 key for probe authentication, published in
+/// membership. Each pair of nodes tags its probes with a key only the two
+/// can derive ([`pair_key`]), so a member cannot forge probes in another
+/// member's name.
+pub type DiscoPublic = [u8; 32];
+
+/// Label of the pair key derivation (changes with the derivation).
+const PAIR_LABEL: &[u8] = b"boxer disco pair key v1";
+
+/// The probe key of nodes `a` and `b`: HMAC-SHA256 under the cluster's key
+/// of the pair's X25519 shared secret and both ids, lower id first, so both
+/// ends derive the same key and another cluster's pair never does.
+pub fn pair_key(cluster: &DiscoKey, shared: &[u8; 32], a: NodeId, b: NodeId) -> DiscoKey {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(cluster).expect("HMAC takes any key length");
+    mac.update(PAIR_LABEL);
+    mac.update(shared);
+    mac.update(&lo.0.to_be_bytes());
+    mac.update(&hi.0.to_be_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// The sender a probe claims, before it is checked: the receiver uses it to
+/// pick the pair key that [`Probe::decode`] then verifies the whole probe
+/// (this id included) under. `None` if `packet` is no probe.
+pub fn claimed_sender(packet: &[u8]) -> Option<NodeId> {
+    if !is_probe(packet) {
+        return None;
+    }
+    let id = packet.get(MAGIC.len() + 1..MAGIC.len() + 5)?;
+    Some(NodeId(u32::from_be_bytes(id.try_into().ok()?)))
+}
+
 /// Largest encoded probe (a pong carrying an IPv6 address).
 pub const MAX_PROBE_LEN: usize = MAGIC.len() + 1 + 4 + TX_LEN + 1 + 16 + 2 + TAG_LEN;
 
@@ -190,6 +223,20 @@ mod tests {
     use super::*;
 
     const KEY: DiscoKey = [7; KEY_LEN];
+
+    #[test]
+    fn pair_keys_agree_between_the_two_and_differ_for_anyone_else() {
+        let shared = [5u8; 32];
+        let ab = pair_key(&KEY, &shared, NodeId(1), NodeId(2));
+        assert_eq!(ab, pair_key(&KEY, &shared, NodeId(2), NodeId(1)));
+        assert_ne!(ab, pair_key(&KEY, &shared, NodeId(1), NodeId(3)));
+        assert_ne!(ab, pair_key(&[8; KEY_LEN], &shared, NodeId(1), NodeId(2)));
+        assert_ne!(ab, pair_key(&KEY, &[6; 32], NodeId(1), NodeId(2)));
+        let probe = Probe::Ping { from: NodeId(1), tx: [3; TX_LEN] }.encode(&ab);
+        assert_eq!(claimed_sender(&probe), Some(NodeId(1)));
+        assert_eq!(claimed_sender(b"QUIC"), None);
+        assert_eq!(claimed_sender(&MAGIC), None);
+    }
 
     #[test]
     fn round_trip() {

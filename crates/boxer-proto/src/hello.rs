@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the protocol spoken by this build. Bump on any change to a message
 /// that an older build would misread. 3: node states, overlay UDP (shim
-/// requests and peer datagrams), `Unknown`/`Denied` shim answers.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// requests and peer datagrams), `Unknown`/`Denied` shim answers. 4: per-pair
+/// probe keys (`disco_public` in joins and membership).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Magic bytes that open every stream, so that a stray client gets "not a Boxer
 /// peer" instead of a confusing decode error.

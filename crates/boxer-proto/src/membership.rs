@@ -74,6 +74,8 @@ pub struct Member {
     pub local: Vec<SocketAddr>,
     /// TCP ports the node accepts overlay connections on, sorted.
     pub listening: Vec<u16>,
+    /// The node's public key for probe authentication ([`crate::disco`]).
+    pub disco_public: crate::disco::DiscoPublic,
 }
 
 impl Member {
@@ -275,6 +277,7 @@ mod tests {
             reflexive: "127.0.0.1:1000".parse().unwrap(),
             local: vec![],
             listening: vec![],
+            disco_public: [id as u8; 32],
         }
     }
 

@@ -974,6 +974,7 @@ mod tests {
             reflexive: "192.0.2.1:1".parse().unwrap(),
             local: vec![],
             listening: vec![],
+            disco_public: [id as u8; 32],
         };
         view.nodes.get_mut(node).unwrap().member = Some(member);
     }
