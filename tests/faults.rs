@@ -124,3 +124,27 @@ fn a_node_killed_mid_transfer_resets_its_peers_connections_and_leaves() {
     assert!(client.contains(&"srv-0 no longer resolves"), "{out}");
     assert!(out.contains("srv-0 | runtime exited with code 137"), "{out}");
 }
+
+/// A program that crashes (SIGSEGV) after some output: its exit status and
+/// last lines reach `boxer up`, `boxer logs` and `boxer status`, and the
+/// node leaves the cluster (its name stops resolving) while the rest goes on.
+#[test]
+fn a_crashing_program_leaves_its_status_and_last_lines_and_its_node_leaves() {
+    let run = Run::new("faults-crash");
+    let spec = run.spec(
+        "[cluster]\nname = \"crash\"\n\
+         [services.crash]\ncommand = [\"python3\", \"-c\", \"import os, time\\nprint('last words', flush=True)\\ntime.sleep(1)\\nos.kill(os.getpid(), 11)\"]\n\
+         [services.main]\nmain = true\ncommand = [\"sh\", \"-c\", \"sleep 4; getent hosts crash-0 || echo crash-0 is gone\"]\n",
+    );
+    let (code, out) = run.run(&["up", spec.to_str().unwrap()], Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("crash-0 | last words"), "{out}");
+    // 128 + SIGSEGV, as a shell reports it.
+    assert!(out.contains("crash-0 | exited with code 139"), "{out}");
+    assert!(output_of(&out, "main-0").contains(&"crash-0 is gone"), "{out}");
+    let logs = run.boxer().args(["logs", "crash-0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("last words"), "{logs:?}");
+    let status = run.boxer().args(["status", "crash"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.lines().any(|l| l.starts_with("crash-0") && l.contains("exited 139")), "{status}");
+}
