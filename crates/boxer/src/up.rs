@@ -735,6 +735,9 @@ async fn run<P: Provider>(
 
     let mut all_joined = false;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Made once, not per loop turn: a `ctrl_c()` future made anew each turn
+    // misses a Ctrl-C that arrives while the loop body runs.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut interrupted = false;
     let outcome: anyhow::Result<()> = loop {
@@ -783,7 +786,7 @@ async fn run<P: Provider>(
                 view.provider_exit(exit, &printer, &progress);
             }
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => { interrupted = true; break Ok(()); }
+            _ = interrupt.recv() => { interrupted = true; break Ok(()); }
             _ = terminate.recv() => { interrupted = true; break Ok(()); }
         }
         view.note_waits(&printer, &progress);
@@ -842,6 +845,8 @@ async fn teardown<P: Provider>(
         }
         let grace = provider.stop_grace();
         let deadline = tokio::time::Instant::now() + grace;
+        // A second Ctrl-C stops by force (one stream: none is missed).
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
         while provider.running() > 0 {
             tokio::select! {
                 Some(exit) = exits.recv() => {
@@ -858,7 +863,7 @@ async fn teardown<P: Provider>(
                     provider.stop_all(true);
                     break;
                 }
-                _ = tokio::signal::ctrl_c() => {
+                Some(_) = async { match interrupt.as_mut() { Some(i) => i.recv().await, None => std::future::pending().await } } => {
                     provider.stop_all(true);
                     if provider.stops_through_rendezvous() {
                         // Nothing more to do here: the nodes end on their own.
