@@ -32,6 +32,7 @@ pub fn start_rendezvous(state_dir: &std::path::Path) -> anyhow::Result<(Rendezvo
                 state_dir,
                 admin_token: Some("bench-admin".into()),
                 socket: None,
+                persist: false,
             });
             let server = match server {
                 Ok(s) => s,

@@ -144,6 +144,7 @@ async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
         local: vec![],
         listening: vec![],
         disco_public: [7; 32],
+        rejoin: None,
     };
     // Opens the relay stream of a joined member (hello both ways).
     async fn relay_stream(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
@@ -188,5 +189,61 @@ async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
     a_send.write_all(&frame_bytes).await?;
     let got = tokio::time::timeout(SETTLE, relay::io::read(&mut b_recv)).await??;
     assert_eq!(got, Some((a.node_id, b"still here".to_vec())));
+    Ok(())
+}
+
+/// A client that claims another member's place ("rejoin as node 1") with
+/// its own certificate is refused and logged, however it words the claim;
+/// the member itself keeps its place and can rejoin.
+#[tokio::test]
+async fn replaying_another_members_identity_is_refused() -> anyhow::Result<()> {
+    use boxer_net::rendezvous::{self, RendezvousAddr, RendezvousError};
+    use boxer_proto::control::JoinRequest;
+
+    let dir = Scratch::new("hostile-replay");
+    let rdv = start_rendezvous(dir.path())?;
+    let token = rdv.create_cluster(CLUSTER)?;
+    let other_token = rdv.create_cluster("other")?;
+    let at = RendezvousAddr { addr: rdv.addr, fingerprint: rdv.fingerprint.parse()? };
+    let join = |token: &str, rejoin| JoinRequest {
+        cluster: CLUSTER.into(),
+        join_token: token.into(),
+        service: "web".into(),
+        index: 0,
+        local: vec![],
+        listening: vec![],
+        disco_public: [7; 32],
+        rejoin,
+    };
+    let honest = client();
+    let (a, session) = rendezvous::join(&honest, at, join(&token, None)).await?;
+
+    let refusal = |r: Result<_, RendezvousError>| match r {
+        Err(RendezvousError::Refused { reason, .. }) => reason,
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("an impostor was admitted"),
+    };
+    // Same name, same probe key, the member's id: another certificate.
+    let impostor = client();
+    let reason = refusal(rendezvous::join(&impostor, at, join(&token, Some(a.node_id))).await);
+    assert!(reason.contains("only as itself"), "{reason}");
+    // Another cluster's token does not help.
+    let reason = refusal(rendezvous::join(&impostor, at, join(&other_token, Some(a.node_id))).await);
+    assert!(reason.contains("wrong join token"), "{reason}");
+    // A member that never was.
+    let reason = refusal(rendezvous::join(&impostor, at, join(&token, Some(boxer_proto::NodeId(42)))).await);
+    assert!(reason.contains("no member node-42") || reason.contains("no member 42"), "{reason}");
+
+    // The member itself takes its place back on a new connection (same
+    // certificate), and its old connection is told it was superseded.
+    let (back, _new) = rendezvous::join(&honest, at, join(&token, Some(a.node_id))).await?;
+    assert_eq!((back.node_id, back.overlay_ip), (a.node_id, a.overlay_ip));
+    let reason = match tokio::time::timeout(SETTLE, session.connection().closed()).await? {
+        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
+        other => panic!("expected an application close, got {other:?}"),
+    };
+    assert!(reason.contains("superseded"), "{reason}");
+    let log = rdv.proc.stderr_text();
+    assert!(log.contains("WARN") && log.contains("only as itself"), "the attempt is logged:\n{log}");
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod host;
 mod inbound;
 pub mod interfaces;
 pub mod lambda;
+mod link;
 pub mod machine;
 pub mod node;
 mod outbound;

@@ -7,18 +7,17 @@ use std::sync::{Arc, Mutex};
 
 use boxer_net::peers::Peers;
 use boxer_net::punch::Pathfinder;
-use boxer_net::rendezvous::{self, RendezvousError, SessionReceiver, SessionSender};
+use boxer_net::rendezvous::{self, RendezvousError};
 use boxer_net::{EndpointError, Identity, NodeEndpoint};
-use boxer_proto::control::{Barrier, JoinRequest, Joined, NodeMessage, ServerMessage};
-use boxer_proto::membership::MemberChange;
+use boxer_proto::control::{Barrier, JoinRequest, Joined, NodeMessage};
 use boxer_proto::{Membership, NodeId};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::NodeConfig;
 use crate::registry::Registry;
-use crate::{control, etc, forward, inbound, outbound, status, udp};
+use crate::{control, etc, forward, inbound, link, outbound, status, udp};
 
 /// Streams from peers waiting for the runtime to take them.
 const INBOUND_BUFFER: usize = 256;
@@ -97,9 +96,37 @@ pub(crate) struct Shared {
     pub(crate) udp: Arc<udp::Udp>,
     to_rendezvous: mpsc::Sender<NodeMessage>,
     barriers: Mutex<(u32, HashMap<u32, oneshot::Sender<()>>)>,
+    /// Set once the program's exit is reported: the rendezvous then closes
+    /// the connection, and the link must not reconnect.
+    pub(crate) leaving: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// The node's path finder.
+    pub(crate) fn pathfinder(&self) -> &Arc<Pathfinder> {
+        &self.pathfinder
+    }
+
+    /// Request ids of the barrier waits not answered yet.
+    pub(crate) fn pending_barriers(&self) -> std::collections::HashSet<u32> {
+        self.barriers.lock().expect("barrier lock").1.keys().copied().collect()
+    }
+
+    /// Wakes the waiter of barrier `request_id`.
+    pub(crate) fn barrier_reached(&self, request_id: u32) {
+        let waiter = self.barriers.lock().expect("barrier lock").1.remove(&request_id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The ports the node accepts overlay connections on, sorted.
+    pub(crate) fn listening_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.exposed.lock().expect("exposed lock").keys().copied().collect();
+        ports.sort_unstable();
+        ports
+    }
+
     /// Accepts overlay connections to `port`, delivered to `target`, and
     /// announces the port if it is new.
     pub(crate) async fn listen(&self, port: u16, target: SocketAddr) {
@@ -207,8 +234,9 @@ impl Node {
             local,
             listening: exposed.iter().copied().collect(),
             disco_public: disco_secret.public(),
+            rejoin: None,
         };
-        let (joined, session) = rendezvous::join(&endpoint, config.rendezvous, request).await?;
+        let (joined, session) = rendezvous::join(&endpoint, config.rendezvous, request.clone()).await?;
         let span = info_span!("node", name = %joined.names[0], id = %joined.node_id);
         span.in_scope(|| info!(ip = %joined.overlay_ip, reflexive = %joined.reflexive, names = ?joined.names, "joined cluster {}", config.cluster));
 
@@ -250,11 +278,12 @@ impl Node {
             udp,
             to_rendezvous,
             barriers: Mutex::default(),
+            leaving: Default::default(),
         });
         let (failed_tx, failed) = watch::channel(None);
         let failed_tx = Arc::new(failed_tx);
-        let rendezvous_conn = session.connection().clone();
-        let (sender, receiver) = session.split();
+        let rejoin =
+            link::Rejoin { endpoint: endpoint.clone(), rendezvous: config.rendezvous, request, bound: local_addr };
 
         let fail = {
             let failed_tx = failed_tx.clone();
@@ -273,8 +302,11 @@ impl Node {
         // Every task of this node ends with it: a warm Lambda instance runs
         // one node after another in the same process.
         let mut tasks = Vec::new();
-        spawn_tracked(&mut tasks, send_loop(sender, outbound_rx, fail.clone()).instrument(span.clone()));
-        spawn_tracked(&mut tasks, feed_loop(shared.clone(), receiver, membership_tx, fail).instrument(span.clone()));
+        spawn_tracked(
+            &mut tasks,
+            link::run(shared.clone(), session, outbound_rx, membership_tx, rejoin, fail).instrument(span.clone()),
+        );
+        spawn_tracked(&mut tasks, report_lost_peers(shared.clone()).instrument(span.clone()));
         spawn_tracked(&mut tasks, peers.run(ready).instrument(span.clone()));
         if let Some(probes) = endpoint.take_probes() {
             spawn_tracked(&mut tasks, pathfinder.clone().run(probes).instrument(span.clone()));
@@ -284,18 +316,6 @@ impl Node {
             forward_punch_requests(punch_rx, shared.to_rendezvous.clone()).instrument(span.clone()),
         );
         spawn_tracked(&mut tasks, report_paths(shared.clone()).instrument(span.clone()));
-        {
-            let socket = endpoint.socket().clone();
-            spawn_tracked(
-                &mut tasks,
-                async move {
-                    if let Err(e) = boxer_net::relay::attach(&rendezvous_conn, &socket).await {
-                        warn!("no relay: peers without a direct path are unreachable: {e}");
-                    }
-                }
-                .instrument(span.clone()),
-            );
-        }
         spawn_tracked(&mut tasks, inbound::serve(shared.clone(), inbound_rx).instrument(span.clone()));
         spawn_tracked(&mut tasks, udp::serve(shared.clone(), datagram_rx).instrument(span.clone()));
         for (listener, spec) in listeners {
@@ -424,6 +444,7 @@ impl Node {
     /// rendezvous to record it, which it confirms by closing the connection.
     pub async fn report_exit(&self, code: i32) {
         let status = boxer_proto::control::ExitStatus { code };
+        self.shared.leaving.store(true, std::sync::atomic::Ordering::Relaxed);
         if self.shared.to_rendezvous.send(NodeMessage::Exited(status)).await.is_ok() {
             let mut failed = self.failed.clone();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(3), failed.wait_for(Option::is_some)).await;
@@ -550,44 +571,27 @@ fn unreadable_ancestor(dir: &std::path::Path) -> Option<PathBuf> {
         .map(|d| d.to_owned())
 }
 
-async fn send_loop(mut sender: SessionSender, mut rx: mpsc::Receiver<NodeMessage>, fail: impl Fn(NodeError)) {
-    use boxer_proto::control::{MAX_LOG_BATCH_BYTES, MAX_LOG_BATCH_LINES};
-    let mut next: Option<NodeMessage> = None;
-    loop {
-        let Some(mut msg) = next.take().or(rx.recv().await) else { return };
-        // Merge log lines already queued into one message, within the
-        // server's batch limits (lines arrive one by one, each <= MAX_LOG_LINE).
-        if let NodeMessage::Logs(lines) = &mut msg {
-            let mut bytes: usize = lines.iter().map(|l| l.text.len()).sum();
-            while lines.len() < MAX_LOG_BATCH_LINES {
-                match rx.try_recv() {
-                    Ok(NodeMessage::Logs(more)) => {
-                        let more_bytes: usize = more.iter().map(|l| l.text.len()).sum();
-                        if bytes + more_bytes > MAX_LOG_BATCH_BYTES || lines.len() + more.len() > MAX_LOG_BATCH_LINES {
-                            next = Some(NodeMessage::Logs(more));
-                            break;
-                        }
-                        bytes += more_bytes;
-                        lines.extend(more);
-                    }
-                    Ok(other) => {
-                        next = Some(other);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        if let Err(e) = sender.send(&msg).await {
-            return fail(e.into());
-        }
-    }
-}
-
 async fn forward_punch_requests(mut requests: mpsc::Receiver<NodeId>, to_rendezvous: mpsc::Sender<NodeMessage>) {
     while let Some(peer) = requests.recv().await {
         if to_rendezvous.send(NodeMessage::Punch { peer }).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Tells the rendezvous about peers whose direct path went silent, so that
+/// one which is gone for good leaves the membership in seconds.
+async fn report_lost_peers(shared: Arc<Shared>) {
+    let mut lost = shared.pathfinder.lost_peers();
+    loop {
+        match lost.recv().await {
+            Ok(peer) => {
+                if shared.to_rendezvous.send(NodeMessage::PeerLost { peer }).await.is_err() {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -607,62 +611,6 @@ async fn report_paths(shared: Arc<Shared>) {
             if shared.to_rendezvous.send(NodeMessage::Paths(paths)).await.is_err() {
                 return;
             }
-        }
-    }
-}
-
-async fn feed_loop(
-    shared: Arc<Shared>,
-    mut receiver: SessionReceiver,
-    membership: watch::Sender<Membership>,
-    fail: impl Fn(NodeError),
-) {
-    let cluster = membership.borrow().cluster().to_owned();
-    loop {
-        let msg = match receiver.next().await {
-            Ok(m) => m,
-            Err(e) => return fail(e.into()),
-        };
-        match msg {
-            ServerMessage::Event(event) => {
-                let mut moved = None;
-                match &event.change {
-                    MemberChange::Joined(m) => {
-                        info!(peer = %m.node_id, name = %m.replica_name(), ip = %m.overlay_ip, "member joined")
-                    }
-                    MemberChange::Left { node_id } => {
-                        info!(peer = %node_id, "member left");
-                        shared.peers.forget(*node_id);
-                        shared.udp.peer_left(*node_id);
-                    }
-                    MemberChange::Listening { node_id, ports } => debug!(peer = %node_id, ?ports, "listening"),
-                    MemberChange::Addresses { node_id, .. } => {
-                        debug!(peer = %node_id, "addresses changed");
-                        // Applied below first, so the punch sees the new candidates.
-                        moved = Some(*node_id);
-                    }
-                }
-                let mut result = Ok(());
-                membership.send_modify(|m| result = m.apply(event));
-                if let Err(e) = result {
-                    return fail(NodeError::Feed(e.to_string()));
-                }
-                if let Some(peer) = moved {
-                    shared.pathfinder.peer_moved(peer);
-                }
-            }
-            ServerMessage::Snapshot(snapshot) => {
-                warn!("fell behind the membership feed; resynchronised from a snapshot");
-                membership.send_replace(Membership::from_snapshot(&cluster, snapshot));
-            }
-            ServerMessage::Punch { peer } => shared.pathfinder.start_punch(peer),
-            ServerMessage::BarrierReached { request_id } => {
-                let waiter = shared.barriers.lock().expect("barrier lock").1.remove(&request_id);
-                if let Some(tx) = waiter {
-                    let _ = tx.send(());
-                }
-            }
-            other => return fail(NodeError::Feed(format!("unexpected message {other:?}"))),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod logstore;
 pub mod registry;
 pub mod relay;
 pub mod session;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,8 @@ use boxer_net::Identity;
 use boxer_net::identity::IdentityError;
 use boxer_net::tls::TlsError;
 use boxer_proto::{ALPN_RENDEZVOUS, Fingerprint};
-use tracing::{Instrument, info, info_span};
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span, warn};
 
 pub use registry::{Refusal, Registry};
 
@@ -51,6 +53,9 @@ pub enum ServerError {
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The saved clusters could not be read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// The UDP port could not be bound.
     #[error("cannot listen on UDP {addr}: {source}")]
     Bind {
@@ -73,7 +78,15 @@ pub struct Config {
     /// An already bound socket to serve on instead of binding `listen` (an
     /// embedding program that made it in another network namespace).
     pub socket: Option<std::net::UdpSocket>,
+    /// Keep clusters and members in the state directory
+    /// ([`store::CLUSTERS_FILE`]) and take them back at start, so runtimes
+    /// survive a restart. An embedding program whose clusters end with it
+    /// (`boxer up`) has nothing to take back and says `false`.
+    pub persist: bool,
 }
+
+/// How often away members whose grace ended are removed.
+pub const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A running rendezvous.
 #[derive(Debug, Clone)]
@@ -83,6 +96,8 @@ pub struct Rendezvous {
     admin_token: String,
     registry: Arc<Mutex<Registry>>,
     logs: logstore::LogStore,
+    /// Where clusters are saved, when they are.
+    store: Option<store::Store>,
 }
 
 fn load_or_create_token(state_dir: &Path) -> Result<String, ServerError> {
@@ -129,12 +144,27 @@ impl Rendezvous {
         let endpoint =
             quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
                 .map_err(bind_error)?;
+        let store = config.persist.then(|| store::Store::new(&dir));
+        let registry = match store.as_ref().map(store::Store::load).transpose()?.flatten() {
+            Some(saved) => {
+                let members: usize = saved.clusters.iter().map(|c| c.members.len()).sum();
+                info!(
+                    clusters = saved.clusters.len(),
+                    members,
+                    "took back the saved clusters; their members have {:?} to rejoin",
+                    registry::AWAY_GRACE
+                );
+                Registry::restore(admin_token.clone(), saved, std::time::Instant::now())
+            }
+            None => Registry::new(admin_token.clone()),
+        };
         Ok(Self {
             endpoint,
             fingerprint: identity.fingerprint(),
-            registry: Arc::new(Mutex::new(Registry::new(admin_token.clone()))),
+            registry: Arc::new(Mutex::new(registry)),
             admin_token,
             logs: logstore::LogStore::new(dir.join("logs")),
+            store,
         })
     }
 
@@ -166,6 +196,12 @@ impl Rendezvous {
     /// Serves connections until [`Rendezvous::close`] is called.
     pub async fn run(self) {
         info!(addr = ?self.local_addr().ok(), fingerprint = %self.fingerprint, "rendezvous serving");
+        let saved = self.store.clone().map(|store| {
+            let (written, saved) = watch::channel(session::lock(&self.registry).version());
+            tokio::spawn(keep_saved(self.registry.clone(), store, written).in_current_span());
+            saved
+        });
+        tokio::spawn(expire_away(self.registry.clone()).in_current_span());
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         while let Some(incoming) = self.endpoint.accept().await {
             use std::sync::atomic::Ordering;
@@ -179,9 +215,10 @@ impl Rendezvous {
             let registry = self.registry.clone();
             let remote = incoming.remote_address();
             let logs = self.logs.clone();
+            let saved = saved.clone();
             tokio::spawn(
                 async move {
-                    session::serve(registry, logs, incoming).await;
+                    session::serve(registry, logs, saved, incoming).await;
                     active.fetch_sub(1, Ordering::Relaxed);
                 }
                 .instrument(info_span!("client", %remote, node = tracing::field::Empty)),
@@ -189,8 +226,57 @@ impl Rendezvous {
         }
     }
 
-    /// Closes every connection and stops [`Rendezvous::run`].
+    /// Closes every connection and stops [`Rendezvous::run`]. The members
+    /// stay as saved: their runtimes rejoin when a rendezvous runs again on
+    /// the same state directory.
     pub fn close(&self) {
+        session::lock(&self.registry).close();
         self.endpoint.close(0u32.into(), b"rendezvous shutting down");
+    }
+}
+
+/// Writes the registry to `store` after every change, and publishes the
+/// version written. Changes that come while a write runs are written
+/// together by the next one.
+async fn keep_saved(registry: Arc<Mutex<Registry>>, store: store::Store, written: watch::Sender<u64>) {
+    let changed = session::lock(&registry).changed();
+    let mut failing = false;
+    loop {
+        changed.notified().await;
+        let (version, saved) = {
+            let r = session::lock(&registry);
+            (r.version(), r.saved())
+        };
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || store.save(&saved)).await;
+        match result {
+            Ok(Ok(())) => {
+                if failing {
+                    info!("cluster state saved again");
+                    failing = false;
+                }
+            }
+            // Joins are answered anyway (see `session::SAVE_WAIT`); a
+            // restart would lose what was not written.
+            Ok(Err(e)) => {
+                if !failing {
+                    error!("cannot save cluster state (a restart would lose the latest changes): {e}");
+                    failing = true;
+                }
+            }
+            Err(e) => warn!("cluster state writer failed: {e}"),
+        }
+        written.send_replace(version);
+    }
+}
+
+/// Removes away members whose grace ended.
+async fn expire_away(registry: Arc<Mutex<Registry>>) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    loop {
+        tick.tick().await;
+        for (cluster, node) in session::lock(&registry).expire(std::time::Instant::now()) {
+            info!(%cluster, %node, "away member did not rejoin within {:?}: removed", registry::AWAY_GRACE);
+        }
     }
 }

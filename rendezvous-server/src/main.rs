@@ -12,14 +12,17 @@ use rendezvous::{Config, Rendezvous};
 ///
 /// Clients pin the certificate fingerprint this prints at start. The TLS key
 /// is kept in the state directory, so the fingerprint survives restarts.
-/// Cluster state lives in memory only: clusters are short-lived.
+/// Clusters and their members are saved there too (clusters.json): a
+/// rendezvous restarted on the same state directory and address takes them
+/// back, and the runtimes reconnect and rejoin as the members they were.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:4740", env = "BOXER_RENDEZVOUS_LISTEN")]
     listen: SocketAddr,
-    /// Directory for the TLS key, its certificate and a generated admin token.
+    /// Directory for the TLS key, its certificate, a generated admin token
+    /// and the saved clusters.
     #[arg(long, default_value = "rendezvous-state", env = "BOXER_RENDEZVOUS_STATE")]
     state_dir: PathBuf,
     /// Token that authorises creating and deleting clusters. Without it, the
@@ -54,6 +57,7 @@ fn run_main() -> anyhow::Result<i32> {
             state_dir: args.state_dir.clone(),
             admin_token: args.admin_token.clone(),
             socket: None,
+            persist: true,
         })
         .with_context(|| format!("starting rendezvous on {} (state in {})", args.listen, args.state_dir.display()))?;
         let addr = server.local_addr().context("reading the bound address")?;

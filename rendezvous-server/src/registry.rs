@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use boxer_proto::control::{
     CloseCode, ClusterInfo, CreateClusterRequest, DEFAULT_OVERLAY, ExitStatus, JoinRequest, Joined, LogLine, NodeState,
@@ -15,7 +17,9 @@ use boxer_proto::disco::DiscoKey;
 use boxer_proto::membership::{MemberChange, MembershipEvent, MembershipSnapshot};
 use boxer_proto::{Fingerprint, Member, NodeId, names};
 use ipnet::Ipv4Net;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+
+use crate::store::{FORMAT, Saved, SavedCluster};
 
 /// Events buffered per cluster for slow subscribers. A subscriber that falls
 /// further behind gets a fresh snapshot instead (see `Lagged`), so this only
@@ -66,6 +70,45 @@ pub enum NodeOutput {
         /// The new state.
         state: NodeState,
     },
+}
+
+/// How long a member whose connection to the rendezvous was lost keeps its
+/// place (id, address, names) while its runtime reconnects. The others do
+/// not see it leave meanwhile, so their connections to it are untouched.
+/// It covers the cases a runtime survives: a restarted rendezvous (every
+/// member starts away), and one unreachable for 30 s: loss noticed after the
+/// 5 s idle timeout, plus the outage, plus the runtimes' 5 s back-off cap,
+/// with room to spare. A member that is really gone is ended sooner by a
+/// [`Registry::peer_lost`] report when anyone had a direct connection to it.
+pub const AWAY_GRACE: Duration = Duration::from_secs(60);
+
+/// How long a peer's report that its direct connection to a member went
+/// silent counts. Peers time out after 10 s and the rendezvous after 5 s,
+/// so a report usually comes after the member is away; this covers a
+/// report that comes first (a slow rendezvous connection timeout).
+pub const SUSPECT_WINDOW: Duration = Duration::from_secs(30);
+
+/// How a member's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// It closed its connection, or the rendezvous did (exit recorded,
+    /// refusal, cluster deleted): it is gone.
+    Left,
+    /// Its connection went silent: it may come back within [`AWAY_GRACE`].
+    Lost,
+}
+
+/// What [`Registry::leave`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveOutcome {
+    /// The member was removed and its departure published.
+    Removed,
+    /// The member is away: kept for [`AWAY_GRACE`] while it reconnects.
+    Away,
+    /// Nothing: a newer session of the member took over, the member or its
+    /// cluster was already gone, or the rendezvous is shutting down (its
+    /// members are to rejoin the next rendezvous process).
+    Unchanged,
 }
 
 /// Longest accepted join or admin token.
@@ -125,6 +168,11 @@ struct Cluster {
     disco_key: DiscoKey,
     /// Direct delivery to each member's session.
     mailboxes: HashMap<NodeId, MailboxSenders>,
+    /// Members whose connection was lost, with the time they are removed
+    /// unless they rejoin.
+    away: HashMap<NodeId, Instant>,
+    /// Members a peer reported silent, and when.
+    suspects: HashMap<NodeId, Instant>,
 }
 
 /// Punch requests delivered to one member's session.
@@ -134,10 +182,15 @@ pub const PUNCH_QUEUE: usize = 64;
 /// congested UDP path (and QUIC slows down).
 pub const RELAY_QUEUE: usize = 2048;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct MailboxSenders {
     punch: mpsc::Sender<NodeId>,
+    away: mpsc::Sender<NodeId>,
     relay: mpsc::Sender<RelayPacket>,
+    /// The session this mailbox belongs to.
+    session: u64,
+    /// Dropped when a newer session of the member replaces this one.
+    _current: oneshot::Sender<()>,
 }
 
 /// A relayed packet: the other node and its QUIC packet.
@@ -148,8 +201,15 @@ pub type RelayPacket = (NodeId, Vec<u8>);
 pub struct Mailbox {
     /// Peers to punch with now.
     pub punch: mpsc::Receiver<NodeId>,
+    /// Members that just went away: probe them, report them if silent.
+    pub away: mpsc::Receiver<NodeId>,
     /// Packets relayed from peers.
     pub relay: mpsc::Receiver<RelayPacket>,
+    /// Identifies the session to [`Registry::leave`].
+    pub session: u64,
+    /// Resolves (with an error) when a newer session of the same member
+    /// took over: this one must end.
+    pub superseded: oneshot::Receiver<()>,
 }
 
 impl Cluster {
@@ -211,6 +271,14 @@ impl Cluster {
 pub struct Registry {
     admin_token: String,
     clusters: HashMap<String, Cluster>,
+    /// Counts changes worth saving (see [`Registry::version`]).
+    version: u64,
+    /// Woken on every such change.
+    changed: Arc<Notify>,
+    /// The last session number given out.
+    sessions: u64,
+    /// Set by [`Registry::close`].
+    closing: bool,
 }
 
 /// Compares two secrets in time independent of where they differ.
@@ -233,10 +301,99 @@ pub fn random_token() -> String {
     hex::encode(bytes)
 }
 
+impl Cluster {
+    fn new(info: ClusterInfo, disco_key: DiscoKey) -> Self {
+        Self {
+            info,
+            next_id: 1,
+            seq: 0,
+            members: BTreeMap::new(),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            deleted: watch::channel(false).0,
+            output: broadcast::channel(LOG_BUFFER).0,
+            lifecycle: broadcast::channel(LIFECYCLE_BUFFER).0,
+            states: HashMap::new(),
+            disco_key,
+            mailboxes: HashMap::new(),
+            away: HashMap::new(),
+            suspects: HashMap::new(),
+        }
+    }
+
+    /// Removes a member and publishes that it left.
+    fn remove(&mut self, node_id: NodeId) {
+        self.mailboxes.remove(&node_id);
+        self.states.remove(&node_id);
+        self.away.remove(&node_id);
+        self.suspects.remove(&node_id);
+        if self.members.contains_key(&node_id) {
+            self.publish(MemberChange::Left { node_id });
+        }
+    }
+}
+
 impl Registry {
     /// An empty registry guarded by `admin_token`.
     pub fn new(admin_token: String) -> Self {
-        Self { admin_token, clusters: HashMap::new() }
+        Self { admin_token, clusters: HashMap::new(), version: 0, changed: Arc::default(), sessions: 0, closing: false }
+    }
+
+    /// A registry with the clusters of `saved` (a restarted rendezvous).
+    /// Every member is away until it rejoins, for at most [`AWAY_GRACE`]
+    /// from `now`.
+    pub fn restore(admin_token: String, saved: Saved, now: Instant) -> Self {
+        let mut registry = Self::new(admin_token);
+        for c in saved.clusters {
+            let mut cluster = Cluster::new(c.info, c.disco_key);
+            cluster.next_id = c.next_id;
+            cluster.seq = c.seq;
+            for m in c.members {
+                cluster.away.insert(m.node_id, now + AWAY_GRACE);
+                cluster.members.insert(m.node_id, m);
+            }
+            registry.clusters.insert(cluster.info.name.clone(), cluster);
+        }
+        registry
+    }
+
+    /// What [`Registry::restore`] needs, as of now.
+    pub fn saved(&self) -> Saved {
+        let mut clusters: Vec<SavedCluster> = self
+            .clusters
+            .values()
+            .map(|c| SavedCluster {
+                info: c.info.clone(),
+                next_id: c.next_id,
+                seq: c.seq,
+                disco_key: c.disco_key,
+                members: c.members.values().cloned().collect(),
+            })
+            .collect();
+        clusters.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+        Saved { format: FORMAT, clusters }
+    }
+
+    /// Counts every change to what [`Registry::saved`] returns: clusters,
+    /// members and their addresses and ports. A saver compares it with the
+    /// version it last wrote.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Woken whenever [`Registry::version`] moves.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    fn touch(&mut self) {
+        self.version += 1;
+        self.changed.notify_one();
+    }
+
+    /// The rendezvous is shutting down: sessions that end from now on leave
+    /// their members in place (saved), to rejoin the next process.
+    pub fn close(&mut self) {
+        self.closing = true;
     }
 
     fn check_admin(&self, token: &str) -> Result<(), Refusal> {
@@ -276,20 +433,8 @@ impl Registry {
             None => random_token(),
         };
         let info = ClusterInfo { name: req.name.clone(), network, join_token };
-        let cluster = Cluster {
-            info: info.clone(),
-            next_id: 1,
-            seq: 0,
-            members: BTreeMap::new(),
-            events: broadcast::channel(EVENT_BUFFER).0,
-            deleted: watch::channel(false).0,
-            output: broadcast::channel(LOG_BUFFER).0,
-            lifecycle: broadcast::channel(LIFECYCLE_BUFFER).0,
-            states: HashMap::new(),
-            disco_key: random_key(),
-            mailboxes: HashMap::new(),
-        };
-        self.clusters.insert(req.name, cluster);
+        self.clusters.insert(req.name, Cluster::new(info.clone(), random_key()));
+        self.touch();
         Ok(info)
     }
 
@@ -301,6 +446,7 @@ impl Registry {
             .remove(name)
             .ok_or_else(|| Refusal::new(CloseCode::UnknownCluster, format!("no cluster named {name:?}")))?;
         cluster.deleted.send_replace(true);
+        self.touch();
         Ok(())
     }
 
@@ -323,11 +469,22 @@ impl Registry {
                 format!("wrong join token for cluster {cluster_name:?}"),
             ));
         }
+        if let Some(id) = req.rejoin {
+            let joined = Self::rejoin(cluster, req, id, fingerprint, reflexive)?;
+            self.touch();
+            let feed = self.clusters.get(&cluster_name).expect("found above").feed(false);
+            return Ok((joined, feed));
+        }
         let replica = names::replica_name(&req.service, req.index);
         if let Some(m) = cluster.members.values().find(|m| m.service == req.service && m.index == req.index) {
+            let away = if cluster.away.contains_key(&m.node_id) {
+                format!(", away: it keeps its place for up to {AWAY_GRACE:?} after losing the rendezvous")
+            } else {
+                String::new()
+            };
             return Err(Refusal::new(
                 CloseCode::Conflict,
-                format!("{replica} is already a member of cluster {cluster_name:?} ({})", m.node_id),
+                format!("{replica} is already a member of cluster {cluster_name:?} ({}{away})", m.node_id),
             ));
         }
         if let Some(m) = cluster.members.values().find(|m| m.fingerprint == fingerprint) {
@@ -370,31 +527,158 @@ impl Registry {
             snapshot: cluster.snapshot(),
             disco_key: cluster.disco_key,
         };
+        self.touch();
         Ok((joined, feed))
     }
 
-    /// Removes a node (its connection ended). Unknown nodes are ignored: the
-    /// cluster may have been deleted meanwhile.
-    pub fn leave(&mut self, cluster: &str, node_id: NodeId) {
-        if let Some(c) = self.clusters.get_mut(cluster) {
-            c.mailboxes.remove(&node_id);
-            c.states.remove(&node_id);
-            if c.members.contains_key(&node_id) {
-                c.publish(MemberChange::Left { node_id });
-            }
+    /// Takes member `id` back for the node that proved (by its certificate)
+    /// to be it: same id, address and names; its addresses and ports are
+    /// brought up to date. Anyone else asking for `id` is refused.
+    fn rejoin(
+        cluster: &mut Cluster,
+        req: JoinRequest,
+        id: NodeId,
+        fingerprint: Fingerprint,
+        reflexive: SocketAddr,
+    ) -> Result<Joined, Refusal> {
+        let name = cluster.info.name.clone();
+        let Some(member) = cluster.members.get(&id).cloned() else {
+            return Err(Refusal::new(
+                CloseCode::NotAMember,
+                format!(
+                    "cluster {name:?} has no member {id} any more: it was away longer than {AWAY_GRACE:?}, or a peer found it gone; start the node again to join as a new member"
+                ),
+            ));
+        };
+        if member.fingerprint != fingerprint {
+            return Err(Refusal::new(
+                CloseCode::Unauthorized,
+                format!(
+                    "member {id} ({}) of cluster {name:?} has another certificate: a node can rejoin only as itself",
+                    member.replica_name()
+                ),
+            ));
         }
+        if member.service != req.service || member.index != req.index || member.disco_public != req.disco_public {
+            return Err(Refusal::new(
+                CloseCode::Invalid,
+                format!("member {id} ({}) asked to rejoin with another name or probe key", member.replica_name()),
+            ));
+        }
+        cluster.away.remove(&id);
+        cluster.suspects.remove(&id);
+        let mut listening = req.listening;
+        listening.sort_unstable();
+        listening.dedup();
+        if member.reflexive != reflexive || member.local != req.local {
+            cluster.publish(MemberChange::Addresses { node_id: id, reflexive, local: req.local });
+        }
+        if cluster.members.get(&id).is_some_and(|m| m.listening != listening) {
+            cluster.publish(MemberChange::Listening { node_id: id, ports: listening });
+        }
+        Ok(Joined {
+            node_id: id,
+            overlay_ip: member.overlay_ip,
+            network: cluster.info.network,
+            names: names::all_names(&member.service, member.index, id.0, &name),
+            reflexive,
+            snapshot: cluster.snapshot(),
+            disco_key: cluster.disco_key,
+        })
     }
 
-    /// The mailbox of a member that just joined (once per member).
+    /// A member's session `session` ended, as `departure` says. A member
+    /// that [`Departure::Left`] is removed; one whose connection was
+    /// [`Departure::Lost`] is kept away for [`AWAY_GRACE`] from `now`
+    /// (removed at once if a peer already reported it silent). Unknown
+    /// members are ignored: the cluster may have been deleted meanwhile.
+    pub fn leave(
+        &mut self,
+        cluster: &str,
+        node_id: NodeId,
+        session: u64,
+        departure: Departure,
+        now: Instant,
+    ) -> LeaveOutcome {
+        if self.closing {
+            return LeaveOutcome::Unchanged;
+        }
+        let Some(c) = self.clusters.get_mut(cluster) else { return LeaveOutcome::Unchanged };
+        if c.mailboxes.get(&node_id).is_none_or(|m| m.session != session) {
+            // A newer session has the member, or it is gone already.
+            return LeaveOutcome::Unchanged;
+        }
+        let suspected = c.suspects.get(&node_id).is_some_and(|&at| now.saturating_duration_since(at) < SUSPECT_WINDOW);
+        if departure == Departure::Lost && !suspected {
+            c.mailboxes.remove(&node_id);
+            c.away.insert(node_id, now + AWAY_GRACE);
+            // The others check whether it is really gone. A full queue
+            // drops the notice: the grace, or heartbeats, still end it.
+            for m in c.mailboxes.values() {
+                let _ = m.away.try_send(node_id);
+            }
+            return LeaveOutcome::Away;
+        }
+        c.remove(node_id);
+        self.touch();
+        LeaveOutcome::Removed
+    }
+
+    /// Member `reporter` says its direct connection to `peer` went silent.
+    /// An away `peer` is removed at once (returns `true`); a connected one is
+    /// only noted, in case its own connection is found lost soon.
+    pub fn peer_lost(&mut self, cluster: &str, reporter: NodeId, peer: NodeId, now: Instant) -> bool {
+        let Some(c) = self.clusters.get_mut(cluster) else { return false };
+        if reporter == peer || !c.members.contains_key(&reporter) || !c.members.contains_key(&peer) {
+            return false;
+        }
+        if c.away.contains_key(&peer) {
+            c.remove(peer);
+            self.touch();
+            return true;
+        }
+        c.suspects.insert(peer, now);
+        false
+    }
+
+    /// Removes the away members whose grace ended by `now`; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, NodeId)> {
+        let mut gone = Vec::new();
+        for (name, c) in &mut self.clusters {
+            let due: Vec<NodeId> = c.away.iter().filter(|&(_, &until)| until <= now).map(|(&id, _)| id).collect();
+            for id in due {
+                c.remove(id);
+                gone.push((name.clone(), id));
+            }
+            c.suspects.retain(|_, at| now.saturating_duration_since(*at) < SUSPECT_WINDOW);
+        }
+        if !gone.is_empty() {
+            self.touch();
+        }
+        gone
+    }
+
+    /// Whether member `node_id` is away (its connection lost, not yet back).
+    pub fn is_away(&self, cluster: &str, node_id: NodeId) -> bool {
+        self.clusters.get(cluster).is_some_and(|c| c.away.contains_key(&node_id))
+    }
+
+    /// The mailbox of a member that just joined or rejoined. A mailbox of an
+    /// earlier session of the member is replaced, which tells that session
+    /// to end ([`Mailbox::superseded`]).
     pub fn open_mailbox(&mut self, cluster: &str, node_id: NodeId) -> Option<Mailbox> {
         let c = self.clusters.get_mut(cluster)?;
         if !c.members.contains_key(&node_id) {
             return None;
         }
+        self.sessions += 1;
+        let session = self.sessions;
         let (punch, punch_rx) = mpsc::channel(PUNCH_QUEUE);
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
-        c.mailboxes.insert(node_id, MailboxSenders { punch, relay });
-        Some(Mailbox { punch: punch_rx, relay: relay_rx })
+        let (away, away_rx) = mpsc::channel(PUNCH_QUEUE);
+        let (current, superseded) = oneshot::channel();
+        c.mailboxes.insert(node_id, MailboxSenders { punch, away, relay, session, _current: current });
+        Some(Mailbox { punch: punch_rx, away: away_rx, relay: relay_rx, session, superseded })
     }
 
     /// Tells `from` and `to` to punch each other now. Both must be members
@@ -426,6 +710,7 @@ impl Registry {
         {
             let local = m.local.clone();
             c.publish(MemberChange::Addresses { node_id, reflexive, local });
+            self.touch();
         }
     }
 
@@ -440,6 +725,7 @@ impl Registry {
             && c.members.get(&node_id).is_some_and(|m| m.listening != ports)
         {
             c.publish(MemberChange::Listening { node_id, ports });
+            self.touch();
         }
         Ok(())
     }
@@ -455,6 +741,7 @@ impl Registry {
         {
             let reflexive = m.reflexive;
             c.publish(MemberChange::Addresses { node_id, reflexive, local });
+            self.touch();
         }
         Ok(())
     }
@@ -543,7 +830,14 @@ mod tests {
             local: vec![],
             listening: vec![80, 22, 80],
             disco_public: [7; 32],
+            rejoin: None,
         }
+    }
+
+    /// Ends member `id`'s current session the way `departure` says.
+    fn depart(r: &mut Registry, cluster: &str, id: NodeId, departure: Departure, now: Instant) -> LeaveOutcome {
+        let session = r.open_mailbox(cluster, id).map_or(0, |m| m.session);
+        r.leave(cluster, id, session, departure, now)
     }
 
     fn addr() -> SocketAddr {
@@ -569,8 +863,8 @@ mod tests {
         let ev = feed_a.events.try_recv().unwrap();
         assert!(matches!(ev.change, MemberChange::Joined(ref m) if m.node_id == NodeId(2)));
 
-        r.leave("demo", NodeId(1));
-        r.leave("demo", NodeId(1));
+        assert_eq!(depart(&mut r, "demo", NodeId(1), Departure::Left, Instant::now()), LeaveOutcome::Removed);
+        assert_eq!(depart(&mut r, "demo", NodeId(1), Departure::Left, Instant::now()), LeaveOutcome::Unchanged);
         let ev = feed_a.events.try_recv().unwrap();
         assert_eq!(ev.change, MemberChange::Left { node_id: NodeId(1) });
         assert!(feed_a.events.try_recv().is_err(), "second leave is a no-op");
@@ -654,7 +948,7 @@ mod tests {
         r.publish_output("demo", NodeOutput::Exited { node: "web-0".into(), status: ExitStatus { code: 124 } });
         assert!(matches!(feed.lifecycle.as_mut().unwrap().try_recv(), Ok(NodeOutput::Exited { .. })));
         assert!(feed.output.as_mut().unwrap().try_recv().is_err());
-        r.leave("demo", a.node_id);
+        depart(&mut r, "demo", a.node_id, Departure::Left, Instant::now());
         assert!(r.states("demo").is_empty(), "a member that left has no state");
         r.set_state("demo", a.node_id, "web-0", NodeState::Running);
         assert!(r.states("demo").is_empty(), "nor gets one after leaving");
@@ -697,9 +991,129 @@ mod tests {
         r.relay_to("demo", b.node_id).unwrap().try_send((a.node_id, vec![1])).unwrap();
         assert_eq!(mb.relay.try_recv().unwrap(), (a.node_id, vec![1]));
         assert!(r.relay_to("demo", NodeId(99)).is_none());
-        r.leave("demo", b.node_id);
+        let session = mb.session;
+        r.leave("demo", b.node_id, session, Departure::Left, Instant::now());
         assert!(r.relay_to("demo", b.node_id).is_none(), "a member that left gets nothing");
         r.punch("demo", a.node_id, b.node_id).unwrap();
         assert!(ma.punch.try_recv().is_err(), "no punch with a member that left");
+    }
+
+    #[test]
+    fn a_lost_member_keeps_its_place_and_rejoins_only_as_itself() {
+        let (mut r, _) = registry_with("demo", None);
+        let t0 = Instant::now();
+        let (a, _) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        let (b, mut feed) = r.join(join_req("demo", "web", 1), Fingerprint([2; 32]), addr()).unwrap();
+        while feed.events.try_recv().is_ok() {}
+        let old = r.open_mailbox("demo", a.node_id).unwrap();
+        assert_eq!(r.leave("demo", a.node_id, old.session, Departure::Lost, t0), LeaveOutcome::Away);
+        assert!(r.is_away("demo", a.node_id));
+        assert!(feed.events.try_recv().is_err(), "the others do not see an away member leave");
+
+        // A fresh join under its name is refused while it is away.
+        let e = r.join(join_req("demo", "web", 0), Fingerprint([3; 32]), addr()).unwrap_err();
+        assert!(e.reason.contains("away"), "{e}");
+        // Another certificate claiming its id is refused and named.
+        let mut claim = join_req("demo", "web", 0);
+        claim.rejoin = Some(a.node_id);
+        let e = r.join(claim.clone(), Fingerprint([3; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::Unauthorized);
+        assert!(e.reason.contains("only as itself"), "{e}");
+        // So is its own certificate under another name.
+        let mut renamed = claim.clone();
+        renamed.index = 5;
+        assert_eq!(r.join(renamed, Fingerprint([1; 32]), addr()).unwrap_err().code, CloseCode::Invalid);
+
+        // The node itself comes back from a new address, listening on more.
+        let moved: SocketAddr = "192.0.2.9:7000".parse().unwrap();
+        claim.listening = vec![22, 80, 443];
+        let (back, _) = r.join(claim, Fingerprint([1; 32]), moved).unwrap();
+        assert_eq!((back.node_id, back.overlay_ip, &back.names), (a.node_id, a.overlay_ip, &a.names));
+        assert_eq!(back.disco_key, a.disco_key);
+        assert!(!r.is_away("demo", a.node_id));
+        let changes: Vec<_> = std::iter::from_fn(|| feed.events.try_recv().ok()).map(|e| e.change).collect();
+        assert_eq!(
+            changes,
+            [
+                MemberChange::Addresses { node_id: a.node_id, reflexive: moved, local: vec![] },
+                MemberChange::Listening { node_id: a.node_id, ports: vec![22, 80, 443] },
+            ],
+            "a rejoin publishes what changed, never a leave and a join"
+        );
+        // The old session is told to end, and its end changes nothing.
+        let new = r.open_mailbox("demo", a.node_id).unwrap();
+        let mut superseded = old.superseded;
+        assert!(superseded.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Closed));
+        assert_eq!(r.leave("demo", a.node_id, old.session, Departure::Left, t0), LeaveOutcome::Unchanged);
+        assert!(r.leave("demo", a.node_id, new.session, Departure::Left, t0) == LeaveOutcome::Removed);
+
+        // A member that never comes back is removed after the grace.
+        let mb = r.open_mailbox("demo", b.node_id).unwrap();
+        r.leave("demo", b.node_id, mb.session, Departure::Lost, t0);
+        assert!(r.expire(t0 + AWAY_GRACE - Duration::from_secs(1)).is_empty());
+        assert_eq!(r.expire(t0 + AWAY_GRACE), [("demo".to_owned(), b.node_id)]);
+        let mut claim = join_req("demo", "web", 1);
+        claim.rejoin = Some(b.node_id);
+        let e = r.join(claim, Fingerprint([2; 32]), addr()).unwrap_err();
+        assert_eq!(e.code, CloseCode::NotAMember);
+        assert!(e.reason.contains("start the node again"), "{e}");
+    }
+
+    #[test]
+    fn a_peers_report_ends_an_away_member_at_once() {
+        let (mut r, _) = registry_with("demo", None);
+        let t0 = Instant::now();
+        let (a, _) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        let (b, _) = r.join(join_req("demo", "web", 1), Fingerprint([2; 32]), addr()).unwrap();
+        let (c, _) = r.join(join_req("demo", "web", 2), Fingerprint([3; 32]), addr()).unwrap();
+        // Away first, then reported.
+        let ma = r.open_mailbox("demo", a.node_id).unwrap();
+        let mut mb = r.open_mailbox("demo", b.node_id).unwrap();
+        r.leave("demo", a.node_id, ma.session, Departure::Lost, t0);
+        assert_eq!(mb.away.try_recv().unwrap(), a.node_id, "the others are asked to check on it");
+        assert!(!r.peer_lost("demo", a.node_id, a.node_id, t0), "nobody reports itself");
+        assert!(r.peer_lost("demo", b.node_id, a.node_id, t0));
+        assert!(r.saved().clusters[0].members.iter().all(|m| m.node_id != a.node_id));
+        // Reported first (while connected: only noted), then lost.
+        assert!(!r.peer_lost("demo", c.node_id, b.node_id, t0));
+        let mb = r.open_mailbox("demo", b.node_id).unwrap();
+        assert_eq!(r.leave("demo", b.node_id, mb.session, Departure::Lost, t0), LeaveOutcome::Removed);
+        drop(mb);
+        // An old report does not count.
+        let mc = r.open_mailbox("demo", c.node_id).unwrap();
+        let (d, _) = r.join(join_req("demo", "web", 3), Fingerprint([4; 32]), addr()).unwrap();
+        r.peer_lost("demo", d.node_id, c.node_id, t0);
+        let later = t0 + SUSPECT_WINDOW;
+        assert_eq!(r.leave("demo", c.node_id, mc.session, Departure::Lost, later), LeaveOutcome::Away);
+    }
+
+    #[test]
+    fn a_restored_registry_has_every_member_away_until_it_rejoins() {
+        let (mut r, info) = registry_with("demo", None);
+        let (a, _) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        let (b, _) = r.join(join_req("demo", "web", 1), Fingerprint([2; 32]), addr()).unwrap();
+        let version = r.version();
+        r.set_listening("demo", b.node_id, vec![9000]).unwrap();
+        assert!(r.version() > version, "a saved field changed");
+        let t0 = Instant::now();
+        let mut restarted = Registry::restore(ADMIN.into(), r.saved(), t0);
+        assert_eq!(restarted.saved(), r.saved());
+        assert!(restarted.is_away("demo", a.node_id) && restarted.is_away("demo", b.node_id));
+        let mut claim = join_req("demo", "web", 0);
+        claim.rejoin = Some(a.node_id);
+        claim.listening = vec![22, 80];
+        let (back, _) = restarted.join(claim, Fingerprint([1; 32]), addr()).unwrap();
+        assert_eq!((back.node_id, back.overlay_ip, back.disco_key), (a.node_id, a.overlay_ip, a.disco_key));
+        assert_eq!(back.snapshot.members.len(), 2, "the member still away is in the snapshot");
+        // The join token still works, and ids go on where they were.
+        let mut fresh = join_req("demo", "db", 0);
+        fresh.join_token = info.join_token;
+        let (c, _) = restarted.join(fresh, Fingerprint([3; 32]), addr()).unwrap();
+        assert_eq!(c.node_id, NodeId(3));
+        assert_eq!(restarted.expire(t0 + AWAY_GRACE), [("demo".to_owned(), b.node_id)]);
+        // A rendezvous shutting down keeps its members for the next one.
+        restarted.close();
+        let mc = restarted.open_mailbox("demo", c.node_id).unwrap();
+        assert_eq!(restarted.leave("demo", c.node_id, mc.session, Departure::Left, t0), LeaveOutcome::Unchanged);
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{Instrument, Span, debug, info, warn};
 
 use crate::logstore::LogStore;
-use crate::registry::{Feed, Mailbox, NodeOutput, Refusal, Registry};
+use crate::registry::{Departure, Feed, LeaveOutcome, Mailbox, NodeOutput, Refusal, Registry};
 use crate::relay;
 
 /// Time a client has from connecting to sending its request. A request is
@@ -51,8 +51,37 @@ fn protocol_error(conn: &quinn::Connection, what: &str, e: &FrameError) {
     conn.close(CloseCode::Protocol.code().into(), reason.as_bytes());
 }
 
+/// Longest a join waits for its admission to be saved before it is answered
+/// anyway (a stuck disk must not stop admissions; the failure is logged).
+pub const SAVE_WAIT: Duration = Duration::from_secs(5);
+
+/// Versions of the registry written to disk so far (see
+/// [`crate::registry::Registry::version`]); `None` when nothing is saved.
+pub(crate) type Saved = Option<tokio::sync::watch::Receiver<u64>>;
+
+/// Waits until version `version` of the registry is on disk, so that an
+/// answered join survives a crash of the rendezvous.
+async fn saved_up_to(saved: &Saved, version: u64) {
+    if let Some(saved) = saved {
+        let mut saved = saved.clone();
+        if tokio::time::timeout(SAVE_WAIT, saved.wait_for(|&v| v >= version)).await.is_err() {
+            warn!("admission not saved within {SAVE_WAIT:?}; answering anyway");
+        }
+    }
+}
+
+/// How a member's connection ended, for [`crate::registry::Registry::leave`]:
+/// only a connection that went silent (or was reset by a restarted peer)
+/// may come back; every close, by either side, is a departure.
+fn departure(conn: &quinn::Connection) -> Departure {
+    match conn.close_reason() {
+        Some(quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset) => Departure::Lost,
+        _ => Departure::Left,
+    }
+}
+
 /// Serves one connection to completion.
-pub async fn serve(registry: Shared, logs: LogStore, incoming: quinn::Incoming) {
+pub async fn serve(registry: Shared, logs: LogStore, saved: Saved, incoming: quinn::Incoming) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -92,25 +121,52 @@ pub async fn serve(registry: Shared, logs: LogStore, incoming: quinn::Incoming) 
     let remote = conn.remote_address();
     match request {
         Request::Join(req) => {
-            let admitted = lock(&registry).join(req.clone(), fingerprint, remote);
+            // One lock for the admission and its mailbox, so no other
+            // session of the member can come between them.
+            let admitted = {
+                let mut registry = lock(&registry);
+                registry.join(req.clone(), fingerprint, remote).map(|(joined, feed)| {
+                    let mailbox = registry.open_mailbox(&req.cluster, joined.node_id);
+                    (joined, feed, mailbox, registry.version())
+                })
+            };
             match admitted {
-                Ok((joined, feed)) => {
+                Ok((joined, feed, Some(mailbox), version)) => {
                     let node = joined.node_id;
                     Span::current().record("node", tracing::field::display(node));
-                    info!(%node, ip = %joined.overlay_ip, service = %req.service, index = req.index, "joined");
+                    let how = if req.rejoin.is_some() { "rejoined" } else { "joined" };
+                    info!(%node, ip = %joined.overlay_ip, service = %req.service, index = req.index, "{how}");
                     let snapshot = joined.snapshot.clone();
-                    let mailbox = lock(&registry).open_mailbox(&req.cluster, node);
-                    if let Some(mailbox) = mailbox
-                        && frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok()
-                    {
+                    let session = mailbox.session;
+                    saved_up_to(&saved, version).await;
+                    if frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok() {
                         let log = logs.open(&req.cluster, &names::replica_name(&req.service, req.index));
                         let member = MemberSession { registry: &registry, conn: &conn, req: &req, node };
                         member.run(snapshot, feed, mailbox, send, recv, log).await;
                     }
-                    lock(&registry).leave(&req.cluster, node);
-                    info!(%node, "left");
+                    let departure = departure(&conn);
+                    let outcome =
+                        lock(&registry).leave(&req.cluster, node, session, departure, std::time::Instant::now());
+                    match outcome {
+                        LeaveOutcome::Removed => info!(%node, "left"),
+                        LeaveOutcome::Away => info!(
+                            %node,
+                            "connection lost; keeping its place for {:?} while it reconnects",
+                            crate::registry::AWAY_GRACE
+                        ),
+                        LeaveOutcome::Unchanged => debug!(%node, ?departure, "session ended"),
+                    }
                 }
-                Err(r) => refuse(&conn, &r),
+                // Deleted between the join and the mailbox: nothing to serve.
+                Ok((_, _, None, _)) => {
+                    refuse(&conn, &Refusal { code: CloseCode::UnknownCluster, reason: "cluster deleted".into() })
+                }
+                Err(r) => {
+                    if r.code == CloseCode::Unauthorized {
+                        warn!(cluster = %req.cluster, service = %req.service, index = req.index, "refused: {}", r.reason);
+                    }
+                    refuse(&conn, &r)
+                }
             }
         }
         Request::Watch(req) => {
@@ -211,7 +267,7 @@ impl MemberSession<'_> {
         mut log: crate::logstore::NodeLog,
     ) {
         let Self { registry, conn, req, node } = self;
-        let Mailbox { punch: mut punches, relay: relay_inbox } = mailbox;
+        let Mailbox { punch: mut punches, away: mut aways, relay: relay_inbox, session: _, mut superseded } = mailbox;
         let relay = tokio::spawn(
             relay::serve(registry.clone(), conn.clone(), req.cluster.clone(), node, relay_inbox).in_current_span(),
         );
@@ -287,6 +343,14 @@ impl MemberSession<'_> {
                                 Ok(())
                             }
                         }
+                        NodeMessage::PeerLost { peer } => {
+                            if lock(registry).peer_lost(cluster, node, peer, std::time::Instant::now()) {
+                                info!(%peer, reporter = %node, "away member reported silent by a peer: removed");
+                            } else {
+                                debug!(%peer, "peer reported silent");
+                            }
+                            Ok(())
+                        }
                         NodeMessage::Paths(paths) => {
                             lock(registry).publish_output(cluster, NodeOutput::Paths { node: node_name.clone(), paths });
                             Ok(())
@@ -325,6 +389,11 @@ impl MemberSession<'_> {
                         break;
                     }
                 }
+                Some(peer) = aways.recv() => {
+                    if frame::write(&mut send, &ServerMessage::Away { peer }).await.is_err() {
+                        break;
+                    }
+                }
                 _ = address_check.tick() => {
                     // The node's NAT mapping changed (QUIC followed the migration).
                     let now = conn.remote_address();
@@ -336,6 +405,10 @@ impl MemberSession<'_> {
                 }
                 _ = feed.deleted.changed() => {
                     refuse(conn, &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {cluster:?} was deleted") });
+                    break;
+                }
+                _ = &mut superseded => {
+                    conn.close(CloseCode::Normal.code().into(), b"superseded by a newer connection of this node");
                     break;
                 }
                 _ = conn.closed() => break,
@@ -513,12 +586,17 @@ async fn watch_session(
                     break;
                 }
             }
-            _ = feed.deleted.changed() => {
-                refuse(conn, &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {:?} was deleted", req.cluster) });
-                break;
-            }
+            _ = feed.deleted.changed() => break,
             _ = conn.closed() => break,
         }
+    }
+    // Whichever branch saw it first (the feeds end with the cluster too),
+    // a deleted cluster is said as such, not as a lost connection.
+    if *feed.deleted.borrow() && conn.close_reason().is_none() {
+        refuse(
+            conn,
+            &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {:?} was deleted", req.cluster) },
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! Fuzz target for the rendezvous' state: any sequence of requests and
 //! node messages, as hostile members (and a careless admin) may send them,
-//! leaves every cluster consistent.
+//! leaves every cluster consistent, and what it saves for a restart is
+//! what it takes back.
 //!
 //! The messages' decoding is fuzzed in boxer-proto (tests/fuzz.rs); this is
 //! what the registry does with what decodes. Bounded-time test on stable
@@ -8,13 +9,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bolero::{check, produce};
 use boxer_proto::control::{CreateClusterRequest, JoinRequest, NodeState, WatchRequest};
 use boxer_proto::fuzz::{self, Input};
 use boxer_proto::{Fingerprint, NodeId, names};
 use ipnet::Ipv4Net;
-use rendezvous::registry::{MAX_LISTENING, MAX_LOCAL_ADDRS, MAX_TOKEN_LEN, Registry};
+use rendezvous::registry::{Departure, MAX_LISTENING, MAX_LOCAL_ADDRS, MAX_TOKEN_LEN, Registry};
 
 const ADMIN: &str = "admin";
 
@@ -46,6 +48,7 @@ fn registry_stays_consistent() {
             // Join tokens of the clusters that exist, and their last seq.
             let mut tokens: HashMap<String, String> = HashMap::new();
             let mut seqs: HashMap<String, u64> = HashMap::new();
+            let mut now = Instant::now();
             // One cluster from the start, so that most joins have one to join.
             let demo = CreateClusterRequest {
                 admin_token: ADMIN.into(),
@@ -105,7 +108,22 @@ fn registry_stays_consistent() {
                             assert_eq!(joined.names, all);
                         }
                     }
-                    4 => registry.leave(&cluster, node(&mut input)),
+                    4 => {
+                        // Sessions end, lost or left, peers report each
+                        // other silent, and time moves on.
+                        let id = node(&mut input);
+                        let session = match input.byte() % 4 {
+                            0 => u64::from(input.byte()),
+                            _ => registry.open_mailbox(&cluster, id).map_or(0, |m| m.session),
+                        };
+                        let departure = if input.byte() & 1 == 0 { Departure::Left } else { Departure::Lost };
+                        now += Duration::from_secs(u64::from(input.byte() % 90));
+                        let _ = registry.leave(&cluster, id, session, departure, now);
+                        let _ = registry.peer_lost(&cluster, node(&mut input), node(&mut input), now);
+                        for (c, gone) in registry.expire(now) {
+                            assert!(!registry.is_away(&c, gone));
+                        }
+                    }
                     5 => {
                         let ports = input.arbitrary::<Vec<u16>>().unwrap_or_default();
                         let _ = registry.set_listening(&cluster, node(&mut input), ports);
@@ -171,4 +189,7 @@ fn check_clusters(registry: &mut Registry, tokens: &HashMap<String, String>, seq
             assert!(m.listening.windows(2).all(|w| w[0] != w[1]), "ports deduplicated");
         }
     }
+    // What a restarted rendezvous takes back is what was saved.
+    let saved = registry.saved();
+    assert_eq!(Registry::restore(ADMIN.into(), saved.clone(), Instant::now()).saved(), saved);
 }

@@ -40,6 +40,7 @@ async fn start_rendezvous(dir: &Scratch) -> (RendezvousAddr, String) {
         state_dir: dir.0.clone(),
         admin_token: Some(ADMIN.into()),
         socket: None,
+        persist: false,
     })
     .expect("rendezvous binds");
     let info = server

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use boxer_proto::disco::{DiscoKey, Probe, TX_LEN, claimed_sender};
 use boxer_proto::{Membership, NodeId};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, trace, warn};
+use tracing::{Instrument, debug, info, trace, warn};
 
 use crate::pair_keys::{DiscoSecret, PairKeys};
 use crate::socket::{PeerSocket, ReceivedProbe, Route};
@@ -140,7 +140,21 @@ pub struct Pathfinder {
     changed: watch::Sender<u64>,
     /// Peers a punch started with (the dialling side connects to them).
     ready: mpsc::UnboundedSender<NodeId>,
+    /// Peers whose direct path stopped answering ([`Pathfinder::lost_peers`]).
+    lost: tokio::sync::broadcast::Sender<NodeId>,
 }
+
+/// How long an away peer ([`Pathfinder::check_alive`]) has to answer
+/// [`ALIVE_PINGS`] pings before it is reported lost: a live peer answers
+/// in one round trip; the rest covers a lost ping or two.
+pub const ALIVE_WINDOW: Duration = Duration::from_secs(3);
+
+/// Pings sent to an away peer within [`ALIVE_WINDOW`].
+pub const ALIVE_PINGS: u32 = 3;
+
+/// Lost peers buffered for a slow reader; an older report dropped is only a
+/// slower removal (the rendezvous' grace still ends the member).
+const LOST_BUFFER: usize = 256;
 
 impl Pathfinder {
     /// A pathfinder for node `me`. Call [`Pathfinder::run`] with the socket's
@@ -164,6 +178,7 @@ impl Pathfinder {
             state: Mutex::default(),
             changed: watch::channel(0).0,
             ready,
+            lost: tokio::sync::broadcast::channel(LOST_BUFFER).0,
         };
         (Arc::new(this), ready_rx)
     }
@@ -443,6 +458,41 @@ impl Pathfinder {
         self.bump();
     }
 
+    /// Peers whose direct path stopped answering: on heartbeats (the path
+    /// went stale) or a [`Pathfinder::check_alive`]. Evidence for the
+    /// rendezvous that the peer may be gone; relayed peers are never
+    /// reported (their path depends on the rendezvous itself).
+    pub fn lost_peers(&self) -> tokio::sync::broadcast::Receiver<NodeId> {
+        self.lost.subscribe()
+    }
+
+    /// `peer` lost its rendezvous connection: if there is a direct path to
+    /// it, probe it now and report it lost ([`Pathfinder::lost_peers`]) if it
+    /// does not answer within [`ALIVE_WINDOW`]. Without a direct path
+    /// there is nothing to tell a dead peer from an unreachable one.
+    pub fn check_alive(self: &Arc<Self>, peer: NodeId) {
+        let Some(start) = self.state().direct.get(&peer).map(|_| Instant::now()) else { return };
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                for _ in 0..ALIVE_PINGS {
+                    let Some(d) = this.state().direct.get(&peer).copied() else { return };
+                    if d.last_pong > start {
+                        return;
+                    }
+                    this.ping(peer, d.addr, None);
+                    tokio::time::sleep(ALIVE_WINDOW / ALIVE_PINGS).await;
+                }
+                let silent = this.state().direct.get(&peer).is_some_and(|d| d.last_pong <= start);
+                if silent {
+                    info!(%peer, "away peer does not answer on its direct path: reporting it lost");
+                    let _ = this.lost.send(peer);
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
     fn heartbeat(&self) {
         let now = Instant::now();
         let mut stale = Vec::new();
@@ -460,6 +510,7 @@ impl Pathfinder {
         }
         for peer in stale {
             warn!(%peer, "direct path stopped answering; using the relay while looking for a new one");
+            let _ = self.lost.send(peer);
             self.state().direct.remove(&peer);
             self.socket.set_route(peer, Route::Relay);
             self.bump();

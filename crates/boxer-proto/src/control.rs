@@ -54,6 +54,14 @@ pub struct JoinRequest {
     /// The node's public key for probe authentication, published to the
     /// other members ([`crate::disco::pair_key`]).
     pub disco_public: crate::disco::DiscoPublic,
+    /// `Some(id)` when this node was already admitted as `id` and lost its
+    /// connection to the rendezvous (the rendezvous restarted or was
+    /// unreachable): it asks to be the same member again, with the same id,
+    /// address and names. The rendezvous agrees only if it knows member
+    /// `id` with this connection's certificate, `service` and `index`;
+    /// otherwise it refuses and never admits the node as someone new.
+    /// New in protocol version 5.
+    pub rejoin: Option<crate::NodeId>,
 }
 
 /// Read-only subscription to a cluster's membership.
@@ -319,6 +327,16 @@ pub enum NodeMessage {
     /// gave up). New in protocol version 3, as the last variant, so every
     /// earlier message encodes as before.
     State(NodeState),
+    /// The node's direct path to `peer` stopped answering its probes
+    /// (after [`ServerMessage::Away`], or on its own heartbeats). Evidence
+    /// that `peer` is gone: the rendezvous ends an away member (one whose
+    /// own connection to the rendezvous was lost) at once instead of
+    /// waiting out its grace to rejoin. It changes nothing for a member
+    /// that is still connected. New in protocol version 5.
+    PeerLost {
+        /// The silent peer.
+        peer: NodeId,
+    },
 }
 
 /// Messages from the server after a request.
@@ -382,6 +400,15 @@ pub enum ServerMessage {
         node: String,
         /// Its state.
         state: NodeState,
+    },
+    /// `peer`'s connection to the rendezvous was lost: it is away, kept in
+    /// membership while it may reconnect. A member with a direct path to it
+    /// probes it now and answers [`NodeMessage::PeerLost`] if it is silent,
+    /// so that a dead member leaves in seconds, not after the grace. New in
+    /// protocol version 5.
+    Away {
+        /// The away member.
+        peer: NodeId,
     },
 }
 

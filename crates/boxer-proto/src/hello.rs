@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the protocol spoken by this build. Bump on any change to a message
 /// that an older build would misread. 3: node states, overlay UDP (shim
 /// requests and peer datagrams), `Unknown`/`Denied` shim answers. 4: per-pair
-/// probe keys (`disco_public` in joins and membership).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// probe keys (`disco_public` in joins and membership). 5: rejoining after a
+/// lost rendezvous connection (`JoinRequest::rejoin`), `NodeMessage::PeerLost`.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Magic bytes that open every stream, so that a stray client gets "not a Boxer
 /// peer" instead of a confusing decode error.
