@@ -20,10 +20,12 @@ use boxer_proto::control::{
     ClusterInfo, CreateClusterRequest, DeleteClusterRequest, NodeState as ReportedState, PathReport, ServerMessage,
     WatchRequest,
 };
-use boxer_proto::membership::MemberChange;
-use boxer_proto::{Fingerprint, Member};
+use boxer_proto::membership::{MemberChange, MembershipSnapshot};
+use boxer_proto::{Fingerprint, FrameError, Member, NodeId};
 use indicatif::{ProgressBar, ProgressStyle};
+use rendezvous::RendezvousError;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::lab::{LabNet, NatKind};
 use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
@@ -45,6 +47,31 @@ const WAIT_NOTE_FIRST: Duration = Duration::from_secs(3);
 /// ... and another line this often while it keeps waiting: enough to see
 /// it is still alive and for how long, few enough not to drown the output.
 const WAIT_NOTE_EVERY: Duration = Duration::from_secs(10);
+
+/// First wait before opening a lost watch session again. Short: the usual
+/// loss is a restarting rendezvous that listens again within a second or
+/// two, and a failed attempt costs a few handshake packets.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+
+/// Longest wait between reconnect attempts (the wait doubles from
+/// [`RECONNECT_FIRST`] up to this). It bounds how long `boxer up` stays
+/// blind once the rendezvous is back (this plus a handshake), and is the
+/// runtimes' own cap, so the watch comes back about when the members have
+/// rejoined. Longer would save nothing worth having: an attempt against an
+/// unreachable rendezvous is a few packets (and itself takes the 5 s
+/// handshake timeout).
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
+/// Each wait is shortened by a random share up to this, so that several
+/// `boxer up` watching one restarted rendezvous do not retry in step. Only
+/// ever shorter: [`RECONNECT_CAP`] stays the longest wait.
+const RECONNECT_JITTER: f64 = 0.2;
+
+/// A reconnected watch session that ends sooner than this did not cure
+/// anything: the next reconnect continues the back-off instead of starting
+/// over at [`RECONNECT_FIRST`], so a rendezvous that accepts the watch and
+/// drops it at once is neither hammered nor reported five times a second.
+const RECONNECT_SETTLED: Duration = Duration::from_secs(10);
 
 /// Network mode of the local provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -211,6 +238,8 @@ impl ClusterRendezvous {
                     admin_token: Some(token.clone()),
                     // In the lab the rendezvous lives on the public router's LAN.
                     socket: lab.map(|l| LabNet::udp_socket(l.rendezvous(), 0)).transpose()?,
+                    // Its clusters end with this process: nothing to take back.
+                    persist: false,
                 })
                 .with_context(|| format!("starting the embedded rendezvous in {}", dir.join("rendezvous").display()))?;
                 let mut listen = server.local_addr()?;
@@ -252,21 +281,18 @@ impl ClusterRendezvous {
     }
 
     /// Subscribes to membership and output; a task reads the session
-    /// (frame reads are not cancel-safe), the caller selects on a channel.
-    async fn watch(
-        &self,
-    ) -> anyhow::Result<(
-        boxer_proto::membership::MembershipSnapshot,
-        mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>>,
-    )> {
-        let (snapshot, session) = rendezvous::watch(
-            &self.endpoint,
-            self.addr,
-            WatchRequest { cluster: self.cluster.clone(), token: self.admin_token.clone(), logs: true },
-        )
-        .await
-        .context("subscribing to the cluster's membership and output")?;
-        Ok((snapshot, spawn_feed_reader(session)))
+    /// (frame reads are not cancel-safe) and opens it again when it is lost
+    /// ([`keep_watching`]), the caller selects on a channel. A first watch
+    /// that fails is the end: the cluster was created a moment ago, so the
+    /// rendezvous was there.
+    async fn watch(&self) -> anyhow::Result<(MembershipSnapshot, mpsc::Receiver<FeedItem>)> {
+        let watcher = Watcher {
+            endpoint: self.endpoint.clone(),
+            addr: self.addr,
+            request: WatchRequest { cluster: self.cluster.clone(), token: self.admin_token.clone(), logs: true },
+        };
+        let (snapshot, session) = watcher.open().await.context("subscribing to the cluster's membership and output")?;
+        Ok((snapshot, spawn_feed_reader(session, watcher)))
     }
 
     /// How nodes join.
@@ -514,27 +540,12 @@ impl ClusterView {
                         return true;
                     }
                 }
-                MemberChange::Left { node_id } => {
-                    let gone = self.nodes.iter().find(|(_, n)| {
-                        n.left_unreported
-                            && n.exit.is_none()
-                            && n.member.as_ref().is_some_and(|m| m.node_id == *node_id)
-                    });
-                    if let Some((name, _)) = gone {
-                        let name = name.clone();
-                        progress.suspend(|| printer.note(&name, "left the cluster without an exit report"));
-                        self.record_exit(&name, 1);
-                        return true;
-                    }
-                }
+                MemberChange::Left { node_id } => return self.member_left(*node_id, printer, progress),
                 _ => {}
             },
+            // Sent again to a watcher that fell behind: events may be missing.
             ServerMessage::Snapshot(s) => {
-                for m in &s.members {
-                    if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
-                        n.member = Some(m.clone());
-                    }
-                }
+                self.resync(s, printer, progress);
                 return true;
             }
             ServerMessage::Logs { node, lines } => {
@@ -563,6 +574,45 @@ impl ClusterView {
             _ => {}
         }
         false
+    }
+
+    /// Member `node_id` left the cluster. A node the provider lost track of
+    /// ([`NodeState::left_unreported`]) ends with it: no exit report will
+    /// come any more. For any other node this changes nothing: its exit
+    /// report, or else its provider's, says how it ended. `true` when the
+    /// status changed.
+    fn member_left(&mut self, node_id: NodeId, printer: &Printer, progress: &ProgressBar) -> bool {
+        let gone = self.nodes.iter().find(|(_, n)| {
+            n.left_unreported && n.exit.is_none() && n.member.as_ref().is_some_and(|m| m.node_id == node_id)
+        });
+        let Some((name, _)) = gone else { return false };
+        let name = name.clone();
+        progress.suspend(|| printer.note(&name, "left the cluster without an exit report"));
+        self.record_exit(&name, 1);
+        true
+    }
+
+    /// Takes `snapshot` as the membership now, after events were missed (a
+    /// new watch session after a lost one, or a snapshot the rendezvous sent
+    /// again to a watcher that fell behind). Applies what the missed events
+    /// would have: members no longer there left ([`ClusterView::member_left`];
+    /// first, while their nodes still hold them), then members new to us
+    /// joined. A member still there under the same id is the same node: it
+    /// only gets its current addresses and ports, and nothing is said about
+    /// it. Returns the difference, for a line.
+    fn resync(&mut self, snapshot: &MembershipSnapshot, printer: &Printer, progress: &ProgressBar) -> MembershipDiff {
+        let known: BTreeMap<String, Option<NodeId>> =
+            self.nodes.iter().map(|(name, n)| (name.clone(), n.member.as_ref().map(|m| m.node_id))).collect();
+        let diff = diff_membership(&known, &snapshot.members);
+        for (_, id) in &diff.left {
+            self.member_left(*id, printer, progress);
+        }
+        for m in diff.joined.iter().chain(&diff.kept) {
+            if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
+                n.member = Some(m.clone());
+            }
+        }
+        diff
     }
 
     /// The provider says a node ended: a node that failed before its
@@ -772,13 +822,42 @@ async fn run<P: Provider>(
             break Ok(());
         }
         tokio::select! {
-            msg = feed.recv() => match msg {
-                Some(Ok(msg)) => {
+            item = feed.recv() => match item {
+                Some(FeedItem::Message(msg)) => {
                     if view.apply(&msg, &printer, &progress) {
                         write_status(&mut status, &view, &provider);
                     }
                 }
-                Some(Err(e)) => break Err(e).context("lost the rendezvous"),
+                // The nodes do not need the rendezvous to keep running,
+                // nor does this loop (Ctrl-C, provider exits): only news
+                // from the rendezvous waits for the reconnect.
+                Some(FeedItem::Lost { reason }) => {
+                    tracing::debug!("watch lost ({reason}); reconnecting");
+                    progress.suspend(|| {
+                        eprintln!(
+                            "cluster {}: rendezvous {} lost ({reason}); reconnecting, the cluster keeps running",
+                            spec.name, rendezvous.addr.addr
+                        )
+                    });
+                }
+                Some(FeedItem::Reconnected { snapshot, after, announced }) => {
+                    let diff = view.resync(&snapshot, &printer, &progress);
+                    if announced {
+                        progress.suspend(|| {
+                            eprintln!(
+                                "cluster {}: rendezvous {} reconnected after {:.1} s{}",
+                                spec.name,
+                                rendezvous.addr.addr,
+                                after.as_secs_f64(),
+                                diff.summary()
+                            )
+                        });
+                    } else {
+                        tracing::debug!("watch resumed after {after:.1?}{}", diff.summary());
+                    }
+                    write_status(&mut status, &view, &provider);
+                }
+                Some(FeedItem::Failed(e)) => break Err(e).context("lost the rendezvous"),
                 None => break Err(anyhow::anyhow!("lost the rendezvous")),
             },
             Some(exit) = exits.recv() => {
@@ -831,7 +910,7 @@ async fn run<P: Provider>(
 async fn teardown<P: Provider>(
     provider: &mut P,
     exits: &mut mpsc::UnboundedReceiver<NodeExit>,
-    feed: &mut mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>>,
+    feed: &mut mpsc::Receiver<FeedItem>,
     view: &mut ClusterView,
     printer: &Printer,
     rendezvous: &ClusterRendezvous,
@@ -855,7 +934,9 @@ async fn teardown<P: Provider>(
                     view.provider_exit(exit, printer, &hidden);
                     view.record_exit(&node, code);
                 }
-                Some(Ok(msg)) = feed.recv() => {
+                // Only messages: a lost or regained watch changes nothing
+                // about the stop (and a deleted cluster can look like one).
+                Some(FeedItem::Message(msg)) = feed.recv() => {
                     view.apply(&msg, printer, &hidden);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -896,21 +977,296 @@ fn keep_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// Reads the watch session in its own task; ends after the first error.
-fn spawn_feed_reader(
-    mut session: rendezvous::SessionReceiver,
-) -> mpsc::Receiver<Result<ServerMessage, rendezvous::RendezvousError>> {
+/// How to open the cluster's watch session, first and after a loss.
+#[derive(Debug, Clone)]
+struct Watcher {
+    endpoint: NodeEndpoint,
+    addr: RendezvousAddr,
+    request: WatchRequest,
+}
+
+impl Watcher {
+    async fn open(&self) -> Result<(MembershipSnapshot, rendezvous::SessionReceiver), RendezvousError> {
+        rendezvous::watch(&self.endpoint, self.addr, self.request.clone()).await
+    }
+}
+
+/// What the watch task hands the main loop, in order.
+#[derive(Debug)]
+enum FeedItem {
+    /// A message of the watch session.
+    Message(ServerMessage),
+    /// The session was lost to something a new one may cure
+    /// ([`reconnectable`]); the task is reconnecting. `reason` is short and
+    /// printable.
+    Lost { reason: String },
+    /// A new session is up, `after` the loss; `snapshot` is the membership
+    /// now, to reconcile with ([`ClusterView::resync`]). `announced`: the
+    /// loss was reported ([`FeedItem::Lost`]); an [`unexplained`] end is
+    /// reported only if the first attempt fails.
+    Reconnected { snapshot: MembershipSnapshot, after: Duration, announced: bool },
+    /// The rendezvous refused us (a wrong token, a deleted or unknown
+    /// cluster), or cannot be understood: the end. Nothing follows.
+    Failed(RendezvousError),
+}
+
+/// Keeps the cluster's watch session open in its own task (frame reads are
+/// not cancel-safe) and hands what comes to the returned channel, for as
+/// long as the receiver lives.
+///
+/// A session lost to the network or to a restarting rendezvous
+/// ([`reconnectable`]) is opened again, with [`reconnect_delay`] between
+/// attempts, for as long as it takes: the nodes keep running meanwhile (the
+/// rendezvous keeps their places while they rejoin), and refusals still end
+/// it. The embedded rendezvous goes the same way (it is only ever lost when
+/// `boxer up` stops it).
+///
+/// What the rendezvous published while no session was open is lost to
+/// `boxer up`: it does not replay output to a new watcher (with `logs:
+/// true` the new session carries lines from then on; earlier ones are
+/// missing from the terminal and from the copy kept for `boxer logs` with
+/// an external rendezvous), nor exit reports (a node that ended meanwhile
+/// is settled from its provider's report, [`ClusterView::settle_unreported`]).
+/// Current node states are sent again; membership comes back whole in the
+/// new snapshot.
+fn spawn_feed_reader(session: rendezvous::SessionReceiver, watcher: Watcher) -> mpsc::Receiver<FeedItem> {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(async move {
-        loop {
-            let msg = session.next().await;
-            let end = msg.is_err();
-            if tx.send(msg).await.is_err() || end {
+    let span = tracing::info_span!("watch", cluster = %watcher.request.cluster, rendezvous = %watcher.addr.addr);
+    tokio::spawn(keep_watching(session, watcher, tx).instrument(span));
+    rx
+}
+
+/// The watch task of [`spawn_feed_reader`].
+async fn keep_watching(mut session: rendezvous::SessionReceiver, watcher: Watcher, tx: mpsc::Sender<FeedItem>) {
+    // Reconnect attempts so far: the back-off goes on across sessions that
+    // do not last (see [`RECONNECT_SETTLED`]).
+    let mut attempt = 0u32;
+    let mut opened = Instant::now();
+    loop {
+        let error = loop {
+            let msg = tokio::select! {
+                // Nobody reads any more: `boxer up` is ending.
+                () = tx.closed() => return,
+                msg = session.next() => msg,
+            };
+            match msg {
+                Ok(msg) => {
+                    if tx.send(FeedItem::Message(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => break e,
+            }
+        };
+        // Whatever is left of the connection goes now rather than at drop.
+        session.connection().close(0u32.into(), b"reconnecting");
+        if !reconnectable(&error) {
+            tracing::info!("watch ended: {error}");
+            let _ = tx.send(FeedItem::Failed(error)).await;
+            return;
+        }
+        tracing::info!("watch lost: {error}");
+        let reason = loss_reason(&error);
+        // Said now, or after a first attempt for an end without a reason.
+        let mut announced = false;
+        if !unexplained(&error) {
+            if tx.send(FeedItem::Lost { reason: reason.clone() }).await.is_err() {
                 return;
             }
+            announced = true;
         }
-    });
-    rx
+        let lost = Instant::now();
+        if lost.duration_since(opened) >= RECONNECT_SETTLED {
+            attempt = 0;
+        }
+        let (snapshot, fresh) = loop {
+            let wait = jittered(reconnect_delay(attempt), random_fraction());
+            attempt = attempt.saturating_add(1);
+            let result = tokio::select! {
+                () = tx.closed() => return,
+                result = async {
+                    tokio::time::sleep(wait).await;
+                    watcher.open().await
+                } => result,
+            };
+            match result {
+                Ok(watch) => break watch,
+                Err(e) if reconnectable(&e) => {
+                    tracing::debug!(attempt, "reconnect failed after {:.1?}: {e}", lost.elapsed());
+                    if !announced {
+                        if tx.send(FeedItem::Lost { reason: reason.clone() }).await.is_err() {
+                            return;
+                        }
+                        announced = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(attempt, "reconnect refused: {e}");
+                    let _ = tx.send(FeedItem::Failed(e)).await;
+                    return;
+                }
+            }
+        };
+        let after = lost.elapsed();
+        tracing::info!(attempt, "watch reconnected after {after:.1?}");
+        session = fresh;
+        opened = Instant::now();
+        if tx.send(FeedItem::Reconnected { snapshot, after, announced }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether a watch session that ended with `e` may come back by opening a
+/// new one: the network or the rendezvous went away for a while (a
+/// restart closes with code 0, "rendezvous shutting down", or resets; a
+/// crash or a cut link times out; a stream that ends without a reason is a
+/// session the rendezvous dropped). A new attempt that meets a refusal ends
+/// it then.
+///
+/// Final: refusals (a wrong token, a deleted or unknown cluster: the
+/// deleted cluster's close code comes as `Refused`), another protocol
+/// version, a rendezvous that now presents another certificate (a local
+/// TLS failure: the nodes pinned the old one and cannot rejoin either),
+/// messages that cannot be read, and local failures to dial. Retrying
+/// would repeat them.
+fn reconnectable(e: &RendezvousError) -> bool {
+    use quinn::ConnectionError as C;
+    match e {
+        RendezvousError::Connection { source, .. } => match source {
+            C::TimedOut | C::Reset | C::ConnectionClosed(_) | C::CidsExhausted => true,
+            // `ApplicationClosed` comes as `Closed` or `Refused`.
+            C::ApplicationClosed(_) | C::VersionMismatch | C::TransportError(_) | C::LocallyClosed => false,
+        },
+        RendezvousError::Closed { .. } | RendezvousError::Timeout { .. } => true,
+        RendezvousError::Frame { source, .. } => match source {
+            FrameError::Io(_) | FrameError::Closed | FrameError::Truncated { .. } => true,
+            FrameError::Oversize { .. } | FrameError::Decode(_) | FrameError::Encode(_) => false,
+        },
+        RendezvousError::Refused { .. }
+        | RendezvousError::Hello { .. }
+        | RendezvousError::Endpoint(_)
+        | RendezvousError::Unexpected { .. } => false,
+    }
+}
+
+/// Whether the rendezvous ended the session without saying why (no close
+/// reason, or just the end of the stream). A deleted cluster's session can
+/// end so, when the deletion races the refusal that says it: the first
+/// reconnect attempt is made before the loss is reported, so that its
+/// refusal ends the watch without a "reconnecting" line first.
+fn unexplained(e: &RendezvousError) -> bool {
+    match e {
+        RendezvousError::Closed { reason } => reason.trim().is_empty(),
+        RendezvousError::Frame { source, .. } => matches!(source, FrameError::Closed | FrameError::Truncated { .. }),
+        _ => false,
+    }
+}
+
+/// Longest reason shown for a lost watch.
+const MAX_REASON: usize = 120;
+
+/// Why a watch was lost, short (the line names the rendezvous already) and
+/// safe to print: the rendezvous' close reason is its own text.
+fn loss_reason(e: &RendezvousError) -> String {
+    let reason = match e {
+        RendezvousError::Connection { source, .. } => source.to_string(),
+        RendezvousError::Closed { reason } if reason.trim().is_empty() => "it closed the connection".to_owned(),
+        RendezvousError::Closed { reason } => reason.clone(),
+        RendezvousError::Timeout { .. } => format!("no answer within {:?}", rendezvous::ANSWER_TIMEOUT),
+        RendezvousError::Frame { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    let mut short: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_REASON).collect();
+    if reason.chars().count() > MAX_REASON {
+        short.push('…');
+    }
+    short
+}
+
+/// The wait before reconnect attempt `attempt` (0 first): [`RECONNECT_FIRST`]
+/// doubled each time, at most [`RECONNECT_CAP`].
+fn reconnect_delay(attempt: u32) -> Duration {
+    RECONNECT_FIRST.saturating_mul(2u32.saturating_pow(attempt)).min(RECONNECT_CAP)
+}
+
+/// `wait` shortened by up to [`RECONNECT_JITTER`] of it, by `fraction`
+/// (in `0.0..1.0`) of that.
+fn jittered(wait: Duration, fraction: f64) -> Duration {
+    wait.mul_f64(1.0 - RECONNECT_JITTER * fraction.clamp(0.0, 1.0))
+}
+
+/// A random number in `0.0..1.0`, good enough to spread retries (std's
+/// randomly keyed hasher; no dependency for this).
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How a fresh snapshot differs from the members `boxer up` knew, for the
+/// spec's nodes (other members, such as `boxer port-forward`, are not
+/// followed).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MembershipDiff {
+    /// Nodes whose member is not in the snapshot any more, with its id: it
+    /// left while we did not see it.
+    left: Vec<(String, NodeId)>,
+    /// Members new to us: a node that had none, or one that joined again as
+    /// a new member (its old id is in `left`).
+    joined: Vec<Member>,
+    /// Members known under the same id: the same node, still there (its
+    /// addresses and ports may be newer). Not news.
+    kept: Vec<Member>,
+}
+
+impl MembershipDiff {
+    /// ` (meanwhile db-0 left; web-2 joined)`, or nothing when nothing
+    /// changed. Long lists are cut short.
+    fn summary(&self) -> String {
+        /// Names shown per list; the rest are counted.
+        const SHOWN: usize = 5;
+        let list = |names: Vec<String>| {
+            let more = names.len().saturating_sub(SHOWN);
+            let mut text = names.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
+            if more > 0 {
+                text.push_str(&format!(" and {more} more"));
+            }
+            text
+        };
+        let mut parts = Vec::new();
+        if !self.left.is_empty() {
+            parts.push(format!("{} left", list(self.left.iter().map(|(name, _)| name.clone()).collect())));
+        }
+        if !self.joined.is_empty() {
+            parts.push(format!("{} joined", list(self.joined.iter().map(Member::replica_name).collect())));
+        }
+        if parts.is_empty() { String::new() } else { format!(" (meanwhile {})", parts.join("; ")) }
+    }
+}
+
+/// Compares the members `known` (each node's member id, if it has joined)
+/// with `members`, a fresh snapshot. A member is the same one only under
+/// the same id and name: a node's id is never reused, and a node that
+/// rejoins the rendezvous keeps it.
+fn diff_membership(known: &BTreeMap<String, Option<NodeId>>, members: &[Member]) -> MembershipDiff {
+    let mut diff = MembershipDiff::default();
+    for (name, id) in known {
+        if let Some(id) = *id
+            && !members.iter().any(|m| m.node_id == id && m.replica_name() == *name)
+        {
+            diff.left.push((name.clone(), id));
+        }
+    }
+    for m in members {
+        match known.get(&m.replica_name()) {
+            // Not one of the spec's nodes.
+            None => {}
+            Some(Some(id)) if *id == m.node_id => diff.kept.push(m.clone()),
+            Some(_) => diff.joined.push(m.clone()),
+        }
+    }
+    diff
 }
 
 /// Paths of a cluster's stored node output, for `boxer logs`.
@@ -968,9 +1324,9 @@ mod tests {
         }
     }
 
-    fn joined(view: &mut ClusterView, node: &str, id: u32) {
+    fn member(node: &str, id: u32) -> Member {
         let (service, index) = node.rsplit_once('-').unwrap();
-        let member = Member {
+        Member {
             node_id: boxer_proto::NodeId(id),
             service: service.into(),
             index: index.parse().unwrap(),
@@ -980,8 +1336,11 @@ mod tests {
             local: vec![],
             listening: vec![],
             disco_public: [id as u8; 32],
-        };
-        view.nodes.get_mut(node).unwrap().member = Some(member);
+        }
+    }
+
+    fn joined(view: &mut ClusterView, node: &str, id: u32) {
+        view.nodes.get_mut(node).unwrap().member = Some(member(node, id));
     }
 
     #[test]
@@ -1048,5 +1407,267 @@ mod tests {
         let (name, code) = view.failed_dependency().unwrap();
         view.failing = Some((name, code));
         assert_eq!(view.failure_summary().unwrap(), "node db-0 failed with exit code 1 (service(s) web wait for it)");
+    }
+
+    #[test]
+    fn reconnects_back_off_from_200_ms_to_5_s() {
+        let waits: Vec<u128> = (0..8).map(|a| reconnect_delay(a).as_millis()).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(reconnect_delay(u32::MAX), RECONNECT_CAP, "no overflow however long it runs");
+        assert_eq!(jittered(Duration::from_secs(5), 0.0), Duration::from_secs(5));
+        assert_eq!(jittered(Duration::from_secs(5), 1.0), Duration::from_secs(4));
+        assert_eq!(jittered(Duration::from_secs(5), 7.0), Duration::from_secs(4), "clamped");
+        for _ in 0..100 {
+            let f = random_fraction();
+            assert!((0.0..1.0).contains(&f), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_is_reconnected_and_a_refusal_is_final() {
+        let addr: SocketAddr = "192.0.2.7:4740".parse().unwrap();
+        let connection = |source| RendezvousError::Connection { addr, source };
+        let frame = |source| RendezvousError::Frame { addr, source };
+        for e in [
+            connection(quinn::ConnectionError::TimedOut),
+            connection(quinn::ConnectionError::Reset),
+            RendezvousError::Closed { reason: "rendezvous shutting down".into() },
+            RendezvousError::Closed { reason: String::new() },
+            RendezvousError::Timeout { addr },
+            frame(FrameError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))),
+            frame(FrameError::Closed),
+        ] {
+            assert!(reconnectable(&e), "{e}");
+        }
+        // Reported at once, or only once a first attempt fails.
+        let said: Vec<bool> = [
+            RendezvousError::Closed { reason: "rendezvous shutting down".into() },
+            RendezvousError::Closed { reason: String::new() },
+            frame(FrameError::Closed),
+            connection(quinn::ConnectionError::TimedOut),
+        ]
+        .iter()
+        .map(|e| !unexplained(e))
+        .collect();
+        assert_eq!(said, [true, false, false, true]);
+        for e in [
+            RendezvousError::Refused { code: 3, reason: "wrong token for cluster \"c\"".into() },
+            RendezvousError::Refused { code: 4, reason: "no cluster \"c\"".into() },
+            RendezvousError::Refused { code: 10, reason: "cluster \"c\" was deleted".into() },
+            RendezvousError::Hello {
+                addr,
+                source: boxer_proto::hello::HelloError::VersionMismatch { ours: 5, theirs: 4 },
+            },
+            connection(quinn::ConnectionError::VersionMismatch),
+            connection(quinn::ConnectionError::LocallyClosed),
+            frame(FrameError::Oversize { len: 1 << 30 }),
+            RendezvousError::Unexpected { addr, what: "Joined".into() },
+        ] {
+            assert!(!reconnectable(&e), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_reason_for_a_loss_is_short_and_printable() {
+        let addr: SocketAddr = "192.0.2.7:4740".parse().unwrap();
+        let reason = |e| loss_reason(&e);
+        assert_eq!(reason(RendezvousError::Connection { addr, source: quinn::ConnectionError::TimedOut }), "timed out");
+        assert_eq!(
+            reason(RendezvousError::Closed { reason: "rendezvous shutting down".into() }),
+            "rendezvous shutting down"
+        );
+        assert_eq!(reason(RendezvousError::Closed { reason: " ".into() }), "it closed the connection");
+        let hostile = reason(RendezvousError::Closed { reason: format!("\u{1b}[2Jbye\n{}", "é".repeat(500)) });
+        assert!(hostile.starts_with(" [2Jbye "), "{hostile}");
+        assert!(!hostile.chars().any(char::is_control), "{hostile:?}");
+        assert_eq!(hostile.chars().count(), MAX_REASON + 1, "cut, with an ellipsis");
+    }
+
+    #[test]
+    fn a_fresh_snapshot_is_compared_by_member_id() {
+        let known: BTreeMap<String, Option<NodeId>> = [
+            ("db-0".to_owned(), Some(NodeId(1))),
+            ("web-0".to_owned(), Some(NodeId(2))),
+            ("web-1".to_owned(), Some(NodeId(3))),
+            ("web-2".to_owned(), None),
+        ]
+        .into();
+        // db-0 still there (new address), web-0 gone, web-1 a new member
+        // (it joined again), web-2 new, a port-forward member not ours.
+        let mut db = member("db-0", 1);
+        db.reflexive = "192.0.2.9:9".parse().unwrap();
+        let members = [db.clone(), member("web-1", 7), member("web-2", 8), member("forward-0", 9)];
+        let diff = diff_membership(&known, &members);
+        assert_eq!(diff.kept, [db]);
+        assert_eq!(diff.left, [("web-0".to_owned(), NodeId(2)), ("web-1".to_owned(), NodeId(3))]);
+        assert_eq!(diff.joined, [member("web-1", 7), member("web-2", 8)]);
+        assert_eq!(diff.summary(), " (meanwhile web-0, web-1 left; web-1, web-2 joined)");
+
+        // Nothing changed: nothing to say.
+        let same = diff_membership(&known, &[member("db-0", 1), member("web-0", 2), member("web-1", 3)]);
+        assert!(same.left.is_empty() && same.joined.is_empty() && same.kept.len() == 3, "{same:?}");
+        assert_eq!(same.summary(), "");
+
+        let many: BTreeMap<String, Option<NodeId>> = (0..8).map(|i| (format!("w-{i}"), None)).collect();
+        let members: Vec<Member> = (0..8).map(|i| member(&format!("w-{i}"), i + 1)).collect();
+        assert_eq!(
+            diff_membership(&many, &members).summary(),
+            " (meanwhile w-0, w-1, w-2, w-3, w-4 and 3 more joined)"
+        );
+    }
+
+    #[test]
+    fn a_resync_settles_what_left_and_keeps_what_stayed() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let mut view = view();
+        joined(&mut view, "db-0", 1);
+        joined(&mut view, "web-0", 2);
+        // The provider lost track of db-0: only the rendezvous can say it left.
+        view.nodes.get_mut("db-0").unwrap().left_unreported = true;
+
+        // Both still there after the reconnect: nobody left, nobody is new.
+        let snapshot = MembershipSnapshot { seq: 9, members: vec![member("db-0", 1), member("web-0", 2)] };
+        let diff = view.resync(&snapshot, &printer, &hidden);
+        assert_eq!((diff.left.len(), diff.joined.len(), diff.summary()), (0, 0, String::new()));
+        assert_eq!(view.nodes["db-0"].exit, None);
+        assert_eq!(state_of(&view, "web-0"), "running");
+
+        // db-0 left while unseen: it ends as if its departure had come.
+        let snapshot = MembershipSnapshot { seq: 12, members: vec![member("web-0", 2)] };
+        let diff = view.resync(&snapshot, &printer, &hidden);
+        assert_eq!(diff.summary(), " (meanwhile db-0 left)");
+        assert_eq!(view.nodes["db-0"].exit, Some(1));
+        assert_eq!(state_of(&view, "web-0"), "running");
+
+        // The same through a snapshot resent mid-session; a new member of
+        // web-0 replaces the old one.
+        assert!(view.apply(
+            &ServerMessage::Snapshot(MembershipSnapshot { seq: 15, members: vec![member("web-0", 5)] }),
+            &printer,
+            &hidden
+        ));
+        assert_eq!(view.nodes["web-0"].member.as_ref().map(|m| m.node_id), Some(NodeId(5)));
+        assert_eq!(view.nodes["web-0"].exit, None, "web-0 was not left_unreported: its exit report decides");
+    }
+
+    /// A rendezvous on loopback keeping its clusters in `dir`, serving.
+    fn serve_rendezvous(dir: &Path, port: u16) -> Result<::rendezvous::Rendezvous, ::rendezvous::ServerError> {
+        let server = ::rendezvous::Rendezvous::bind(::rendezvous::Config {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            state_dir: dir.to_owned(),
+            admin_token: Some("admin".into()),
+            socket: None,
+            persist: true,
+        })?;
+        tokio::spawn(server.clone().run());
+        Ok(server)
+    }
+
+    /// The next item that is not a message, within `within`.
+    async fn next_news(rx: &mut mpsc::Receiver<FeedItem>, within: Duration) -> FeedItem {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(FeedItem::Message(_))) => {}
+                Ok(Some(item)) => return item,
+                Ok(None) => panic!("the watch task ended"),
+                Err(_) => panic!("nothing within {within:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_comes_back_after_a_restart_and_ends_with_its_reader() {
+        let dir = std::env::temp_dir().join(format!("boxer-up-watch-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let server = serve_rendezvous(&dir, 0).unwrap();
+        let addr = RendezvousAddr { addr: server.local_addr().unwrap(), fingerprint: server.fingerprint() };
+        let endpoint =
+            NodeEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Identity::generate().unwrap()).unwrap();
+        let create =
+            CreateClusterRequest { admin_token: "admin".into(), name: "c".into(), network: None, join_token: None };
+        rendezvous::create_cluster(&endpoint, addr, create).await.unwrap();
+        // The cluster must be on disk for the next process to know it.
+        let saved = dir.join(::rendezvous::store::CLUSTERS_FILE);
+        for _ in 0..100 {
+            if std::fs::read_to_string(&saved).is_ok_and(|s| s.contains("\"c\"")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let request = WatchRequest { cluster: "c".into(), token: "admin".into(), logs: true };
+        let watcher = Watcher { endpoint, addr, request };
+        let (_, session) = watcher.open().await.unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(keep_watching(session, watcher, tx));
+
+        server.close();
+        drop(server);
+        match next_news(&mut rx, Duration::from_secs(10)).await {
+            FeedItem::Lost { reason } => assert_eq!(reason, "rendezvous shutting down"),
+            other => panic!("{other:?}"),
+        }
+        // The same port once the old socket is gone.
+        let mut tries = 0;
+        let server = loop {
+            match serve_rendezvous(&dir, addr.addr.port()) {
+                Ok(server) => break server,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!("rebinding: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebinding {}: {e}", addr.addr),
+            }
+        };
+        assert_eq!(server.fingerprint(), addr.fingerprint);
+        match next_news(&mut rx, Duration::from_secs(20)).await {
+            FeedItem::Reconnected { snapshot, after, announced } => {
+                assert!(announced);
+                assert!(snapshot.members.is_empty());
+                assert!(after >= RECONNECT_FIRST.mul_f64(1.0 - RECONNECT_JITTER), "{after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Gone for good; the reader stops while the task waits to retry:
+        // the task ends at once (as on Ctrl-C).
+        server.close();
+        drop(server);
+        assert!(matches!(next_news(&mut rx, Duration::from_secs(10)).await, FeedItem::Lost { .. }));
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(1), task).await.expect("the task ended").unwrap();
+
+        // Deleted meanwhile: a refusal, final.
+        let server = loop {
+            match serve_rendezvous(&dir, addr.addr.port()) {
+                Ok(server) => break server,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let endpoint =
+            NodeEndpoint::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Identity::generate().unwrap()).unwrap();
+        let request = WatchRequest { cluster: "c".into(), token: "admin".into(), logs: true };
+        let watcher = Watcher { endpoint: endpoint.clone(), addr, request };
+        let (_, session) = watcher.open().await.unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(keep_watching(session, watcher, tx));
+        let delete = DeleteClusterRequest { admin_token: "admin".into(), name: "c".into() };
+        rendezvous::delete_cluster(&endpoint, addr, delete).await.unwrap();
+        // Whichever way the session ends, no "reconnecting" comes first.
+        match next_news(&mut rx, Duration::from_secs(20)).await {
+            FeedItem::Failed(e) => assert!(!reconnectable(&e), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::timeout(Duration::from_secs(1), task).await.expect("the task ended").unwrap();
+        server.close();
+        // Once the deletion is saved, nothing writes there any more.
+        for _ in 0..100 {
+            if std::fs::read_to_string(&saved).is_ok_and(|s| !s.contains("\"c\"")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
