@@ -35,7 +35,8 @@ pub struct LabCluster {
 
 /// Starts `rendezvous-server` on the lab's rendezvous device, listening on
 /// [`RENDEZVOUS_PORT`] with its state and log in `dir`; returns it with its
-/// fingerprint and admin token (read from its output).
+/// fingerprint and admin token (read from its output). A restarted server
+/// (same `dir`) appends to the log of the one before.
 pub fn start_lab_rendezvous(lab: &LabNet, dir: &Path) -> anyhow::Result<(Proc, String, String)> {
     let log = dir.join("rendezvous.log");
     let mut cmd = Command::new(bin("rendezvous-server"));
@@ -43,7 +44,7 @@ pub fn start_lab_rendezvous(lab: &LabNet, dir: &Path) -> anyhow::Result<(Proc, S
         .arg(dir.join("rendezvous-state"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log)?);
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?);
     let mut child = lab.rendezvous().spawn_command_sync(cmd).context("starting rendezvous-server in the lab")?;
     let stdout = child.stdout.take().context("piped stdout")?;
     let mut proc = Proc { child, name: "rendezvous".into(), stderr: log };
@@ -196,6 +197,96 @@ impl LabCluster {
     {
         device.spawn(move |_| f())?;
         Ok(())
+    }
+
+    /// The rendezvous' certificate fingerprint (as the nodes pin it).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Kills the rendezvous with SIGKILL (no goodbye to anyone) and reaps it.
+    pub fn kill_rendezvous(&mut self) {
+        // The rendezvous is the first process, started by `start`.
+        self.procs[0].kill();
+    }
+
+    /// Starts the rendezvous again on the same port with the same state
+    /// directory (after [`LabCluster::kill_rendezvous`]); returns the
+    /// fingerprint it printed.
+    pub fn restart_rendezvous(&mut self) -> anyhow::Result<String> {
+        self.kill_rendezvous();
+        let (proc, fingerprint, _admin) = start_lab_rendezvous(&self.lab, self.dir.path())?;
+        self.procs[0] = proc;
+        Ok(fingerprint)
+    }
+
+    /// Whether the rendezvous process is running.
+    pub fn rendezvous_running(&mut self) -> bool {
+        matches!(self.procs[0].child.try_wait(), Ok(None))
+    }
+
+    /// `Ok` while `node`'s runtime process is running, else how it ended.
+    pub fn running(&mut self, node: &LabNode) -> Result<(), String> {
+        let proc = self.procs.iter_mut().find(|p| p.name == node.name).ok_or(format!("no process {}", node.name))?;
+        match proc.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("{} exited: {status}", node.name)),
+            Err(e) => Err(format!("{}: {e}", node.name)),
+        }
+    }
+
+    /// Name of the nftables tables [`LabCluster::cut_rendezvous`] adds.
+    const CUT_TABLE: &str = "boxer_cut_rendezvous";
+
+    /// Makes the rendezvous unreachable without stopping it: the public
+    /// router drops everything to or from it (packets vanish, as on a broken
+    /// link; nobody is told). NAT routers and the rendezvous share the public
+    /// router's LAN, where packets are bridged: the inet family's forward
+    /// hook sees them only where `br_netfilter` is loaded, the bridge
+    /// family's always, so the rule is in both.
+    pub fn cut_rendezvous(&self) -> anyhow::Result<()> {
+        let ip = self.rendezvous.ip();
+        let table = |family: &str| {
+            format!(
+                "table {family} {table} {{
+    chain forward {{
+        type filter hook forward priority -10; policy accept;
+        ip daddr {ip} drop
+        ip saddr {ip} drop
+    }}
+}}
+",
+                table = Self::CUT_TABLE
+            )
+        };
+        LabNet::nft(self.lab.internet(), &(table("inet") + &table("bridge")))
+    }
+
+    /// Undoes [`LabCluster::cut_rendezvous`].
+    pub fn reconnect_rendezvous(&self) -> anyhow::Result<()> {
+        let table = Self::CUT_TABLE;
+        LabNet::nft(self.lab.internet(), &format!("delete table inet {table}\ndelete table bridge {table}\n"))
+    }
+
+    /// Whether a UDP datagram from `device` reaches the rendezvous' device
+    /// (a spare port there, not the rendezvous itself), tried 3 times within
+    /// 600 ms.
+    pub fn rendezvous_reachable(&self, device: &Device) -> anyhow::Result<bool> {
+        const PROBE_PORT: u16 = RENDEZVOUS_PORT + 1;
+        let listener = LabNet::udp_socket(self.lab.rendezvous(), PROBE_PORT)?;
+        listener.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let sender = LabNet::udp_socket(device, 0)?;
+        let to = SocketAddr::from((self.rendezvous.ip(), PROBE_PORT));
+        let mut buf = [0u8; 16];
+        for _ in 0..3 {
+            sender.send_to(b"probe", to)?;
+            if let Ok((n, _)) = listener.recv_from(&mut buf)
+                && &buf[..n] == b"probe"
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Every process' log, for failure messages.

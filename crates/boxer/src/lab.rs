@@ -118,6 +118,12 @@ impl LabNet {
         &self.rendezvous
     }
 
+    /// The public router every NAT router and the rendezvous hang off (for
+    /// nftables rules that cut paths through the lab's internet).
+    pub fn internet(&self) -> &Router {
+        &self.internet
+    }
+
     /// The rendezvous device's address.
     pub fn rendezvous_ip(&self) -> anyhow::Result<Ipv4Addr> {
         self.rendezvous.ip().context("the rendezvous device has no IPv4 address")
