@@ -141,9 +141,15 @@ impl Rendezvous {
             Some(s) => s,
             None => std::net::UdpSocket::bind(config.listen).map_err(bind_error)?,
         };
-        let endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, Arc::new(quinn::TokioRuntime))
-                .map_err(bind_error)?;
+        let reset_key = Arc::new(ResetKey::derive(&identity));
+        let mut endpoint_config = quinn::EndpointConfig::new(reset_key.clone());
+        // Connection ids carry a keyed hash that quinn checks before it
+        // answers an unknown id; with the key from the TLS key too, a
+        // restarted rendezvous recognises its old ids and resets them.
+        let cid_key = reset_key.cid_key();
+        endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))
+            .map_err(bind_error)?;
         let store = config.persist.then(|| store::Store::new(&dir));
         let registry = match store.as_ref().map(store::Store::load).transpose()?.flatten() {
             Some(saved) => {
@@ -232,6 +238,57 @@ impl Rendezvous {
     pub fn close(&self) {
         session::lock(&self.registry).close();
         self.endpoint.close(0u32.into(), b"rendezvous shutting down");
+    }
+}
+
+/// The key of quinn's stateless resets, derived from the TLS key so that a
+/// restarted rendezvous (same state directory) has the same one. Its answer
+/// to a packet of a connection it no longer knows is then a reset the
+/// runtime can verify: the runtime learns at once that the rendezvous
+/// restarted and rejoins within a second, instead of waiting out its idle
+/// timeout. Anyone without the TLS key cannot forge such a reset.
+struct ResetKey([u8; 32]);
+
+impl ResetKey {
+    fn derive(identity: &Identity) -> Self {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"boxer rendezvous stateless reset key v1\0");
+        hash.update(identity.key().secret_der());
+        Self(hash.finalize().into())
+    }
+
+    /// Key of the connection id hash: like the reset key, stable across
+    /// restarts and secret.
+    fn cid_key(&self) -> u64 {
+        use hmac::Mac;
+        let tag = self.mac(b"connection ids").finalize().into_bytes();
+        u64::from_le_bytes(tag[..8].try_into().expect("HMAC-SHA256 is longer"))
+    }
+
+    fn mac(&self, data: &[u8]) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(data);
+        mac
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        use hmac::Mac;
+        let tag = self.mac(data).finalize().into_bytes();
+        let n = signature_out.len().min(tag.len());
+        signature_out[..n].copy_from_slice(&tag[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        32
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        use hmac::Mac;
+        self.mac(data).verify_slice(signature).map_err(|_| quinn::crypto::CryptoError)
     }
 }
 
