@@ -33,6 +33,7 @@ pub fn start_rendezvous(state_dir: &std::path::Path) -> anyhow::Result<(Rendezvo
                 admin_token: Some("bench-admin".into()),
                 socket: None,
                 persist: false,
+                limits: ::rendezvous::limits::Limits::default(),
             });
             let server = match server {
                 Ok(s) => s,

@@ -247,3 +247,134 @@ async fn replaying_another_members_identity_is_refused() -> anyhow::Result<()> {
     assert!(log.contains("WARN") && log.contains("only as itself"), "the attempt is logged:\n{log}");
     Ok(())
 }
+
+/// Limits under abuse, each on its own rendezvous with small limits: one
+/// source address opening connections too fast is refused before the
+/// handshake (another address is not), a member shipping output too fast
+/// has lines dropped and the count written into its log, and a member
+/// relaying too fast gets no more through than its rate allows.
+#[tokio::test]
+async fn per_source_and_per_member_limits_hold() -> anyhow::Result<()> {
+    use boxer_net::rendezvous::{self, RendezvousAddr};
+    use boxer_proto::control::{JoinRequest, LogLine, NodeMessage, Stream};
+    use boxer_proto::relay;
+
+    let dir = Scratch::new("hostile-limits");
+    let rdv = start_rendezvous_with(
+        dir.path(),
+        &[
+            "--connection-burst-per-source",
+            "12",
+            "--connections-per-source-per-sec",
+            "0.2",
+            "--log-kib-per-node",
+            "64",
+            "--relay-mbit-per-node",
+            "8",
+        ],
+    )?;
+    // The boxer CLI's connection is the first of the burst.
+    let token = rdv.create_cluster(CLUSTER)?;
+    let at = RendezvousAddr { addr: rdv.addr, fingerprint: rdv.fingerprint.parse()? };
+    let join = |service: &str| JoinRequest {
+        cluster: CLUSTER.into(),
+        join_token: token.clone(),
+        service: service.into(),
+        index: 0,
+        local: vec![],
+        listening: vec![],
+        disco_public: [7; 32],
+        rejoin: None,
+    };
+
+    // Two members, whose connections stay open.
+    let (ea, eb) = (client(), client());
+    let (_a, sa) = rendezvous::join(&ea, at, join("a")).await?;
+    let (b, sb) = rendezvous::join(&eb, at, join("b")).await?;
+
+    // The rest of the burst passes, then this address is refused.
+    let mut admitted = 0;
+    let mut refused = None;
+    for _ in 0..12 {
+        let e = client();
+        match e.connect(rdv.addr, at.fingerprint, ALPN_RENDEZVOUS, transport::rendezvous())?.await {
+            Ok(conn) => {
+                admitted += 1;
+                conn.close(0u32.into(), b"");
+            }
+            Err(e) => {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    assert!((1..=9).contains(&admitted), "{admitted} more connections admitted: the burst is 12 in all");
+    let refused = refused.expect("a connection over the burst was refused");
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+    // Another source address is not affected.
+    let other = NodeEndpoint::bind("127.0.0.2:0".parse()?, Identity::generate()?)?;
+    let conn = other.connect(rdv.addr, at.fingerprint, ALPN_RENDEZVOUS, transport::rendezvous())?.await?;
+    conn.close(0u32.into(), b"");
+
+    // Output: 64 KiB/s with 1 MiB at once; a 4 MiB flood loses lines.
+    let a_conn = sa.connection().clone();
+    let (mut a_send, _a_recv) = sa.split();
+    let line = "x".repeat(1023);
+    for _ in 0..64 {
+        let lines = vec![LogLine { stream: Stream::Stdout, text: line.clone() }; 64];
+        a_send.send(&NodeMessage::Logs(lines)).await?;
+    }
+    // Later, a line within the rate carries the count of those dropped.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a_send.send(&NodeMessage::Logs(vec![LogLine { stream: Stream::Stdout, text: "after".into() }])).await?;
+    let log = dir.path().join("rendezvous-state/logs").join(CLUSTER).join("a-0.log");
+    // Polled without blocking: the QUIC connections run on this thread.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("after") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line after the flood in a-0's log ({} bytes); rendezvous log:\n{}",
+            text.len(),
+            rdv.proc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.len() < (1 << 20) + (256 << 10), "{} bytes stored", text.len());
+    let note = text.lines().find(|l| l.contains("lines dropped")).expect("a note on the dropped lines");
+    assert!(note.starts_with("[boxer] ") && note.contains("over 65536 bytes/s"), "{note}");
+
+    // Relay: 1 MB/s (62.5 KB at once); 4 MB sent at once, a's share passes.
+    async fn relay_stream(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        frame::write(&mut send, &Hello::current()).await.unwrap();
+        let hello: Hello = frame::read(&mut recv).await.unwrap();
+        hello.check().unwrap();
+        (send, recv)
+    }
+    let (mut relay_a, _) = relay_stream(&a_conn).await;
+    let (_relay_b_send, mut relay_b) = relay_stream(sb.connection()).await;
+    let packet = vec![7u8; 1200];
+    let started = std::time::Instant::now();
+    let mut frames = Vec::new();
+    for _ in 0..(4_000_000 / packet.len()) {
+        relay::encode(b.node_id, &packet, &mut frames)?;
+    }
+    relay_a.write_all(&frames).await?;
+    let mut received = 0usize;
+    let window = Duration::from_secs(3);
+    let _ = tokio::time::timeout(window, async {
+        while let Ok(Some((_, p))) = relay::io::read(&mut relay_b).await {
+            received += p.len();
+        }
+    })
+    .await;
+    let allowed = 62_500.0 + 1_000_000.0 * started.elapsed().as_secs_f64() + 1200.0;
+    assert!(received > 0, "nothing relayed");
+    assert!((received as f64) <= allowed, "{received} bytes relayed, {allowed:.0} allowed");
+    println!("relayed {received} of 4000000 bytes in {:.1?} at 8 Mbit/s", started.elapsed());
+    Ok(())
+}

@@ -5,6 +5,7 @@
 //! [`boxer_proto::control`]). The [`registry`] holds the state; [`session`]
 //! runs each connection.
 
+pub mod limits;
 pub mod logstore;
 pub mod registry;
 pub mod relay;
@@ -83,6 +84,8 @@ pub struct Config {
     /// survive a restart. An embedding program whose clusters end with it
     /// (`boxer up`) has nothing to take back and says `false`.
     pub persist: bool,
+    /// What one source address or member may take ([`limits::Limits`]).
+    pub limits: limits::Limits,
 }
 
 /// How often away members whose grace ended are removed.
@@ -98,6 +101,7 @@ pub struct Rendezvous {
     logs: logstore::LogStore,
     /// Where clusters are saved, when they are.
     store: Option<store::Store>,
+    limits: limits::Limits,
 }
 
 fn load_or_create_token(state_dir: &Path) -> Result<String, ServerError> {
@@ -171,6 +175,7 @@ impl Rendezvous {
             admin_token,
             logs: logstore::LogStore::new(dir.join("logs")),
             store,
+            limits: config.limits,
         })
     }
 
@@ -208,6 +213,9 @@ impl Rendezvous {
             saved
         });
         tokio::spawn(expire_away(self.registry.clone()).in_current_span());
+        let sources = Arc::new(Mutex::new(limits::SourceLimits::new(self.limits, std::time::Instant::now())));
+        let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        tokio::spawn(report_refusals(refused.clone()).in_current_span());
         let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         while let Some(incoming) = self.endpoint.accept().await {
             use std::sync::atomic::Ordering;
@@ -216,15 +224,27 @@ impl Rendezvous {
                 incoming.refuse();
                 continue;
             }
+            // Before the handshake: a refusal costs one packet.
+            let ip = incoming.remote_address().ip();
+            let admitted = sources.lock().unwrap_or_else(|e| e.into_inner()).open(ip, std::time::Instant::now());
+            if let Err(why) = admitted {
+                tracing::debug!(%ip, ?why, "refusing connection over the per-source limits");
+                refused.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            }
             active.fetch_add(1, Ordering::Relaxed);
             let active = active.clone();
+            let sources = sources.clone();
+            let limits = self.limits;
             let registry = self.registry.clone();
             let remote = incoming.remote_address();
             let logs = self.logs.clone();
             let saved = saved.clone();
             tokio::spawn(
                 async move {
-                    session::serve(registry, logs, saved, incoming).await;
+                    session::serve(registry, logs, saved, limits, incoming).await;
+                    sources.lock().unwrap_or_else(|e| e.into_inner()).close(ip);
                     active.fetch_sub(1, Ordering::Relaxed);
                 }
                 .instrument(info_span!("client", %remote, node = tracing::field::Empty)),
@@ -324,6 +344,23 @@ async fn keep_saved(registry: Arc<Mutex<Registry>>, store: store::Store, written
             Err(e) => warn!("cluster state writer failed: {e}"),
         }
         written.send_replace(version);
+    }
+}
+
+/// How often refused connections are summed up in the log: one line per
+/// period however hard someone tries, so a flood cannot fill the disk.
+pub const REFUSAL_REPORT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs how many connections the per-source limits refused, once per
+/// [`REFUSAL_REPORT`] when there were any.
+async fn report_refusals(refused: Arc<std::sync::atomic::AtomicU64>) {
+    let mut tick = tokio::time::interval(REFUSAL_REPORT);
+    loop {
+        tick.tick().await;
+        let n = refused.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            warn!(connections = n, "refused connections over the per-source limits in the last {REFUSAL_REPORT:?}");
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use rendezvous::limits::Limits;
 use rendezvous::{Config, Rendezvous};
 
 /// Boxer rendezvous server: admits nodes into clusters, assigns overlay
@@ -29,6 +30,45 @@ struct Args {
     /// token saved in the state directory is used, or a new one generated.
     #[arg(long, env = "BOXER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Connections open at once from one IP address (many nodes can share
+    /// one: functions behind a NAT gateway).
+    #[arg(long, default_value_t = Limits::default().connections_per_source, value_name = "N")]
+    max_connections_per_source: usize,
+    /// New connections (joins, watches) per second from one IP address;
+    /// beyond it they are refused before the handshake.
+    #[arg(long, default_value_t = Limits::default().new_connections_per_source, value_name = "N",
+          value_parser = positive)]
+    connections_per_source_per_sec: f64,
+    /// New connections one IP address may make at once (a cluster starting
+    /// behind one NAT).
+    #[arg(long, default_value_t = Limits::default().new_connections_burst, value_name = "N", value_parser = positive)]
+    connection_burst_per_source: f64,
+    /// Relayed traffic one node may send, in megabits per second (a 16th of
+    /// a second's worth at once); beyond it packets are dropped like on a
+    /// full link.
+    #[arg(long, default_value_t = Limits::default().relay_bytes_per_sec * 8.0 / 1e6, value_name = "MBIT",
+          value_parser = positive)]
+    relay_mbit_per_node: f64,
+    /// Output one node may ship, in KiB per second (16 s worth at once); beyond
+    /// it lines are dropped and the count written into its log.
+    #[arg(long, default_value_t = Limits::default().log_bytes_per_sec / 1024.0, value_name = "KIB",
+          value_parser = positive)]
+    log_kib_per_node: f64,
+}
+
+/// The relay burst is this fraction of a second's worth (the default's 8 MiB
+/// is about a 16th of 1 Gbit/s): enough for a congestion window in flight.
+const RELAY_BURST_FRACTION: f64 = 16.0;
+
+/// The log burst is this many seconds' worth (the default's 16 MiB).
+const LOG_BURST_SECONDS: f64 = 16.0;
+
+/// A finite number above zero.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number above zero")),
+    }
 }
 
 fn main() {
@@ -58,6 +98,15 @@ fn run_main() -> anyhow::Result<i32> {
             admin_token: args.admin_token.clone(),
             socket: None,
             persist: true,
+            limits: Limits {
+                connections_per_source: args.max_connections_per_source,
+                new_connections_per_source: args.connections_per_source_per_sec,
+                new_connections_burst: args.connection_burst_per_source,
+                relay_bytes_per_sec: args.relay_mbit_per_node * 1e6 / 8.0,
+                relay_burst: args.relay_mbit_per_node * 1e6 / 8.0 / RELAY_BURST_FRACTION,
+                log_bytes_per_sec: args.log_kib_per_node * 1024.0,
+                log_burst: args.log_kib_per_node * 1024.0 * LOG_BURST_SECONDS,
+            },
         })
         .with_context(|| format!("starting rendezvous on {} (state in {})", args.listen, args.state_dir.display()))?;
         let addr = server.local_addr().context("reading the bound address")?;

@@ -4,7 +4,7 @@
 //! node id in front of each.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use boxer_proto::control::CloseCode;
 use boxer_proto::{Hello, NodeId, frame, relay};
@@ -12,6 +12,7 @@ use tokio::io::BufReader;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::limits::{Limits, TokenBucket};
 use crate::registry::RelayPacket;
 use crate::session::{Shared, lock};
 
@@ -30,6 +31,7 @@ pub async fn serve(
     cluster: String,
     node: NodeId,
     inbox: mpsc::Receiver<RelayPacket>,
+    limits: Limits,
 ) {
     let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
     let hello = tokio::time::timeout(HELLO_TIMEOUT, async {
@@ -49,6 +51,8 @@ pub async fn serve(
     let mut recv = BufReader::with_capacity(READ_BUFFER, recv);
     // Senders looked up once per destination, not once per packet.
     let mut routes: HashMap<NodeId, mpsc::Sender<RelayPacket>> = HashMap::new();
+    let mut budget = TokenBucket::new(limits.relay_bytes_per_sec, limits.relay_burst, Instant::now());
+    let mut over_limit = false;
     loop {
         let (to, packet) = match relay::io::read(&mut recv).await {
             Ok(Some(p)) => p,
@@ -81,6 +85,17 @@ pub async fn serve(
                 }
             },
         };
+        // Over this member's share of the relay: dropped like on a full
+        // link (QUIC slows down). Checked after the lookup so that packets
+        // to nobody cost no budget.
+        if !budget.take(packet.len() as f64, Instant::now()) {
+            if !over_limit {
+                over_limit = true;
+                debug!(%node, "relayed traffic over {} bytes/s: dropping", limits.relay_bytes_per_sec);
+            }
+            continue;
+        }
+        over_limit = false;
         // Full: the receiver is slower than the sender; drop like UDP would.
         let _ = sender.try_send((node, packet));
     }

@@ -12,6 +12,7 @@ use boxer_proto::{FrameError, Hello, Membership, NodeId, frame, names};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{Instrument, Span, debug, info, warn};
 
+use crate::limits::{Limits, TokenBucket};
 use crate::logstore::LogStore;
 use crate::registry::{Departure, Feed, LeaveOutcome, Mailbox, NodeOutput, Refusal, Registry};
 use crate::relay;
@@ -81,7 +82,7 @@ fn departure(conn: &quinn::Connection) -> Departure {
 }
 
 /// Serves one connection to completion.
-pub async fn serve(registry: Shared, logs: LogStore, saved: Saved, incoming: quinn::Incoming) {
+pub async fn serve(registry: Shared, logs: LogStore, saved: Saved, limits: Limits, incoming: quinn::Incoming) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -141,7 +142,7 @@ pub async fn serve(registry: Shared, logs: LogStore, saved: Saved, incoming: qui
                     saved_up_to(&saved, version).await;
                     if frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok() {
                         let log = logs.open(&req.cluster, &names::replica_name(&req.service, req.index));
-                        let member = MemberSession { registry: &registry, conn: &conn, req: &req, node };
+                        let member = MemberSession { registry: &registry, conn: &conn, req: &req, node, limits };
                         member.run(snapshot, feed, mailbox, send, recv, log).await;
                     }
                     let departure = departure(&conn);
@@ -254,6 +255,7 @@ struct MemberSession<'a> {
     conn: &'a quinn::Connection,
     req: &'a JoinRequest,
     node: NodeId,
+    limits: Limits,
 }
 
 impl MemberSession<'_> {
@@ -266,12 +268,15 @@ impl MemberSession<'_> {
         mut recv: quinn::RecvStream,
         mut log: crate::logstore::NodeLog,
     ) {
-        let Self { registry, conn, req, node } = self;
+        let Self { registry, conn, req, node, limits } = self;
         let Mailbox { punch: mut punches, away: mut aways, relay: relay_inbox, session: _, mut superseded } = mailbox;
         let relay = tokio::spawn(
-            relay::serve(registry.clone(), conn.clone(), req.cluster.clone(), node, relay_inbox).in_current_span(),
+            relay::serve(registry.clone(), conn.clone(), req.cluster.clone(), node, relay_inbox, limits)
+                .in_current_span(),
         );
-        let mut punch_budget = RateLimit::new(PUNCH_RATE, PUNCH_BURST);
+        let mut punch_budget = TokenBucket::new(PUNCH_RATE, PUNCH_BURST, std::time::Instant::now());
+        let mut log_budget = TokenBucket::new(limits.log_bytes_per_sec, limits.log_burst, std::time::Instant::now());
+        let mut lines_dropped: u64 = 0;
         let mut reflexive = conn.remote_address();
         let mut address_check = tokio::time::interval(ADDRESS_CHECK);
         let cluster = req.cluster.as_str();
@@ -323,20 +328,37 @@ impl MemberSession<'_> {
                     let result = match msg {
                         NodeMessage::Listening(ports) => lock(registry).set_listening(cluster, node, ports),
                         NodeMessage::Addresses(local) => lock(registry).set_addresses(cluster, node, local),
-                        NodeMessage::Logs(lines) => {
-                            log.append(&lines);
-                            lock(registry).publish_output(cluster, NodeOutput::Lines { node: node_name.clone(), lines });
+                        NodeMessage::Logs(mut lines) => {
+                            let bytes: usize = lines.iter().map(|l| l.text.len() + 1).sum();
+                            if log_budget.take(bytes as f64, std::time::Instant::now()) {
+                                if lines_dropped > 0 {
+                                    lines.insert(0, dropped_lines_note(lines_dropped, limits.log_bytes_per_sec));
+                                    lines_dropped = 0;
+                                }
+                                log.append(&lines);
+                                lock(registry).publish_output(cluster, NodeOutput::Lines { node: node_name.clone(), lines });
+                            } else {
+                                if lines_dropped == 0 {
+                                    warn!(%node, "output over {} bytes/s: dropping lines", limits.log_bytes_per_sec);
+                                }
+                                lines_dropped += lines.len() as u64;
+                            }
                             Ok(())
                         }
                         NodeMessage::Exited(status) => {
                             info!(%node, code = status.code, "program exited");
+                            if lines_dropped > 0 {
+                                let note = vec![dropped_lines_note(lines_dropped, limits.log_bytes_per_sec)];
+                                log.append(&note);
+                                lock(registry).publish_output(cluster, NodeOutput::Lines { node: node_name.clone(), lines: note });
+                            }
                             log.exited(status);
                             lock(registry).publish_output(cluster, NodeOutput::Exited { node: node_name.clone(), status });
                             conn.close(CloseCode::Normal.code().into(), b"exit recorded");
                             break;
                         }
                         NodeMessage::Punch { peer } => {
-                            if punch_budget.take() {
+                            if punch_budget.take(1.0, std::time::Instant::now()) {
                                 lock(registry).punch(cluster, node, peer)
                             } else {
                                 debug!(%peer, "punch request over the rate limit dropped");
@@ -444,30 +466,11 @@ pub const PUNCH_BURST: f64 = 200.0;
 /// membership (a NAT rebinding moves it).
 pub const ADDRESS_CHECK: Duration = Duration::from_secs(1);
 
-/// A token bucket.
-#[derive(Debug)]
-struct RateLimit {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: std::time::Instant,
-}
-
-impl RateLimit {
-    fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, tokens: burst, at: std::time::Instant::now() }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+/// The line that stands for output a node sent over its limit.
+fn dropped_lines_note(count: u64, rate: f64) -> boxer_proto::control::LogLine {
+    boxer_proto::control::LogLine {
+        stream: boxer_proto::control::Stream::Stderr,
+        text: format!("[boxer] {count} lines dropped: this node's output went over {rate:.0} bytes/s"),
     }
 }
 

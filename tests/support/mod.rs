@@ -157,10 +157,16 @@ pub struct RendezvousProc {
 
 /// Starts a rendezvous on a free loopback port with state in `dir`.
 pub fn start_rendezvous(dir: &Path) -> anyhow::Result<RendezvousProc> {
+    start_rendezvous_with(dir, &[])
+}
+
+/// [`start_rendezvous`] with `extra` arguments (limits).
+pub fn start_rendezvous_with(dir: &Path, extra: &[&str]) -> anyhow::Result<RendezvousProc> {
     let stderr = dir.join("rendezvous.log");
     let mut child = Command::new(bin("rendezvous-server"))
         .args(["--listen", "127.0.0.1:0", "--state-dir"])
         .arg(dir.join("rendezvous-state"))
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr)?)

@@ -41,6 +41,7 @@ async fn start_rendezvous(dir: &Scratch) -> (RendezvousAddr, String) {
         admin_token: Some(ADMIN.into()),
         socket: None,
         persist: false,
+        limits: ::rendezvous::limits::Limits::default(),
     })
     .expect("rendezvous binds");
     let info = server

@@ -240,6 +240,7 @@ impl ClusterRendezvous {
                     socket: lab.map(|l| LabNet::udp_socket(l.rendezvous(), 0)).transpose()?,
                     // Its clusters end with this process: nothing to take back.
                     persist: false,
+                    limits: ::rendezvous::limits::Limits::default(),
                 })
                 .with_context(|| format!("starting the embedded rendezvous in {}", dir.join("rendezvous").display()))?;
                 let mut listen = server.local_addr()?;
@@ -1558,6 +1559,7 @@ mod tests {
             admin_token: Some("admin".into()),
             socket: None,
             persist: true,
+            limits: ::rendezvous::limits::Limits::default(),
         })?;
         tokio::spawn(server.clone().run());
         Ok(server)
