@@ -13,10 +13,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use boxer_proto::shim::{ShimRequest, ShimResponse};
 use libc::{
-    AF_INET, AF_INET6, AF_UNSPEC, AI_CANONNAME, AI_NUMERICHOST, AI_PASSIVE, AI_V4MAPPED, EAI_FAIL, EAI_MEMORY,
-    EAI_NONAME, EAI_OVERFLOW, EAI_SYSTEM, ENAMETOOLONG, ENOSYS, ERANGE, IPPROTO_TCP, IPPROTO_UDP, NI_NAMEREQD,
-    NI_NUMERICHOST, SOCK_DGRAM, SOCK_RAW, SOCK_STREAM, addrinfo, c_char, c_int, c_void, hostent, size_t, sockaddr,
-    socklen_t, utsname,
+    AF_INET, AF_INET6, AF_UNSPEC, AI_CANONNAME, AI_NUMERICHOST, AI_PASSIVE, AI_V4MAPPED, EAI_AGAIN, EAI_FAIL,
+    EAI_MEMORY, EAI_NONAME, EAI_OVERFLOW, EAI_SYSTEM, ENAMETOOLONG, ENOSYS, ERANGE, IPPROTO_TCP, IPPROTO_UDP,
+    NI_NAMEREQD, NI_NUMERICHOST, SOCK_DGRAM, SOCK_RAW, SOCK_STREAM, addrinfo, c_char, c_int, c_void, hostent, size_t,
+    sockaddr, socklen_t, utsname,
 };
 
 use crate::config::{self, Config};
@@ -28,6 +28,7 @@ unsafe extern "C" {
 }
 
 const HOST_NOT_FOUND: c_int = 1;
+const TRY_AGAIN: c_int = 2;
 const NO_DATA: c_int = 4;
 
 fn set_h_errno(v: c_int) {
@@ -39,6 +40,12 @@ fn set_h_errno(v: c_int) {
 enum Lookup {
     Found(Vec<Ipv4Addr>),
     NotFound,
+    /// A name that may be the cluster's, and the runtime cannot be asked
+    /// (it crashed, or refused this process). Never passed on to the real
+    /// resolver: a cluster name must not go to the host's DNS, where a
+    /// search domain could turn it into an unrelated host outside the
+    /// overlay. The caller gets "try again".
+    Unavailable,
     Real,
 }
 
@@ -55,6 +62,7 @@ unsafe fn lookup(name: *const c_char) -> (Lookup, Option<&'static Config>, Strin
     let result = match control::ask(config, &ShimRequest::Resolve { name: text.to_owned() }) {
         Some(ShimResponse::Addresses(ips)) if !ips.is_empty() => Lookup::Found(ips),
         Some(ShimResponse::Addresses(_)) | Some(ShimResponse::NotFound) => Lookup::NotFound,
+        None => Lookup::Unavailable,
         _ => Lookup::Real,
     };
     (result, Some(config), text.to_owned())
@@ -100,6 +108,7 @@ unsafe fn getaddrinfo_impl(
     let (ips, _, name) = match unsafe { lookup(node) } {
         (Lookup::Found(ips), Some(c), name) => (ips, c, name),
         (Lookup::NotFound, _, _) => return EAI_NONAME,
+        (Lookup::Unavailable, _, _) => return EAI_AGAIN,
         _ => return passthrough(),
     };
     let out_family = match family {
@@ -346,6 +355,10 @@ pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut 
                 set_h_errno(HOST_NOT_FOUND);
                 std::ptr::null_mut()
             }
+            (Lookup::Unavailable, _, _) => {
+                set_h_errno(TRY_AGAIN);
+                std::ptr::null_mut()
+            }
             (Lookup::Real, _, _) => real(),
         },
         real,
@@ -404,6 +417,7 @@ pub unsafe extern "C" fn gethostbyname2_r(
             (Lookup::Found(_), _, _) if af != AF_INET => not_found(NO_DATA),
             (Lookup::Found(ips), _, text) => unsafe { fill_r(&[text], &ips, ret, buf, len, result, h_errnop) },
             (Lookup::NotFound, _, _) => not_found(HOST_NOT_FOUND),
+            (Lookup::Unavailable, _, _) => not_found(TRY_AGAIN),
             (Lookup::Real, _, _) => real(),
         },
         real,
