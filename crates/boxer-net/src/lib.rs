@@ -10,7 +10,11 @@
 //! * [`rendezvous`]: the client side of the rendezvous protocol.
 //! * [`socket`]: the socket under quinn that routes each peer's packets
 //!   directly or through the relay, and sorts out path probes.
-//! * [`punch`]: hole punching, relay fallback, heartbeats and upgrades.
+//! * [`path`]: every peer's path state as a synchronous state machine
+//!   (punch rounds, confirm, heartbeat, upgrade, fallback, liveness checks)
+//!   that returns actions.
+//! * [`punch`]: its driver: hole punching, relay fallback, heartbeats and
+//!   upgrades on the real socket.
 //! * [`pair_keys`]: the per-pair keys path probes are tagged with.
 //! * [`relay`]: the relay stream on the rendezvous connection.
 //! * [`peers`]: one QUIC connection per peer node, dialled on demand, with the
@@ -20,6 +24,7 @@
 pub mod endpoint;
 pub mod identity;
 pub mod pair_keys;
+pub mod path;
 pub mod peers;
 pub mod proxy;
 pub mod punch;
