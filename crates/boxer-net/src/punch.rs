@@ -23,108 +23,36 @@
 //!
 //! Which side dials QUIC is decided by node id (the lower id dials), so a pair
 //! ends with exactly one connection even when both start at once.
+//!
+//! The decisions (when to ping, which route, when to give up) are made by the
+//! synchronous state machine in [`crate::path`]; the [`Pathfinder`] here is its
+//! driver: it owns the socket, the probe keys and membership, feeds the state
+//! machine with authenticated probes, requests and the time, and performs the
+//! [`Action`]s it returns. The socket's route table is written only that way.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use boxer_proto::disco::{DiscoKey, Probe, TX_LEN, claimed_sender};
+use boxer_proto::disco::{DiscoKey, Probe, claimed_sender};
 use boxer_proto::{Membership, NodeId};
-use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, debug, info, trace, warn};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, trace};
 
 use crate::pair_keys::{DiscoSecret, PairKeys};
+pub use crate::path::{
+    ALIVE_PINGS, ALIVE_WINDOW, DIRECT_STALE, HEARTBEAT_INTERVAL, LOW_TTL, PUNCH_REQUEST_SLACK, PUNCH_SCHEDULE,
+    PUNCH_TIMEOUT, RELAY_AFTER, UPGRADE_INTERVAL,
+};
+use crate::path::{Action, Paths};
 use crate::socket::{PeerSocket, ReceivedProbe, Route};
-
-/// IP TTL of the first round of pings. It must carry a ping through our own
-/// NAT (creating our mapping) but not into the peer's NAT: a Linux
-/// `masquerade` NAT without an inbound filter answers an unsolicited packet by
-/// creating a conntrack entry for itself, and that entry then collides with the
-/// mapping its own host needs, so the host's packets leave from another port
-/// and the punch fails (ZeroTier's "low TTL first packet" trick). Two hops is
-/// the host's NAT plus one router: the same value ZeroTier uses.
-pub const LOW_TTL: u8 = 2;
-
-/// When each round of pings goes out, from the punch start. Round 0 is sent
-/// with [`LOW_TTL`] only; normal pings start after the peer had time to open
-/// its own mapping (both sides start within the rendezvous' delivery skew,
-/// well under 20 ms in a region). Then the gaps double, so that a lost ping
-/// or a late peer costs little, and the rounds end before the timeout.
-pub const PUNCH_SCHEDULE: [Duration; 9] = [
-    Duration::from_millis(0),
-    Duration::from_millis(20),
-    Duration::from_millis(40),
-    Duration::from_millis(80),
-    Duration::from_millis(160),
-    Duration::from_millis(320),
-    Duration::from_millis(640),
-    Duration::from_millis(1280),
-    Duration::from_millis(2000),
-];
-
-/// A punch with no pong by then has failed and the peer goes through the
-/// relay. Generous against RTTs (the last ping leaves at 2 s and has 500 ms
-/// to come back); short enough that a symmetric-NAT peer is reachable within
-/// 3 s of the first connect.
-pub const PUNCH_TIMEOUT: Duration = Duration::from_millis(2500);
-
-/// How long a new connection waits for a punch before it starts on the
-/// relay (and moves to the direct path if the punch succeeds later). Punches
-/// that work finish within the 20 ms low-TTL round plus a round trip or two
-/// in a region; waiting longer would only delay peers that need the relay
-/// (Tailscale likewise starts on DERP and upgrades).
-pub const RELAY_AFTER: Duration = Duration::from_millis(150);
-
-/// How long a node waits for the rendezvous to start a punch it asked for
-/// before it uses the relay anyway (the rendezvous may have dropped the
-/// request under its rate limit).
-pub const PUNCH_REQUEST_SLACK: Duration = Duration::from_secs(1);
-
-/// Pings on every direct route: liveness, RTT, and NAT mappings kept fresh at
-/// a sixth of the common 30 s UDP mapping timeout (Tailscale pings every 3 s,
-/// ZeroTier every 20 s).
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-
-/// A direct route without a pong for this long is dead (three heartbeats
-/// lost): its peer goes through the relay until a punch finds a new path. Well
-/// inside the peer connections' 30 s idle timeout.
-pub const DIRECT_STALE: Duration = Duration::from_secs(16);
-
-/// How often a relayed pair tries again to go direct. NAT state changes
-/// rarely; a punch costs a few dozen small packets.
-pub const UPGRADE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Pings older than this are forgotten unanswered.
-const PING_MEMORY: Duration = Duration::from_secs(10);
-
-/// Most unanswered pings remembered; beyond it the oldest are forgotten (a
-/// peer with many candidates cannot make us keep unbounded state).
-const MAX_PENDING_PINGS: usize = 4096;
 
 /// Punch requests from this node to the rendezvous (`NodeMessage::Punch`).
 pub type PunchRequests = mpsc::Sender<NodeId>;
 
-#[derive(Debug)]
-struct SentPing {
-    peer: NodeId,
-    sent: Instant,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Direct {
-    addr: SocketAddr,
-    last_pong: Instant,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    pings: HashMap<[u8; TX_LEN], SentPing>,
-    punching: HashSet<NodeId>,
-    direct: HashMap<NodeId, Direct>,
-    /// Peers we route (direct or relayed), for heartbeats and upgrades.
-    known: HashSet<NodeId>,
-}
+/// Lost peers buffered for a slow reader; an older report dropped is only a
+/// slower removal (the rendezvous' grace still ends the member).
+const LOST_BUFFER: usize = 256;
 
 /// Finds and keeps routes to peers (see the module docs).
 #[derive(Debug)]
@@ -135,26 +63,17 @@ pub struct Pathfinder {
     socket: Arc<PeerSocket>,
     membership: watch::Receiver<Membership>,
     requests: PunchRequests,
-    state: Mutex<State>,
-    /// Bumped whenever a route is chosen or a punch ends.
+    /// All path state: the one owner of every route.
+    paths: Mutex<Paths>,
+    /// Wakes [`Pathfinder::run`] when an input made the next deadline earlier.
+    wake: Notify,
+    /// Bumped whenever a route is chosen.
     changed: watch::Sender<u64>,
     /// Peers a punch started with (the dialling side connects to them).
     ready: mpsc::UnboundedSender<NodeId>,
     /// Peers whose direct path stopped answering ([`Pathfinder::lost_peers`]).
     lost: tokio::sync::broadcast::Sender<NodeId>,
 }
-
-/// How long an away peer ([`Pathfinder::check_alive`]) has to answer
-/// [`ALIVE_PINGS`] pings before it is reported lost: a live peer answers
-/// in one round trip; the rest covers a lost ping or two.
-pub const ALIVE_WINDOW: Duration = Duration::from_secs(3);
-
-/// Pings sent to an away peer within [`ALIVE_WINDOW`].
-pub const ALIVE_PINGS: u32 = 3;
-
-/// Lost peers buffered for a slow reader; an older report dropped is only a
-/// slower removal (the rendezvous' grace still ends the member).
-const LOST_BUFFER: usize = 256;
 
 impl Pathfinder {
     /// A pathfinder for node `me`. Call [`Pathfinder::run`] with the socket's
@@ -169,13 +88,20 @@ impl Pathfinder {
         requests: PunchRequests,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<NodeId>) {
         let (ready, ready_rx) = mpsc::unbounded_channel();
+        let mut tx_seed = [0u8; 32];
+        if let Err(e) = getrandom::fill(&mut tx_seed) {
+            // Transaction ids need not be secret (probes are authenticated by
+            // the pair key); they must only differ, which the counter ensures.
+            debug!("no randomness for probe transaction ids ({e}); using a fixed seed");
+        }
         let this = Self {
             me,
             keys: Mutex::new(PairKeys::new(me, key, secret)),
             socket,
             membership,
             requests,
-            state: Mutex::default(),
+            paths: Mutex::new(Paths::new(me, Instant::now(), tx_seed)),
+            wake: Notify::new(),
             changed: watch::channel(0).0,
             ready,
             lost: tokio::sync::broadcast::channel(LOST_BUFFER).0,
@@ -183,8 +109,60 @@ impl Pathfinder {
         (Arc::new(this), ready_rx)
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn paths(&self) -> std::sync::MutexGuard<'_, Paths> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds one input to the state machine at the current time and performs
+    /// the actions it returns. They are performed under the state machine's
+    /// lock, so the socket's routes change in the order they were decided
+    /// (the socket, keys and channels it touches never wait for this lock).
+    fn drive<R>(&self, input: impl FnOnce(&mut Paths, Instant) -> R) -> R {
+        let mut paths = self.paths();
+        let deadline = paths.poll_timeout();
+        let out = input(&mut paths, Instant::now());
+        while let Some(action) = paths.poll_action() {
+            self.perform(action);
+        }
+        if paths.poll_timeout() < deadline {
+            self.wake.notify_one();
+        }
+        out
+    }
+
+    fn perform(&self, action: Action) {
+        match action {
+            Action::SendPing { peer, addr, tx, ttl } => {
+                let Some(key) = self.pair_key(peer) else {
+                    debug!(%peer, "no probe key for this peer (not a member, or a degenerate key): not pinging");
+                    return;
+                };
+                let packet = Probe::Ping { from: self.me, tx }.encode(&key);
+                if let Err(e) = self.socket.send_probe(addr, &packet, ttl) {
+                    trace!(%peer, %addr, "ping not sent: {e}");
+                }
+            }
+            Action::SendPong { peer, addr, tx } => {
+                let Some(key) = self.pair_key(peer) else { return };
+                let pong = Probe::Pong { from: self.me, tx, observed: addr }.encode(&key);
+                if let Err(e) = self.socket.send_probe(addr, &pong, None) {
+                    trace!(%peer, %addr, "pong not sent: {e}");
+                }
+            }
+            Action::SetRoute { peer, route } => {
+                self.socket.set_route(peer, route);
+                self.changed.send_modify(|n| *n += 1);
+            }
+            Action::Learn { peer, addr } => self.socket.learn(addr, peer),
+            Action::ForgetRoutes { peer } => self.socket.forget(peer),
+            Action::RequestPunch { peer } => self.request_punch(peer),
+            Action::Ready { peer } => {
+                let _ = self.ready.send(peer);
+            }
+            Action::ReportLost { peer } => {
+                let _ = self.lost.send(peer);
+            }
+        }
     }
 
     /// The probe key of the pair (this node, `peer`), from the key `peer`
@@ -192,10 +170,6 @@ impl Pathfinder {
     fn pair_key(&self, peer: NodeId) -> Option<DiscoKey> {
         let public = self.membership.borrow().get(peer)?.disco_public;
         self.keys.lock().unwrap_or_else(|e| e.into_inner()).key(peer, &public)
-    }
-
-    fn bump(&self) {
-        self.changed.send_modify(|n| *n += 1);
     }
 
     /// This node's id.
@@ -212,9 +186,7 @@ impl Pathfinder {
             return route;
         }
         let mut changed = self.changed.subscribe();
-        if !self.state().punching.contains(&peer) {
-            self.request_punch(peer);
-        }
+        self.drive(|p, _| p.need_route(peer));
         let wait_for = if self.socket.has_relay() { RELAY_AFTER } else { PUNCH_TIMEOUT + PUNCH_REQUEST_SLACK };
         let wait = tokio::time::timeout(wait_for, async {
             loop {
@@ -229,8 +201,7 @@ impl Pathfinder {
         match wait.await {
             Ok(route) => route,
             Err(_) => {
-                debug!(%peer, "no direct path yet; starting on the relay");
-                self.use_relay(peer);
+                self.drive(|p, _| p.use_relay(peer));
                 Route::Relay
             }
         }
@@ -244,22 +215,11 @@ impl Pathfinder {
         }
     }
 
-    fn use_relay(&self, peer: NodeId) {
-        if self.socket.route(peer).is_none() {
-            self.socket.set_route(peer, Route::Relay);
-        }
-        self.state().known.insert(peer);
-        self.bump();
-    }
-
     /// The peer has no connection any more: it is no longer heartbeaten or
     /// upgraded, and the next connection punches afresh (NAT mappings of an
     /// idle path expire).
     pub fn idle(&self, peer: NodeId) {
-        if self.state().punching.contains(&peer) {
-            return;
-        }
-        self.forget(peer);
+        self.drive(|p, _| p.idle(peer));
     }
 
     /// The rendezvous published new addresses for `peer` (its NAT mapping
@@ -267,122 +227,43 @@ impl Pathfinder {
     /// direct path is probably dead and its NAT would filter our packets to
     /// the new one until both sides send.
     pub fn peer_moved(&self, peer: NodeId) {
-        if self.state().known.contains(&peer) {
-            info!(%peer, "peer's addresses changed; punching again");
-            self.request_punch(peer);
-        }
+        self.drive(|p, _| p.peer_moved(peer));
     }
 
     /// Forgets a peer that left.
     pub fn forget(&self, peer: NodeId) {
-        let mut s = self.state();
-        s.direct.remove(&peer);
-        s.known.remove(&peer);
-        s.pings.retain(|_, p| p.peer != peer);
-        drop(s);
-        self.socket.forget(peer);
+        self.drive(|p, _| p.forget(peer));
     }
 
     /// Starts punching `peer` (the rendezvous said so). A punch already
     /// under way for that peer is not doubled.
     pub fn start_punch(self: &Arc<Self>, peer: NodeId) {
-        if peer == self.me || !self.state().punching.insert(peer) {
+        if peer == self.me {
             return;
         }
-        // The peer wants a connection (or we do): the dialling side starts it now.
-        let _ = self.ready.send(peer);
-        let this = self.clone();
-        tokio::spawn(async move {
-            this.punch(peer).await;
-            this.state().punching.remove(&peer);
-            this.bump();
-        });
+        let candidates = self.membership.borrow().get(peer).map(|m| m.candidates());
+        self.drive(|p, now| p.start_punch(now, peer, candidates));
     }
 
-    async fn punch(&self, peer: NodeId) {
-        let Some(member) = self.membership.borrow().get(peer).cloned() else {
-            debug!(%peer, "not punching: not a member");
-            return;
-        };
-        let candidates = member.candidates();
-        let start = Instant::now();
-        debug!(%peer, ?candidates, "punching");
-        let mut changed = self.changed.subscribe();
-        // Waits until `at` or until a direct path is confirmed (then `true`).
-        let mut wait_direct = async |at: Instant| {
-            while !self.direct_since(peer, start) {
-                if tokio::time::timeout_at(at.into(), changed.changed()).await.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
-        let mut direct = false;
-        for (round, offset) in PUNCH_SCHEDULE.iter().enumerate() {
-            if wait_direct(start + *offset).await {
-                direct = true;
-                break;
-            }
-            let ttl = (round == 0).then_some(LOW_TTL);
-            for &addr in &candidates {
-                self.ping(peer, addr, ttl);
-            }
-        }
-        if !direct {
-            wait_direct(start + PUNCH_TIMEOUT).await;
-        }
-        self.state().known.insert(peer);
-        if self.direct_since(peer, start) {
-            let route = self.socket.route(peer);
-            info!(%peer, ?route, took_ms = start.elapsed().as_millis() as u64, "punched a direct path");
-        } else if self.socket.route(peer).is_none_or(|r| r == Route::Relay) {
-            info!(%peer, "no direct path found; using the relay");
-            self.socket.set_route(peer, Route::Relay);
-        }
-    }
-
-    fn direct_since(&self, peer: NodeId, since: Instant) -> bool {
-        self.state().direct.get(&peer).is_some_and(|d| d.last_pong >= since)
-            && matches!(self.socket.route(peer), Some(Route::Direct(_)))
-    }
-
+    /// Pings `peer` at `addr` once.
+    #[cfg(test)]
     fn ping(&self, peer: NodeId, addr: SocketAddr, ttl: Option<u8>) {
-        let Some(key) = self.pair_key(peer) else {
-            debug!(%peer, "no probe key for this peer (not a member, or a degenerate key): not pinging");
-            return;
-        };
-        let mut tx = [0u8; TX_LEN];
-        if getrandom::fill(&mut tx).is_err() {
-            return;
-        }
-        {
-            let mut s = self.state();
-            if s.pings.len() >= MAX_PENDING_PINGS {
-                let cutoff = Instant::now() - PING_MEMORY / 10;
-                s.pings.retain(|_, p| p.sent > cutoff);
-            }
-            s.pings.insert(tx, SentPing { peer, sent: Instant::now() });
-        }
-        let packet = Probe::Ping { from: self.me, tx }.encode(&key);
-        if let Err(e) = self.socket.send_probe(addr, &packet, ttl) {
-            trace!(%peer, %addr, "ping not sent: {e}");
-        }
+        self.drive(|p, now| p.ping(now, peer, addr, ttl));
     }
 
-    /// Handles received probes and sends heartbeats until the socket closes.
+    /// Handles received probes and runs the state machine's timers
+    /// (punch rounds, heartbeats, upgrades, liveness checks) until the socket
+    /// closes.
     pub async fn run(self: Arc<Self>, mut probes: mpsc::Receiver<ReceivedProbe>) {
-        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut upgrade = tokio::time::interval(UPGRADE_INTERVAL);
-        upgrade.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let deadline = self.paths().poll_timeout();
             tokio::select! {
                 probe = probes.recv() => match probe {
                     Some((from, bytes)) => self.handle_probe(from, &bytes),
                     None => return,
                 },
-                _ = heartbeat.tick() => self.heartbeat(),
-                _ = upgrade.tick() => self.upgrade(),
+                _ = tokio::time::sleep_until(deadline.into()) => self.drive(|p, now| p.handle_timeout(now)),
+                _ = self.wake.notified() => {}
             }
         }
     }
@@ -407,55 +288,9 @@ impl Pathfinder {
         };
         let peer = probe.from();
         match probe {
-            Probe::Ping { tx, .. } => {
-                self.socket.learn(from, peer);
-                let pong = Probe::Pong { from: self.me, tx, observed: from }.encode(&key);
-                if let Err(e) = self.socket.send_probe(from, &pong, None) {
-                    trace!(%peer, %from, "pong not sent: {e}");
-                }
-                // A new address of the peer: find out whether it works our way too.
-                let known = self.state().direct.get(&peer).is_some_and(|d| d.addr == from);
-                if !known {
-                    self.ping(peer, from, None);
-                }
-            }
-            Probe::Pong { tx, observed, .. } => {
-                let Some(sent) = self.state().pings.remove(&tx) else {
-                    trace!(%peer, %from, "pong for no ping of ours");
-                    return;
-                };
-                if sent.peer != peer {
-                    debug!(%peer, %from, "pong from another node than pinged");
-                    return;
-                }
-                self.confirm(peer, from, sent.sent.elapsed(), observed);
-            }
+            Probe::Ping { tx, .. } => self.drive(|p, now| p.ping_received(now, peer, from, tx)),
+            Probe::Pong { tx, observed, .. } => self.drive(|p, now| p.pong_received(now, peer, from, tx, observed)),
         }
-    }
-
-    fn confirm(&self, peer: NodeId, addr: SocketAddr, rtt: Duration, observed: SocketAddr) {
-        let now = Instant::now();
-        let switch = {
-            let mut s = self.state();
-            let current = s.direct.get(&peer).copied();
-            let switch = match current {
-                None => true,
-                Some(d) if d.addr == addr => false,
-                // Another path answered: keep the current one while it lives.
-                Some(d) => now.duration_since(d.last_pong) > HEARTBEAT_INTERVAL * 2,
-            };
-            if switch || current.is_some_and(|d| d.addr == addr) {
-                s.direct.insert(peer, Direct { addr, last_pong: now });
-            }
-            s.known.insert(peer);
-            switch
-        };
-        let before = self.socket.route(peer);
-        if switch || before.is_none_or(|r| r == Route::Relay) {
-            info!(%peer, %addr, rtt_us = rtt.as_micros() as u64, %observed, ?before, "direct path confirmed");
-            self.socket.set_route(peer, Route::Direct(addr));
-        }
-        self.bump();
     }
 
     /// Peers whose direct path stopped answering: on heartbeats (the path
@@ -471,65 +306,7 @@ impl Pathfinder {
     /// does not answer within [`ALIVE_WINDOW`]. Without a direct path
     /// there is nothing to tell a dead peer from an unreachable one.
     pub fn check_alive(self: &Arc<Self>, peer: NodeId) {
-        let Some(start) = self.state().direct.get(&peer).map(|_| Instant::now()) else { return };
-        let this = self.clone();
-        tokio::spawn(
-            async move {
-                for _ in 0..ALIVE_PINGS {
-                    let Some(d) = this.state().direct.get(&peer).copied() else { return };
-                    if d.last_pong > start {
-                        return;
-                    }
-                    this.ping(peer, d.addr, None);
-                    tokio::time::sleep(ALIVE_WINDOW / ALIVE_PINGS).await;
-                }
-                let silent = this.state().direct.get(&peer).is_some_and(|d| d.last_pong <= start);
-                if silent {
-                    info!(%peer, "away peer does not answer on its direct path: reporting it lost");
-                    let _ = this.lost.send(peer);
-                }
-            }
-            .in_current_span(),
-        );
-    }
-
-    fn heartbeat(&self) {
-        let now = Instant::now();
-        let mut stale = Vec::new();
-        let direct: Vec<(NodeId, Direct)> = {
-            let mut s = self.state();
-            s.pings.retain(|_, p| now.duration_since(p.sent) < PING_MEMORY);
-            s.direct.iter().map(|(p, d)| (*p, *d)).collect()
-        };
-        for (peer, d) in direct {
-            if now.duration_since(d.last_pong) > DIRECT_STALE {
-                stale.push(peer);
-            } else {
-                self.ping(peer, d.addr, None);
-            }
-        }
-        for peer in stale {
-            warn!(%peer, "direct path stopped answering; using the relay while looking for a new one");
-            let _ = self.lost.send(peer);
-            self.state().direct.remove(&peer);
-            self.socket.set_route(peer, Route::Relay);
-            self.bump();
-            self.request_punch(peer);
-        }
-    }
-
-    fn upgrade(&self) {
-        let relayed: Vec<NodeId> = {
-            let s = self.state();
-            s.known.iter().copied().filter(|p| !s.direct.contains_key(p) && !s.punching.contains(p)).collect()
-        };
-        for peer in relayed {
-            // One side asks, so a pair does not punch twice per interval.
-            if self.me < peer && self.socket.route(peer) == Some(Route::Relay) {
-                debug!(%peer, "relayed: trying to go direct");
-                let _ = self.requests.try_send(peer);
-            }
-        }
+        self.drive(|p, now| p.check_alive(now, peer));
     }
 }
 
@@ -537,8 +314,10 @@ impl Pathfinder {
 mod tests {
     use super::*;
     use boxer_proto::disco::DiscoPublic;
+    use boxer_proto::disco::TX_LEN;
     use boxer_proto::membership::MembershipSnapshot;
     use boxer_proto::{Fingerprint, Member};
+    use std::time::Duration;
 
     const CLUSTER: DiscoKey = [4; 32];
 

@@ -79,6 +79,9 @@ pub type ReceivedProbe = (SocketAddr, Vec<u8>);
 /// A packet to or from the relay: the peer and the QUIC packet.
 pub type RelayPacket = (NodeId, Vec<u8>);
 
+/// The route table. Written only by the pathfinder performing its state
+/// machine's actions ([`crate::path::Action`]): the state machine decides,
+/// the socket executes.
 #[derive(Debug, Default)]
 struct Routes {
     to_peer: HashMap<NodeId, Route>,
@@ -135,8 +138,9 @@ impl PeerSocket {
         self.routes().to_peer.get(&peer).copied()
     }
 
-    /// Sends `peer`'s packets along `route` from now on.
-    pub fn set_route(&self, peer: NodeId, route: Route) {
+    /// Sends `peer`'s packets along `route` from now on
+    /// ([`crate::path::Action::SetRoute`]).
+    pub(crate) fn set_route(&self, peer: NodeId, route: Route) {
         let mut r = self.routes();
         if let Some(Route::Direct(old)) = r.to_peer.insert(peer, route)
             && route != Route::Direct(old)
@@ -150,8 +154,8 @@ impl PeerSocket {
     }
 
     /// Attributes packets from `addr` to `peer` (a peer-reflexive address
-    /// learnt from an authenticated probe).
-    pub fn learn(&self, addr: SocketAddr, peer: NodeId) {
+    /// learnt from an authenticated probe; [`crate::path::Action::Learn`]).
+    pub(crate) fn learn(&self, addr: SocketAddr, peer: NodeId) {
         self.routes().from_addr.insert(addr, peer);
     }
 
@@ -160,8 +164,9 @@ impl PeerSocket {
         self.routes().from_addr.get(&addr).copied()
     }
 
-    /// Forgets every route of a peer that left.
-    pub fn forget(&self, peer: NodeId) {
+    /// Forgets every route of a peer that left
+    /// ([`crate::path::Action::ForgetRoutes`]).
+    pub(crate) fn forget(&self, peer: NodeId) {
         let mut r = self.routes();
         r.to_peer.remove(&peer);
         r.from_addr.retain(|_, p| *p != peer);
@@ -184,7 +189,7 @@ impl PeerSocket {
     }
 
     /// Sends a probe to `to`, with IP TTL `ttl` when given (see
-    /// [`crate::punch::LOW_TTL`]). A full socket buffer drops it: probes are
+    /// [`crate::path::LOW_TTL`]). A full socket buffer drops it: probes are
     /// repeated.
     pub fn send_probe(&self, to: SocketAddr, packet: &[u8], ttl: Option<u8>) -> io::Result<()> {
         let to = if self.ipv6 {
