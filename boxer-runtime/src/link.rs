@@ -5,12 +5,16 @@
 //! Nothing on the data plane waits for this: peer connections, the
 //! program, names already known and the loopback proxies carry on while the
 //! link is down. What needs the rendezvous meanwhile (a punch to a new
-//! peer, relayed paths, new members) resumes when it is back. Messages that
-//! matter after a reconnect (barrier waits, the last state, the exit, silent
-//! peers, recent output lines) are kept and sent again; the listening ports
-//! and addresses travel with the rejoin itself.
+//! peer, relayed paths, new members) resumes when it is back. After a
+//! rejoin the node sends again what matters: its listening ports and
+//! addresses as they are now, its last state, every barrier wait not yet
+//! answered, output produced while it was away (up to [`OUTPUT_BACKLOG`];
+//! lines already written into the lost connection are gone), and its exit.
+//! Reports of silent peers are not kept: by the time the link is back
+//! they are about another time (and would remove a member that is only
+//! slow to rejoin).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +23,7 @@ use std::time::{Duration, Instant};
 use boxer_net::NodeEndpoint;
 use boxer_net::rendezvous::{self, RendezvousAddr, RendezvousError, Session, SessionReceiver, SessionSender};
 use boxer_proto::control::{
-    Barrier, JoinRequest, LogLine, MAX_LOG_BATCH_BYTES, MAX_LOG_BATCH_LINES, NodeMessage, NodeState, ServerMessage,
+    CloseCode, JoinRequest, LogLine, MAX_LOG_BATCH_BYTES, MAX_LOG_BATCH_LINES, NodeMessage, NodeState, ServerMessage,
 };
 use boxer_proto::membership::{MemberChange, MembershipSnapshot};
 use boxer_proto::{Membership, NodeId};
@@ -58,20 +62,21 @@ pub(crate) struct Rejoin {
     pub bound: SocketAddr,
 }
 
-/// Messages kept for the next session.
+/// What a kept output line costs beyond its text (the `LogLine` and the
+/// queue slot), so that empty lines are counted too.
+const LINE_OVERHEAD: usize = 48;
+
+/// Messages kept for the next session (barrier waits are kept by the node
+/// until answered, see `Shared::pending_barriers`).
 #[derive(Debug, Default)]
 struct Backlog {
-    /// Barrier waits sent (answered ones are skipped when replaying).
-    waits: Vec<(u32, Barrier)>,
     /// The last state sent.
     state: Option<NodeState>,
     /// The program's exit, once reported.
     exited: Option<NodeMessage>,
-    /// Peers found silent.
-    lost: BTreeSet<NodeId>,
     /// Output not yet sent, oldest first.
     lines: VecDeque<LogLine>,
-    /// Its size in bytes.
+    /// Its size in bytes (text plus [`LINE_OVERHEAD`] a line).
     line_bytes: usize,
     /// Lines dropped since the link went down.
     dropped: u64,
@@ -81,12 +86,8 @@ impl Backlog {
     /// Notes a message sent (or to be sent) so it can be replayed.
     fn remember(&mut self, msg: &NodeMessage) {
         match msg {
-            NodeMessage::Wait { request_id, barrier } => self.waits.push((*request_id, barrier.clone())),
             NodeMessage::State(state) => self.state = Some(state.clone()),
             NodeMessage::Exited(_) => self.exited = Some(msg.clone()),
-            NodeMessage::PeerLost { peer } => {
-                self.lost.insert(*peer);
-            }
             _ => {}
         }
     }
@@ -96,41 +97,46 @@ impl Backlog {
         match msg {
             NodeMessage::Logs(lines) => {
                 for line in lines {
-                    self.line_bytes += line.text.len();
+                    self.line_bytes += line.text.len() + LINE_OVERHEAD;
                     self.lines.push_back(line);
                 }
                 while self.line_bytes > OUTPUT_BACKLOG {
                     let Some(old) = self.lines.pop_front() else { break };
-                    self.line_bytes -= old.text.len();
+                    self.line_bytes -= old.text.len() + LINE_OVERHEAD;
                     self.dropped += 1;
                 }
             }
-            // Sent again with the rejoin (ports, addresses) or refreshed
-            // by their senders (paths), or pointless later (punches).
+            // Sent again after the rejoin as they are then (ports,
+            // addresses, barrier waits), refreshed by their senders
+            // (paths), or about another time by then (punches, silent
+            // peers).
             NodeMessage::Listening(_)
             | NodeMessage::Addresses(_)
             | NodeMessage::Paths(_)
-            | NodeMessage::Punch { .. } => {}
+            | NodeMessage::Punch { .. }
+            | NodeMessage::PeerLost { .. }
+            | NodeMessage::Wait { .. } => {}
             other => self.remember(&other),
         }
     }
 
     /// What to send on a new session, in order.
-    fn replay(&mut self, shared: &Shared) -> Vec<NodeMessage> {
-        // Taken out: sending them puts them back (see `remember`).
-        let pending = shared.pending_barriers();
-        let waits = std::mem::take(&mut self.waits);
-        let mut out: Vec<NodeMessage> = Vec::new();
+    fn replay(&mut self, shared: &Shared, bound: SocketAddr) -> Vec<NodeMessage> {
+        // Ports and addresses as they are now: they may have changed while
+        // the rejoin was under way (the rendezvous ignores what did not).
+        let mut out: Vec<NodeMessage> = vec![
+            NodeMessage::Listening(shared.listening_ports()),
+            NodeMessage::Addresses(crate::interfaces::candidates(bound)),
+        ];
         if let Some(state) = &self.state {
             out.push(NodeMessage::State(state.clone()));
         }
         out.extend(
-            waits
+            shared
+                .pending_barriers()
                 .into_iter()
-                .filter(|(id, _)| pending.contains(id))
                 .map(|(request_id, barrier)| NodeMessage::Wait { request_id, barrier }),
         );
-        out.extend(self.lost.iter().map(|&peer| NodeMessage::PeerLost { peer }));
         let mut batch = Vec::new();
         let mut bytes = 0;
         for line in self.lines.drain(..) {
@@ -156,9 +162,11 @@ impl Backlog {
 
 /// Whether a lost session is worth reconnecting: not when the rendezvous
 /// refused us (the cluster was deleted, our place is gone) or speaks
-/// another version, nor when the node is leaving (its exit was recorded).
+/// another version, nor when the node is leaving and the rendezvous closed
+/// the connection in order (its exit was recorded). A leaving node whose
+/// connection was lost reconnects and reports its exit again.
 fn worth_reconnecting(e: &NodeError, leaving: bool) -> bool {
-    if leaving {
+    if leaving && matches!(e, NodeError::Rendezvous(RendezvousError::Closed { .. })) {
         return false;
     }
     match e {
@@ -200,7 +208,8 @@ pub(crate) async fn run(
         };
         feed.abort();
         relay.abort();
-        conn.close(0u32.into(), b"reconnecting");
+        // Not a departure: the rendezvous keeps the member's place.
+        conn.close(CloseCode::Reconnecting.code().into(), b"reconnecting");
         if !worth_reconnecting(&ended, shared.leaving.load(Ordering::Relaxed)) {
             return fail(ended);
         }
@@ -217,7 +226,7 @@ pub(crate) async fn run(
             }
             Err(e) => return fail(e),
         };
-        replay = backlog.replay(&shared);
+        replay = backlog.replay(&shared, rejoin.bound);
     }
 }
 
@@ -340,6 +349,8 @@ async fn send_loop(
                         lines.extend(more);
                     }
                     Ok(other) => {
+                        // Recorded now: a cancelled send loop drops `next`.
+                        backlog.remember(&other);
                         next = Some(other);
                         break;
                     }
@@ -429,15 +440,19 @@ mod tests {
         b.hold(NodeMessage::Punch { peer: NodeId(3) });
         b.hold(NodeMessage::Listening(vec![80]));
         b.hold(NodeMessage::PeerLost { peer: NodeId(4) });
-        b.hold(NodeMessage::PeerLost { peer: NodeId(4) });
         let big = "x".repeat(MAX_LOG_BATCH_BYTES / 2);
-        for _ in 0..(OUTPUT_BACKLOG / big.len() + 3) {
+        let fit = OUTPUT_BACKLOG / (big.len() + LINE_OVERHEAD);
+        for _ in 0..(fit + 3) {
             b.hold(NodeMessage::Logs(vec![line(&big)]));
         }
         assert!(b.line_bytes <= OUTPUT_BACKLOG);
         assert_eq!(b.dropped, 3, "the oldest lines go first");
+        // Empty lines count too: the backlog's memory stays bounded.
+        for _ in 0..100_000 {
+            b.hold(NodeMessage::Logs(vec![line("")]));
+        }
+        assert!(b.lines.len() <= OUTPUT_BACKLOG / LINE_OVERHEAD);
         b.hold(NodeMessage::Exited(boxer_proto::control::ExitStatus { code: 3 }));
-        assert_eq!(b.lost.len(), 1);
         assert!(b.state.is_some() && b.exited.is_some());
     }
 
@@ -445,9 +460,11 @@ mod tests {
     fn refusals_and_leaving_end_the_node_losses_do_not() {
         let lost = NodeError::Rendezvous(RendezvousError::Timeout { addr: "192.0.2.1:4740".parse().unwrap() });
         assert!(worth_reconnecting(&lost, false));
-        assert!(!worth_reconnecting(&lost, true), "a node whose exit was recorded is done");
+        assert!(worth_reconnecting(&lost, true), "a leaving node reports its exit again");
         let closed = NodeError::Rendezvous(RendezvousError::Closed { reason: "rendezvous shutting down".into() });
         assert!(worth_reconnecting(&closed, false));
+        let recorded = NodeError::Rendezvous(RendezvousError::Closed { reason: "exit recorded".into() });
+        assert!(!worth_reconnecting(&recorded, true), "a node whose exit was recorded is done");
         let deleted = NodeError::Rendezvous(RendezvousError::Refused { code: 10, reason: "deleted".into() });
         assert!(!worth_reconnecting(&deleted, false));
         assert!(!worth_reconnecting(&NodeError::Stopped, false));

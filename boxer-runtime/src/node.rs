@@ -77,6 +77,10 @@ pub enum NodeError {
     Stopped,
 }
 
+/// Barrier waits: the last request id, and the open waits by id (the
+/// condition, sent again after a rejoin, and the waiter).
+type Barriers = (u32, HashMap<u32, (Barrier, oneshot::Sender<()>)>);
+
 /// State shared by the node's tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -95,7 +99,9 @@ pub(crate) struct Shared {
     /// Overlay UDP flows.
     pub(crate) udp: Arc<udp::Udp>,
     to_rendezvous: mpsc::Sender<NodeMessage>,
-    barriers: Mutex<(u32, HashMap<u32, oneshot::Sender<()>>)>,
+    /// Barrier waits not answered yet, by request id: the condition (sent
+    /// again after a rejoin) and the waiter.
+    barriers: Mutex<Barriers>,
     /// Set once the program's exit is reported: the rendezvous then closes
     /// the connection, and the link must not reconnect.
     pub(crate) leaving: std::sync::atomic::AtomicBool,
@@ -107,15 +113,18 @@ impl Shared {
         &self.pathfinder
     }
 
-    /// Request ids of the barrier waits not answered yet.
-    pub(crate) fn pending_barriers(&self) -> std::collections::HashSet<u32> {
-        self.barriers.lock().expect("barrier lock").1.keys().copied().collect()
+    /// The barrier waits not answered yet, oldest first.
+    pub(crate) fn pending_barriers(&self) -> Vec<(u32, Barrier)> {
+        let mut waits: Vec<(u32, Barrier)> =
+            self.barriers.lock().expect("barrier lock").1.iter().map(|(&id, (b, _))| (id, b.clone())).collect();
+        waits.sort_by_key(|(id, _)| *id);
+        waits
     }
 
     /// Wakes the waiter of barrier `request_id`.
     pub(crate) fn barrier_reached(&self, request_id: u32) {
         let waiter = self.barriers.lock().expect("barrier lock").1.remove(&request_id);
-        if let Some(tx) = waiter {
+        if let Some((_, tx)) = waiter {
             let _ = tx.send(());
         }
     }
@@ -401,7 +410,7 @@ impl Node {
             let mut b = self.shared.barriers.lock().expect("barrier lock");
             b.0 += 1;
             let id = b.0;
-            b.1.insert(id, tx);
+            b.1.insert(id, (barrier.clone(), tx));
             id
         };
         self.shared

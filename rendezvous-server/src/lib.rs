@@ -88,6 +88,9 @@ pub struct Config {
     pub limits: limits::Limits,
 }
 
+/// Shortest time between two stateless resets (see `Rendezvous::bind`).
+pub const MIN_RESET_INTERVAL: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// How often away members whose grace ended are removed.
 pub const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -147,6 +150,12 @@ impl Rendezvous {
         };
         let reset_key = Arc::new(ResetKey::derive(&identity));
         let mut endpoint_config = quinn::EndpointConfig::new(reset_key.clone());
+        // quinn sends at most one stateless reset per interval, for all
+        // connections together (20 ms by default): after a restart, 1000
+        // runtimes would wait up to 20 s for theirs. A reset is smaller
+        // than the packet that caused it, so a short interval amplifies
+        // nothing.
+        endpoint_config.min_reset_interval(MIN_RESET_INTERVAL);
         // Connection ids carry a keyed hash that quinn checks before it
         // answers an unknown id; with the key from the TLS key too, a
         // restarted rendezvous recognises its old ids and resets them.
@@ -256,8 +265,23 @@ impl Rendezvous {
     /// stay as saved: their runtimes rejoin when a rendezvous runs again on
     /// the same state directory.
     pub fn close(&self) {
-        session::lock(&self.registry).close();
+        let saved = {
+            let mut registry = session::lock(&self.registry);
+            registry.close();
+            registry.saved()
+        };
+        // What the saver has not written yet is written now.
+        if let Some(store) = &self.store
+            && let Err(e) = store.save(&saved)
+        {
+            error!("cannot save cluster state at shutdown: {e}");
+        }
         self.endpoint.close(0u32.into(), b"rendezvous shutting down");
+    }
+
+    /// Waits (briefly) until the close of every connection is sent.
+    pub async fn wait_closed(&self) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }
 

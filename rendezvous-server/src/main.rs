@@ -127,7 +127,9 @@ fn run_main() -> anyhow::Result<i32> {
             tracing::info!("interrupted, shutting down");
             closer.close();
         });
+        let waiter = server.clone();
         server.run().await;
+        waiter.wait_closed().await;
         Ok(0)
     })
 }

@@ -82,11 +82,23 @@ pub enum NodeOutput {
 /// [`Registry::peer_lost`] report when anyone had a direct connection to it.
 pub const AWAY_GRACE: Duration = Duration::from_secs(60);
 
-/// How long a peer's report that its direct connection to a member went
-/// silent counts. Peers time out after 10 s and the rendezvous after 5 s,
-/// so a report usually comes after the member is away; this covers a
-/// report that comes first (a slow rendezvous connection timeout).
-pub const SUSPECT_WINDOW: Duration = Duration::from_secs(30);
+/// How long after a member's connection was lost a peer's report that it is
+/// silent ([`Registry::peer_lost`]) counts. A peer told it went away probes
+/// it for 3 s; a direct path found stale on heartbeats is noticed up to
+/// 21 s after the last answer. Older reports are about another time.
+pub const REPORT_WINDOW: Duration = Duration::from_secs(30);
+
+/// A member whose connection to the rendezvous was lost.
+#[derive(Debug)]
+struct Away {
+    /// Removed at this time unless it rejoins.
+    until: Instant,
+    /// When its connection was lost, and the members told so at that time
+    /// (the only ones whose report that it is silent counts). `None` for
+    /// members taken back from disk: nobody was told, and a report then is
+    /// about the time before the restart.
+    lost: Option<(Instant, std::collections::HashSet<NodeId>)>,
+}
 
 /// How a member's session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,9 +182,7 @@ struct Cluster {
     mailboxes: HashMap<NodeId, MailboxSenders>,
     /// Members whose connection was lost, with the time they are removed
     /// unless they rejoin.
-    away: HashMap<NodeId, Instant>,
-    /// Members a peer reported silent, and when.
-    suspects: HashMap<NodeId, Instant>,
+    away: HashMap<NodeId, Away>,
 }
 
 /// Punch requests delivered to one member's session.
@@ -316,7 +326,6 @@ impl Cluster {
             disco_key,
             mailboxes: HashMap::new(),
             away: HashMap::new(),
-            suspects: HashMap::new(),
         }
     }
 
@@ -325,7 +334,6 @@ impl Cluster {
         self.mailboxes.remove(&node_id);
         self.states.remove(&node_id);
         self.away.remove(&node_id);
-        self.suspects.remove(&node_id);
         if self.members.contains_key(&node_id) {
             self.publish(MemberChange::Left { node_id });
         }
@@ -348,7 +356,7 @@ impl Registry {
             cluster.next_id = c.next_id;
             cluster.seq = c.seq;
             for m in c.members {
-                cluster.away.insert(m.node_id, now + AWAY_GRACE);
+                cluster.away.insert(m.node_id, Away { until: now + AWAY_GRACE, lost: None });
                 cluster.members.insert(m.node_id, m);
             }
             registry.clusters.insert(cluster.info.name.clone(), cluster);
@@ -566,7 +574,6 @@ impl Registry {
             ));
         }
         cluster.away.remove(&id);
-        cluster.suspects.remove(&id);
         let mut listening = req.listening;
         listening.sort_unstable();
         listening.dedup();
@@ -589,8 +596,8 @@ impl Registry {
 
     /// A member's session `session` ended, as `departure` says. A member
     /// that [`Departure::Left`] is removed; one whose connection was
-    /// [`Departure::Lost`] is kept away for [`AWAY_GRACE`] from `now`
-    /// (removed at once if a peer already reported it silent). Unknown
+    /// [`Departure::Lost`] is kept away for [`AWAY_GRACE`] from `now`, and
+    /// the other members are told to check on it. Unknown
     /// members are ignored: the cluster may have been deleted meanwhile.
     pub fn leave(
         &mut self,
@@ -608,15 +615,14 @@ impl Registry {
             // A newer session has the member, or it is gone already.
             return LeaveOutcome::Unchanged;
         }
-        let suspected = c.suspects.get(&node_id).is_some_and(|&at| now.saturating_duration_since(at) < SUSPECT_WINDOW);
-        if departure == Departure::Lost && !suspected {
+        if departure == Departure::Lost {
             c.mailboxes.remove(&node_id);
-            c.away.insert(node_id, now + AWAY_GRACE);
             // The others check whether it is really gone. A full queue
-            // drops the notice: the grace, or heartbeats, still end it.
-            for m in c.mailboxes.values() {
-                let _ = m.away.try_send(node_id);
-            }
+            // drops the notice (that member's report will not count): the
+            // grace still ends it.
+            let told =
+                c.mailboxes.iter().filter(|(_, m)| m.away.try_send(node_id).is_ok()).map(|(&id, _)| id).collect();
+            c.away.insert(node_id, Away { until: now + AWAY_GRACE, lost: Some((now, told)) });
             return LeaveOutcome::Away;
         }
         c.remove(node_id);
@@ -624,33 +630,35 @@ impl Registry {
         LeaveOutcome::Removed
     }
 
-    /// Member `reporter` says its direct connection to `peer` went silent.
-    /// An away `peer` is removed at once (returns `true`); a connected one is
-    /// only noted, in case its own connection is found lost soon.
+    /// Member `reporter` says its direct path to `peer` went silent. It
+    /// counts only for a `peer` whose connection was lost less than
+    /// [`REPORT_WINDOW`] ago, from a member that was told so at the time:
+    /// then `peer` is removed at once (returns `true`). Anything else
+    /// changes nothing: a connected member, one taken back from disk after
+    /// a restart, a report from someone who was not asked, a stale one.
     pub fn peer_lost(&mut self, cluster: &str, reporter: NodeId, peer: NodeId, now: Instant) -> bool {
         let Some(c) = self.clusters.get_mut(cluster) else { return false };
-        if reporter == peer || !c.members.contains_key(&reporter) || !c.members.contains_key(&peer) {
+        let counts =
+            c.away.get(&peer).and_then(|a| a.lost.as_ref()).is_some_and(|(at, told)| {
+                told.contains(&reporter) && now.saturating_duration_since(*at) < REPORT_WINDOW
+            });
+        if !counts || reporter == peer {
             return false;
         }
-        if c.away.contains_key(&peer) {
-            c.remove(peer);
-            self.touch();
-            return true;
-        }
-        c.suspects.insert(peer, now);
-        false
+        c.remove(peer);
+        self.touch();
+        true
     }
 
     /// Removes the away members whose grace ended by `now`; returns them.
     pub fn expire(&mut self, now: Instant) -> Vec<(String, NodeId)> {
         let mut gone = Vec::new();
         for (name, c) in &mut self.clusters {
-            let due: Vec<NodeId> = c.away.iter().filter(|&(_, &until)| until <= now).map(|(&id, _)| id).collect();
+            let due: Vec<NodeId> = c.away.iter().filter(|(_, a)| a.until <= now).map(|(&id, _)| id).collect();
             for id in due {
                 c.remove(id);
                 gone.push((name.clone(), id));
             }
-            c.suspects.retain(|_, at| now.saturating_duration_since(*at) < SUSPECT_WINDOW);
         }
         if !gone.is_empty() {
             self.touch();
@@ -1066,25 +1074,26 @@ mod tests {
         let (a, _) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
         let (b, _) = r.join(join_req("demo", "web", 1), Fingerprint([2; 32]), addr()).unwrap();
         let (c, _) = r.join(join_req("demo", "web", 2), Fingerprint([3; 32]), addr()).unwrap();
-        // Away first, then reported.
         let ma = r.open_mailbox("demo", a.node_id).unwrap();
         let mut mb = r.open_mailbox("demo", b.node_id).unwrap();
+        // A report about a connected member changes nothing, now or later.
+        assert!(!r.peer_lost("demo", b.node_id, a.node_id, t0));
         r.leave("demo", a.node_id, ma.session, Departure::Lost, t0);
         assert_eq!(mb.away.try_recv().unwrap(), a.node_id, "the others are asked to check on it");
+        assert!(r.is_away("demo", a.node_id), "an earlier report did not make it a suspect");
         assert!(!r.peer_lost("demo", a.node_id, a.node_id, t0), "nobody reports itself");
-        assert!(r.peer_lost("demo", b.node_id, a.node_id, t0));
+        // c was not told (no session): its report does not count.
+        assert!(!r.peer_lost("demo", c.node_id, a.node_id, t0));
+        // Nor does b's once the window is over.
+        assert!(!r.peer_lost("demo", b.node_id, a.node_id, t0 + REPORT_WINDOW));
+        assert!(r.peer_lost("demo", b.node_id, a.node_id, t0 + Duration::from_secs(3)));
         assert!(r.saved().clusters[0].members.iter().all(|m| m.node_id != a.node_id));
-        // Reported first (while connected: only noted), then lost.
-        assert!(!r.peer_lost("demo", c.node_id, b.node_id, t0));
-        let mb = r.open_mailbox("demo", b.node_id).unwrap();
-        assert_eq!(r.leave("demo", b.node_id, mb.session, Departure::Lost, t0), LeaveOutcome::Removed);
-        drop(mb);
-        // An old report does not count.
-        let mc = r.open_mailbox("demo", c.node_id).unwrap();
-        let (d, _) = r.join(join_req("demo", "web", 3), Fingerprint([4; 32]), addr()).unwrap();
-        r.peer_lost("demo", d.node_id, c.node_id, t0);
-        let later = t0 + SUSPECT_WINDOW;
-        assert_eq!(r.leave("demo", c.node_id, mc.session, Departure::Lost, later), LeaveOutcome::Away);
+        // After a restart nobody was told: reports (a rejoining member's,
+        // stale or hostile) cannot remove a member before it is back.
+        let mut restarted = Registry::restore(ADMIN.into(), r.saved(), t0);
+        let _mb = restarted.open_mailbox("demo", b.node_id).unwrap();
+        assert!(!restarted.peer_lost("demo", b.node_id, c.node_id, t0));
+        assert!(restarted.is_away("demo", c.node_id));
     }
 
     #[test]

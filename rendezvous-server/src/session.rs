@@ -72,11 +72,17 @@ async fn saved_up_to(saved: &Saved, version: u64) {
 }
 
 /// How a member's connection ended, for [`crate::registry::Registry::leave`]:
-/// only a connection that went silent (or was reset by a restarted peer)
-/// may come back; every close, by either side, is a departure.
+/// only a connection that went silent (or was reset), or that its runtime
+/// closed to reconnect at once, may come back; every other close, by either
+/// side, is a departure.
 fn departure(conn: &quinn::Connection) -> Departure {
     match conn.close_reason() {
         Some(quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset) => Departure::Lost,
+        Some(quinn::ConnectionError::ApplicationClosed(c))
+            if c.error_code == quinn::VarInt::from_u32(CloseCode::Reconnecting.code()) =>
+        {
+            Departure::Lost
+        }
         _ => Departure::Left,
     }
 }

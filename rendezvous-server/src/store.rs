@@ -100,7 +100,8 @@ impl Store {
     }
 
     /// Replaces the file with `saved`: written to a temporary file in the
-    /// same directory, flushed to disk, then renamed over the old one.
+    /// same directory, flushed to disk, renamed over the old one, and the
+    /// directory flushed.
     pub fn save(&self, saved: &Saved) -> Result<(), StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
         let err = |source| StoreError::Io { path: self.path.clone(), source };
@@ -109,7 +110,12 @@ impl Store {
         let mut file =
             std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
         file.write_all(&body).and_then(|()| file.sync_data()).map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        // The rename itself reaches the disk with the directory.
+        match self.path.parent() {
+            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err),
+            None => Ok(()),
+        }
     }
 }
 

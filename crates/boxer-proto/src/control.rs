@@ -438,6 +438,10 @@ pub enum CloseCode {
     Timeout = 9,
     /// The cluster was deleted.
     ClusterDeleted = 10,
+    /// A runtime drops a connection it will replace at once (it reconnects):
+    /// not a departure, the rendezvous keeps the member's place. New in
+    /// protocol version 5.
+    Reconnecting = 11,
 }
 
 impl CloseCode {
