@@ -41,6 +41,12 @@ pub const RECONNECT_FIRST: Duration = Duration::from_millis(200);
 /// must stay well inside the rendezvous' grace for away members (60 s).
 pub const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
+/// A rendezvous unreachable this long is taken as gone for good and the
+/// node ends (its programs could not be joined by anyone new, and nothing
+/// would ever end the node otherwise). Far beyond a restart, or the
+/// rendezvous' own 60 s grace for members that cannot reach it.
+pub const RECONNECT_GIVE_UP: Duration = Duration::from_secs(600);
+
 /// While reconnecting, a reminder is logged this often.
 pub const STILL_RECONNECTING: Duration = Duration::from_secs(30);
 
@@ -290,6 +296,10 @@ async fn reconnect(
                     return Err(e);
                 }
                 debug!(?wait, "rejoin failed: {e}");
+                if started.elapsed() >= RECONNECT_GIVE_UP {
+                    warn!("the rendezvous has been unreachable for {RECONNECT_GIVE_UP:?}: giving up");
+                    return Err(e);
+                }
                 if reminded.elapsed() >= STILL_RECONNECTING {
                     reminded = Instant::now();
                     warn!(for_ = ?started.elapsed(), "still reconnecting to the rendezvous: {e}");

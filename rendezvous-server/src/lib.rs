@@ -261,9 +261,10 @@ impl Rendezvous {
         }
     }
 
-    /// Closes every connection and stops [`Rendezvous::run`]. The members
-    /// stay as saved: their runtimes rejoin when a rendezvous runs again on
-    /// the same state directory.
+    /// Closes every connection and stops [`Rendezvous::run`]. With
+    /// [`Config::persist`] the members stay as saved, and their runtimes
+    /// rejoin when a rendezvous runs again on the same state directory;
+    /// without, the clusters end and so do their runtimes.
     pub fn close(&self) {
         let saved = {
             let mut registry = session::lock(&self.registry);
@@ -276,7 +277,15 @@ impl Rendezvous {
         {
             error!("cannot save cluster state at shutdown: {e}");
         }
-        self.endpoint.close(0u32.into(), b"rendezvous shutting down");
+        if self.store.is_some() {
+            // Its members are saved: their runtimes reconnect to the next one.
+            self.endpoint.close(0u32.into(), b"rendezvous shutting down");
+        } else {
+            // Nothing is saved (an embedded rendezvous): its clusters end
+            // with it, and runtimes must not wait for it to come back.
+            let code = boxer_proto::control::CloseCode::ClusterDeleted.code();
+            self.endpoint.close(code.into(), b"the rendezvous ended, and its clusters with it");
+        }
     }
 
     /// Waits (briefly) until the close of every connection is sent.

@@ -454,6 +454,15 @@ impl MemberSession<'_> {
                 }
             }
         }
+        // The feeds end with a deleted cluster too, maybe before the
+        // deletion's own branch ran: say it, or the node would take the
+        // dropped connection for a lost one and try to come back.
+        if *feed.deleted.borrow() && conn.close_reason().is_none() {
+            refuse(
+                conn,
+                &Refusal { code: CloseCode::ClusterDeleted, reason: format!("cluster {cluster:?} was deleted") },
+            );
+        }
         reader.abort();
         relay.abort();
     }
