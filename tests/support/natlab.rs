@@ -313,3 +313,88 @@ impl Drop for LabCluster {
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
+
+/// What [`LabCluster::udp_echo_probe`] saw.
+#[derive(Debug, Clone)]
+pub struct EchoProbe {
+    /// Datagrams sent.
+    pub sent: u32,
+    /// Echoes received back.
+    pub echoed: u32,
+    /// Round-trip times of the echoes, sorted.
+    pub rtts: Vec<Duration>,
+}
+
+impl EchoProbe {
+    /// Share of datagrams that did not come back, in %.
+    pub fn loss_percent(&self) -> f64 {
+        100.0 * (self.sent - self.echoed) as f64 / self.sent as f64
+    }
+
+    /// Median round-trip time.
+    pub fn median_rtt(&self) -> Option<Duration> {
+        self.rtts.get(self.rtts.len() / 2).copied()
+    }
+}
+
+impl LabCluster {
+    /// Sends `count` UDP datagrams, one per millisecond, from `device` to a
+    /// spare port of the rendezvous' device, where they are echoed back;
+    /// counts the echoes and their round-trip times (a path's loss and
+    /// delay, both ways). Both sockets live in the lab.
+    pub fn udp_echo_probe(&self, device: &Device, count: u32) -> anyhow::Result<EchoProbe> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Instant;
+        const ECHO_PORT: u16 = RENDEZVOUS_PORT + 2;
+        let echo = LabNet::udp_socket(self.lab.rendezvous(), ECHO_PORT)?;
+        echo.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let sender = LabNet::udp_socket(device, 0)?;
+        sender.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let done = Arc::new(AtomicBool::new(false));
+        let echo_done = done.clone();
+        let echoer = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !echo_done.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = echo.recv_from(&mut buf) {
+                    let _ = echo.send_to(&buf[..n], from);
+                }
+            }
+        });
+        let receiver_socket = sender.try_clone()?;
+        let start = Instant::now();
+        let receive_done = done.clone();
+        let receiver = std::thread::spawn(move || {
+            let mut rtts = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = [0u8; 64];
+            while !receive_done.load(Ordering::Relaxed) {
+                if let Ok(n) = receiver_socket.recv(&mut buf)
+                    && n == 12
+                {
+                    let seq = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+                    let sent_at = Duration::from_nanos(u64::from_le_bytes(buf[4..12].try_into().expect("8 bytes")));
+                    if seen.insert(seq) {
+                        rtts.push(start.elapsed().saturating_sub(sent_at));
+                    }
+                }
+            }
+            rtts
+        });
+        let to = SocketAddr::from((self.rendezvous.ip(), ECHO_PORT));
+        for seq in 0..count {
+            let mut msg = [0u8; 12];
+            msg[..4].copy_from_slice(&seq.to_le_bytes());
+            msg[4..].copy_from_slice(&(start.elapsed().as_nanos() as u64).to_le_bytes());
+            sender.send_to(&msg, to)?;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Late echoes: a second is far longer than any lab delay.
+        std::thread::sleep(Duration::from_secs(1));
+        done.store(true, Ordering::Relaxed);
+        let mut rtts = receiver.join().map_err(|_| anyhow::anyhow!("probe receiver panicked"))?;
+        echoer.join().map_err(|_| anyhow::anyhow!("probe echoer panicked"))?;
+        rtts.sort();
+        Ok(EchoProbe { sent: count, echoed: rtts.len() as u32, rtts })
+    }
+}

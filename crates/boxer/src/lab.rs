@@ -247,3 +247,251 @@ table ip nat {{
         ),
     )
 }
+
+impl LabNet {
+    /// Any router of the lab by name, also those [`LabNet::add_nat`] makes
+    /// on its own (`isp-<name>` in front of a [`NatKind::Masquerade`]).
+    pub fn any_router(&self, name: &str) -> Option<Router> {
+        self.lab.router_by_name(name)
+    }
+
+    /// Runs `sh -c script` in `router`'s namespace; its stdout, or an error
+    /// with its stderr if it fails.
+    pub fn sh(router: &Router, script: &str) -> anyhow::Result<String> {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", script]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let out = router.spawn_command_sync(cmd).context("running sh")?.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`{script}` failed in {}: {}",
+            router.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Name of the TUN device of a [`DelayLine`].
+pub const DELAY_IFACE: &str = "boxer-delay";
+
+/// Name of the nftables table [`LabNet::random_loss`] adds.
+const LOSS_TABLE: &str = "boxer_loss";
+
+/// Packets a router forwards towards a subnet, held back for a fixed time
+/// (made by [`LabNet::delay`]; removed on drop).
+///
+/// Without `netem`: kernels built without it (`CONFIG_NET_SCH_NETEM`
+/// unset, no module support, as on the machines this was written on) have
+/// no delaying qdisc at all (`tc qdisc add … netem` fails with "Specified
+/// qdisc kind is unknown"; `patchbay`'s link conditions use netem and then
+/// silently do nothing). Instead the router routes those packets into a TUN
+/// device, and a thread of this
+/// process reads each one and writes it back into the TUN device once it is
+/// `delay` old; the router then forwards it on as usual. The router must
+/// not NAT (a packet through it twice would be translated twice): an ISP
+/// router, such as the one in front of a [`NatKind::Masquerade`] router.
+pub struct DelayLine {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<u64>>>,
+}
+
+impl DelayLine {
+    /// Stops the line (packets still held are dropped); returns how many
+    /// packets it carried (written back successfully).
+    pub fn stop(mut self) -> anyhow::Result<u64> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> anyhow::Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the delay thread panicked"))?,
+            None => Ok(0),
+        }
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+impl std::fmt::Debug for DelayLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelayLine").finish_non_exhaustive()
+    }
+}
+
+/// Opens TUN device [`DELAY_IFACE`] (no packet information header) in the
+/// calling thread's network namespace.
+fn open_tun() -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscalls on a path and on a descriptor this function owns;
+    // `ifr` is a zeroed `ifreq` that outlives the ioctl.
+    unsafe {
+        let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        anyhow::ensure!(fd >= 0, "opening /dev/net/tun: {}", std::io::Error::last_os_error());
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(DELAY_IFACE.as_bytes()) {
+            *dst = *src as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        let rc = libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::TUNSETIFF, &mut ifr);
+        anyhow::ensure!(rc == 0, "creating TUN device {DELAY_IFACE}: {}", std::io::Error::last_os_error());
+        Ok(fd)
+    }
+}
+
+/// The delay thread: reads every packet the TUN device gets and writes it
+/// back `delay` later, until `stop`; returns how many it carried.
+fn delay_loop(
+    fd: std::os::fd::OwnedFd,
+    delay: std::time::Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<u64> {
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    let raw = fd.as_raw_fd();
+    let mut held: std::collections::VecDeque<(Instant, Vec<u8>)> = Default::default();
+    let mut buf = vec![0u8; 65536];
+    let mut carried = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Wake for the next packet due, a new one, or every 20 ms for `stop`.
+        let wait =
+            held.front().map_or(Duration::from_millis(20), |(due, _)| due.saturating_duration_since(Instant::now()));
+        let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos() as _ };
+        let mut pfd = libc::pollfd { fd: raw, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a null signal mask.
+        let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            anyhow::bail!("poll on {DELAY_IFACE}: {}", std::io::Error::last_os_error());
+        }
+        loop {
+            // SAFETY: reads into a buffer of the given length.
+            let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            held.push_back((Instant::now() + delay, buf[..n as usize].to_vec()));
+        }
+        let now = Instant::now();
+        while held.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, packet) = held.pop_front().expect("a packet is held");
+            // SAFETY: writes a buffer of the given length. A failed write
+            // is a lost packet, as on a real link.
+            if unsafe { libc::write(raw, packet.as_ptr().cast(), packet.len()) } > 0 {
+                carried += 1;
+            }
+        }
+    }
+    Ok(carried)
+}
+
+impl LabNet {
+    /// Delays every packet `router` forwards to `subnet` (a CIDR it routes
+    /// to, e.g. its LAN) by `delay`, until the returned line is dropped. See
+    /// [`DelayLine`] for how, and for which routers this works.
+    pub fn delay(router: &Router, subnet: &str, delay: std::time::Duration) -> anyhow::Result<DelayLine> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let flag = stop.clone();
+        let thread = router
+            .spawn_thread(move || {
+                let fd = match open_tun() {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return Err(e);
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                delay_loop(fd, delay, &flag)
+            })
+            .context("starting the delay thread")?;
+        let mut line = DelayLine { stop, thread: Some(thread) };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("{e}"),
+            Err(_) => return Err(line.finish().err().unwrap_or_else(|| anyhow::anyhow!("the delay thread ended"))),
+        }
+        // What comes out of the TUN device is routed by the main table;
+        // other packets for `subnet` go into it. Room for 20 000 packets
+        // between the kernel and the thread.
+        Self::sh(
+            router,
+            &format!(
+                "ip link set {DELAY_IFACE} up txqueuelen 20000
+ip route add {subnet} dev {DELAY_IFACE} table 4747
+ip rule add iif {DELAY_IFACE} lookup main pref 4746
+ip rule add to {subnet} lookup 4747 pref 4747
+sysctl -qw net.ipv4.conf.{DELAY_IFACE}.rp_filter=0 net.ipv4.conf.all.rp_filter=0"
+            ),
+        )?;
+        Ok(line)
+    }
+
+    /// Drops `percent` % of the UDP packets `router` forwards, at random
+    /// (`numgen random`), in both directions; counts them for
+    /// [`LabNet::loss_counts`]. Packets coming out of a [`DelayLine`] were
+    /// already counted on their way in.
+    pub fn random_loss(router: &Router, percent: u32) -> anyhow::Result<()> {
+        anyhow::ensure!(percent <= 100, "{percent} % loss");
+        Self::nft(
+            router,
+            &format!(
+                "table inet {LOSS_TABLE} {{
+    chain forward {{
+        type filter hook forward priority -5; policy accept;
+        iifname \"{DELAY_IFACE}\" accept
+        meta l4proto udp counter
+        meta l4proto udp numgen random mod 100 < {percent} counter drop
+    }}
+}}
+"
+            ),
+        )
+    }
+
+    /// Undoes [`LabNet::random_loss`].
+    pub fn stop_loss(router: &Router) -> anyhow::Result<()> {
+        Self::nft(router, &format!("delete table inet {LOSS_TABLE}\n"))
+    }
+
+    /// UDP packets [`LabNet::random_loss`] has seen on `router`, and how
+    /// many of them it dropped.
+    pub fn loss_counts(router: &Router) -> anyhow::Result<(u64, u64)> {
+        let table = Self::sh(router, &format!("nft list table inet {LOSS_TABLE}"))?;
+        let packets: Vec<u64> = table
+            .lines()
+            .filter_map(|l| l.split("counter packets ").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect();
+        match packets[..] {
+            [seen, dropped] => Ok((seen, dropped)),
+            _ => anyhow::bail!("unexpected counters in {table}"),
+        }
+    }
+}
+
+impl LabNet {
+    /// Makes `device` put every packet on its uplink singly: the kernel
+    /// splits UDP GSO batches (one sendmsg of up to 64 packets, which QUIC
+    /// stacks use) when they leave the device, as a real NIC does, rather
+    /// than carrying each batch through the lab as one packet, which a
+    /// router's nftables rules would then see, count and drop as one.
+    pub fn segment_on_send(device: &Device) -> anyhow::Result<()> {
+        let iface = device.default_iface().with_context(|| format!("{} has no uplink", device.name()))?;
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["link", "set", "dev", iface.name(), "gso_max_segs", "1"]).stderr(std::process::Stdio::piped());
+        let out = device.spawn_command_sync(cmd).context("running ip")?.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "setting gso_max_segs on {}: {}",
+            device.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+}
