@@ -11,6 +11,25 @@ use boxer_proto::{ALPN_PEER, ALPN_RENDEZVOUS, Fingerprint, Hello, frame, hello::
 const CLUSTER: &str = "demo";
 const SETTLE: Duration = Duration::from_secs(20);
 
+/// A join as replica 0 of `service`, with a fixed probe key.
+fn join_request(
+    cluster: &str,
+    token: &str,
+    service: &str,
+    rejoin: Option<boxer_proto::NodeId>,
+) -> boxer_proto::control::JoinRequest {
+    boxer_proto::control::JoinRequest {
+        cluster: cluster.into(),
+        join_token: token.into(),
+        service: service.into(),
+        index: 0,
+        local: vec![],
+        listening: vec![],
+        disco_public: [7; 32],
+        rejoin,
+    }
+}
+
 fn client() -> NodeEndpoint {
     NodeEndpoint::bind("127.0.0.1:0".parse().unwrap(), Identity::generate().unwrap()).unwrap()
 }
@@ -128,7 +147,6 @@ async fn a_runtime_refuses_a_dialler_that_is_not_a_member() -> anyhow::Result<()
 #[tokio::test]
 async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
     use boxer_net::rendezvous::{self, RendezvousAddr};
-    use boxer_proto::control::JoinRequest;
     use boxer_proto::relay;
 
     let dir = Scratch::new("hostile-relay");
@@ -136,16 +154,7 @@ async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
     let token = rdv.create_cluster(CLUSTER)?;
     let other_token = rdv.create_cluster("other")?;
     let at = RendezvousAddr { addr: rdv.addr, fingerprint: rdv.fingerprint.parse()? };
-    let join = |cluster: &str, token: &str, service: &str| JoinRequest {
-        cluster: cluster.into(),
-        join_token: token.into(),
-        service: service.into(),
-        index: 0,
-        local: vec![],
-        listening: vec![],
-        disco_public: [7; 32],
-        rejoin: None,
-    };
+    let join = |cluster: &str, token: &str, service: &str| join_request(cluster, token, service, None);
     // Opens the relay stream of a joined member (hello both ways).
     async fn relay_stream(conn: &quinn::Connection) -> (quinn::SendStream, quinn::RecvStream) {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -198,23 +207,13 @@ async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
 #[tokio::test]
 async fn replaying_another_members_identity_is_refused() -> anyhow::Result<()> {
     use boxer_net::rendezvous::{self, RendezvousAddr, RendezvousError};
-    use boxer_proto::control::JoinRequest;
 
     let dir = Scratch::new("hostile-replay");
     let rdv = start_rendezvous(dir.path())?;
     let token = rdv.create_cluster(CLUSTER)?;
     let other_token = rdv.create_cluster("other")?;
     let at = RendezvousAddr { addr: rdv.addr, fingerprint: rdv.fingerprint.parse()? };
-    let join = |token: &str, rejoin| JoinRequest {
-        cluster: CLUSTER.into(),
-        join_token: token.into(),
-        service: "web".into(),
-        index: 0,
-        local: vec![],
-        listening: vec![],
-        disco_public: [7; 32],
-        rejoin,
-    };
+    let join = |token: &str, rejoin| join_request(CLUSTER, token, "web", rejoin);
     let honest = client();
     let (a, session) = rendezvous::join(&honest, at, join(&token, None)).await?;
 
@@ -256,7 +255,7 @@ async fn replaying_another_members_identity_is_refused() -> anyhow::Result<()> {
 #[tokio::test]
 async fn per_source_and_per_member_limits_hold() -> anyhow::Result<()> {
     use boxer_net::rendezvous::{self, RendezvousAddr};
-    use boxer_proto::control::{JoinRequest, LogLine, NodeMessage, Stream};
+    use boxer_proto::control::{LogLine, NodeMessage, Stream};
     use boxer_proto::relay;
 
     let dir = Scratch::new("hostile-limits");
@@ -276,16 +275,7 @@ async fn per_source_and_per_member_limits_hold() -> anyhow::Result<()> {
     // The boxer CLI's connection is the first of the burst.
     let token = rdv.create_cluster(CLUSTER)?;
     let at = RendezvousAddr { addr: rdv.addr, fingerprint: rdv.fingerprint.parse()? };
-    let join = |service: &str| JoinRequest {
-        cluster: CLUSTER.into(),
-        join_token: token.clone(),
-        service: service.into(),
-        index: 0,
-        local: vec![],
-        listening: vec![],
-        disco_public: [7; 32],
-        rejoin: None,
-    };
+    let join = |service: &str| join_request(CLUSTER, &token, service, None);
 
     // Two members, whose connections stay open.
     let (ea, eb) = (client(), client());
