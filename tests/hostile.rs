@@ -134,6 +134,22 @@ async fn a_runtime_refuses_a_dialler_that_is_not_a_member() -> anyhow::Result<()
     };
     assert!(reason.contains("is not a member of the cluster"), "{reason}");
 
+    // Nor is a member of another cluster on the same rendezvous: it does
+    // not see the victim in its membership (so cannot resolve it), and the
+    // victim closes on it like on a stranger.
+    let other_token = rdv.create_cluster("other")?;
+    let at = boxer_net::rendezvous::RendezvousAddr { addr: rdv.addr, fingerprint: rdv.fingerprint.parse()? };
+    let neighbour = client();
+    let (joined, _session) =
+        boxer_net::rendezvous::join(&neighbour, at, join_request("other", &other_token, "victim", None)).await?;
+    assert!(joined.snapshot.members.iter().all(|m| m.fingerprint != fp), "a member of another cluster sees the victim");
+    let conn = neighbour.connect(addr, fp, ALPN_PEER, transport::peer())?.await?;
+    let reason = match tokio::time::timeout(SETTLE, conn.closed()).await? {
+        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
+        other => panic!("expected an application close, got {other:?}"),
+    };
+    assert!(reason.contains("is not a member of the cluster"), "{reason}");
+
     // And a dialler pinning the wrong key for the victim never gets through.
     let wrong = Identity::generate()?.fingerprint();
     let err = impostor.connect(addr, wrong, ALPN_PEER, transport::peer())?.await.unwrap_err();
