@@ -194,11 +194,19 @@ fn killed_node_leaves_everyone_s_membership() -> anyhow::Result<()> {
     let dir = Scratch::new("kill");
     let rdv = start_rendezvous(dir.path())?;
     let token = rdv.create_cluster(CLUSTER)?;
+    let echo = echo_server();
+    let forward_port = free_port();
     let status: Vec<_> = (1..=3).map(|i| dir.path().join(format!("n{i}.json"))).collect();
     let mut procs = Vec::new();
     for (i, path) in status.iter().enumerate() {
         let mut cmd = rdv.runtime_command(CLUSTER, &token, "w", i as u32);
         cmd.arg("--status-file").arg(path);
+        match i {
+            // w-0 talks to w-1, so it has a direct path to it.
+            0 => cmd.arg("--forward").arg(format!("127.0.0.1:{forward_port}=w-1:{}", echo.port())),
+            1 => cmd.arg("--expose").arg(echo.port().to_string()),
+            _ => &mut cmd,
+        };
         procs.push(spawn(cmd, dir.path(), &format!("n{i}"))?);
         wait_until(SETTLE, "node to join", || read_status(path).map(|_| ()))?;
     }
@@ -206,14 +214,33 @@ fn killed_node_leaves_everyone_s_membership() -> anyhow::Result<()> {
     for path in &status {
         wait_members(path, &all)?;
     }
+    let mut conn = wait_until(SETTLE, "the forward to w-1 to answer", || {
+        let mut c = TcpStream::connect(("127.0.0.1", forward_port)).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(SETTLE)).map_err(|e| e.to_string())?;
+        c.write_all(b"ping").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        if &buf == b"ping" { Ok(c) } else { Err(format!("{buf:?}")) }
+    })?;
+    wait_until(SETTLE, "a direct path from w-0 to w-1", || {
+        let s = read_status(&status[0])?;
+        let direct = s["paths"].as_array().is_some_and(|paths| {
+            paths.iter().any(|p| p["peer"] == 2 && p["path"].as_str().is_some_and(|k| k.starts_with("direct")))
+        });
+        if direct { Ok(()) } else { Err(format!("paths {}", s["paths"])) }
+    })?;
     procs[1].kill();
-    // The documented bound: the rendezvous idle timeout (5 s) plus delivery.
-    // The wait allows more so a loaded CI machine does not fail the test; the
-    // leave itself is logged with its time in the rendezvous log.
+    // The rendezvous notices after its idle timeout (5 s) and asks the
+    // others to check; w-0, which has a direct path, finds w-1 silent
+    // within 3 s and says so; then everyone sees it leave. A node nobody
+    // had a direct path to would stay for the 60 s grace (docs/limits.md).
     let rest = [(1, "w-0", "100.96.0.1"), (3, "w-2", "100.96.0.3")];
     for path in [&status[0], &status[2]] {
         wait_members(path, &rest)?;
     }
+    // And w-0's forwarded connection to it ends.
+    let mut buf = [0u8; 1];
+    assert!(matches!(conn.read(&mut buf), Ok(0) | Err(_)), "the connection to the killed node is still open");
     Ok(())
 }
 
