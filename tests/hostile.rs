@@ -30,6 +30,15 @@ fn join_request(
     }
 }
 
+/// The reason `conn` is closed with by the other side (an application close
+/// within [`SETTLE`]; anything else fails the test).
+async fn application_close(conn: &quinn::Connection) -> anyhow::Result<String> {
+    match tokio::time::timeout(SETTLE, conn.closed()).await? {
+        quinn::ConnectionError::ApplicationClosed(c) => Ok(String::from_utf8_lossy(&c.reason).into_owned()),
+        other => panic!("expected an application close, got {other:?}"),
+    }
+}
+
 fn client() -> NodeEndpoint {
     NodeEndpoint::bind("127.0.0.1:0".parse().unwrap(), Identity::generate().unwrap()).unwrap()
 }
@@ -128,10 +137,7 @@ async fn a_runtime_refuses_a_dialler_that_is_not_a_member() -> anyhow::Result<()
     // not in the cluster's membership: the victim must close on us.
     let impostor = client();
     let conn = impostor.connect(addr, fp, ALPN_PEER, transport::peer())?.await?;
-    let reason = match tokio::time::timeout(SETTLE, conn.closed()).await? {
-        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
-        other => panic!("expected an application close, got {other:?}"),
-    };
+    let reason = application_close(&conn).await?;
     assert!(reason.contains("is not a member of the cluster"), "{reason}");
 
     // Nor is a member of another cluster on the same rendezvous: it does
@@ -144,10 +150,7 @@ async fn a_runtime_refuses_a_dialler_that_is_not_a_member() -> anyhow::Result<()
         boxer_net::rendezvous::join(&neighbour, at, join_request("other", &other_token, "victim", None)).await?;
     assert!(joined.snapshot.members.iter().all(|m| m.fingerprint != fp), "a member of another cluster sees the victim");
     let conn = neighbour.connect(addr, fp, ALPN_PEER, transport::peer())?.await?;
-    let reason = match tokio::time::timeout(SETTLE, conn.closed()).await? {
-        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
-        other => panic!("expected an application close, got {other:?}"),
-    };
+    let reason = application_close(&conn).await?;
     assert!(reason.contains("is not a member of the cluster"), "{reason}");
 
     // And a dialler pinning the wrong key for the victim never gets through.
@@ -202,10 +205,7 @@ async fn hostile_relay_frames_are_refused() -> anyhow::Result<()> {
 
     // Garbage on the relay stream: a zero-length frame.
     x_send.write_all(&[0, 0, 0, 0, 0, 1]).await?;
-    let reason = match tokio::time::timeout(SETTLE, sx.connection().closed()).await? {
-        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
-        other => panic!("expected an application close, got {other:?}"),
-    };
+    let reason = application_close(sx.connection()).await?;
     assert!(reason.contains("bad relay frame"), "{reason}");
 
     // a and b still relay.
@@ -253,10 +253,7 @@ async fn replaying_another_members_identity_is_refused() -> anyhow::Result<()> {
     // certificate), and its old connection is told it was superseded.
     let (back, _new) = rendezvous::join(&honest, at, join(&token, Some(a.node_id))).await?;
     assert_eq!((back.node_id, back.overlay_ip), (a.node_id, a.overlay_ip));
-    let reason = match tokio::time::timeout(SETTLE, session.connection().closed()).await? {
-        quinn::ConnectionError::ApplicationClosed(c) => String::from_utf8_lossy(&c.reason).into_owned(),
-        other => panic!("expected an application close, got {other:?}"),
-    };
+    let reason = application_close(session.connection()).await?;
     assert!(reason.contains("superseded"), "{reason}");
     let log = rdv.proc.stderr_text();
     assert!(log.contains("WARN") && log.contains("only as itself"), "the attempt is logged:\n{log}");
