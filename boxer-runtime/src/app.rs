@@ -3,8 +3,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use object::read::ReadCache;
 use object::read::elf::{ElfFile32, ElfFile64, FileHeader};
-use object::{FileKind, Object};
+use object::{FileKind, Object, ReadRef};
 
 /// File name of the shim library.
 pub const SHIM_FILE: &str = "libboxer_shim.so";
@@ -89,15 +90,24 @@ pub enum Executable {
     Go,
 }
 
-/// Reads `path` and tells what kind of executable it is.
+/// Reads the headers of `path` and tells what kind of executable it is.
+///
+/// Only the parts the answer needs are read (the ELF header, the program
+/// headers, the section headers and their names, through a
+/// [`ReadCache`]), never the whole file: a program can be hundreds of MB
+/// (a debug build, a JVM's launcher beside its modules), and reading it
+/// all made the runtime's resident memory peak at the program's size on
+/// every start, which a small Lambda function cannot afford.
 pub fn executable_kind(path: &Path) -> Result<Executable, AppError> {
-    let data = std::fs::read(path).map_err(|source| AppError::Read { path: path.to_owned(), source })?;
-    let (interp, go) = match FileKind::parse(&*data) {
-        Ok(FileKind::Elf64) => match ElfFile64::<object::Endianness>::parse(&*data) {
+    let file = std::fs::File::open(path).map_err(|source| AppError::Read { path: path.to_owned(), source })?;
+    let cache = ReadCache::new(file);
+    let data = &cache;
+    let (interp, go) = match FileKind::parse(data) {
+        Ok(FileKind::Elf64) => match ElfFile64::<object::Endianness, _>::parse(data) {
             Ok(elf) => (has_interp(&elf), is_go(&elf)),
             Err(_) => return Ok(Executable::Dynamic),
         },
-        Ok(FileKind::Elf32) => match ElfFile32::<object::Endianness>::parse(&*data) {
+        Ok(FileKind::Elf32) => match ElfFile32::<object::Endianness, _>::parse(data) {
             Ok(elf) => (has_interp(&elf), is_go(&elf)),
             Err(_) => return Ok(Executable::Dynamic),
         },
@@ -156,7 +166,7 @@ pub fn shim_for(path: &Path, service: &str, shim: PathBuf, explicit: bool) -> Re
     }
 }
 
-fn has_interp<'d, E: FileHeader>(elf: &object::read::elf::ElfFile<'d, E>) -> bool {
+fn has_interp<'d, E: FileHeader, R: ReadRef<'d>>(elf: &object::read::elf::ElfFile<'d, E, R>) -> bool {
     let endian = elf.endian();
     elf.elf_program_headers().iter().any(|ph| {
         use object::read::elf::ProgramHeader;
@@ -164,7 +174,7 @@ fn has_interp<'d, E: FileHeader>(elf: &object::read::elf::ElfFile<'d, E>) -> boo
     })
 }
 
-fn is_go<'d, E: FileHeader>(elf: &object::read::elf::ElfFile<'d, E>) -> bool {
+fn is_go<'d, E: FileHeader, R: ReadRef<'d>>(elf: &object::read::elf::ElfFile<'d, E, R>) -> bool {
     elf.section_by_name(".go.buildinfo").is_some() || elf.section_by_name(".note.go.buildid").is_some()
 }
 
