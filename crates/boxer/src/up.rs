@@ -27,7 +27,7 @@ use rendezvous::RendezvousError;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::lab::{LabNet, NatKind};
+use crate::lab::{LabNet, NatKind, NatOptions};
 use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
 use crate::printer::Printer;
 use crate::provider::{Join, LocalProvider, NodeExit, Provider};
@@ -776,10 +776,27 @@ async fn run<P: Provider>(
     progress.set_prefix(spec.name.clone());
     progress.enable_steady_tick(Duration::from_millis(100));
     let mut launch_error = None;
+    if let Some(lab) = lab {
+        // Every node's device at once: one after another as each node is
+        // launched, the lab's set-up was most of the time to start a cluster.
+        let nodes: Vec<_> = spec
+            .nodes()
+            .map(|(service, index)| {
+                (format!("{}-{index}", service.name), NatOptions::new(service.nat.unwrap_or(options.nat)))
+            })
+            .collect();
+        progress.set_message(format!("(preparing the lab's network for {} nodes)", nodes.len()));
+        if let Err(e) = lab.add_nodes(&nodes).await {
+            launch_error = Some(e.context("preparing the nodes' lab devices"));
+        }
+        progress.set_message("");
+    }
     for (service, index) in spec.nodes() {
+        if launch_error.is_some() {
+            break;
+        }
         if let Err(e) = provider.launch(&join, service, index).await {
             launch_error = Some(e.context(format!("starting node {}-{index}", service.name)));
-            break;
         }
     }
     write_status(&mut status, &view, &provider);

@@ -74,6 +74,12 @@ impl LocalProvider {
     pub fn runtime_log_path(&self, node: &str) -> PathBuf {
         self.state_dir.join("nodes").join(node).join("runtime.log")
     }
+
+    /// The pid of node `node`'s runtime while it runs (for CPU and memory
+    /// measurements of it and of the program under it).
+    pub fn pid(&self, node: &str) -> Option<i32> {
+        self.pids.get(node).copied()
+    }
 }
 
 impl Provider for LocalProvider {
@@ -135,7 +141,11 @@ impl Provider for LocalProvider {
         let what = || format!("starting {} for {node} in {}", self.runtime.display(), service.workdir.display());
         let mut child = match &self.lab {
             Some((lab, nat)) => {
-                let device = lab.add_node(&node, NatOptions::new(service.nat.unwrap_or(*nat))).await?;
+                // Prepared with the others (`LabNet::add_nodes`), or made now.
+                let device = match lab.device(&node) {
+                    Some(device) => device,
+                    None => lab.add_node(&node, NatOptions::new(service.nat.unwrap_or(*nat))).await?,
+                };
                 device.spawn_command(cmd).with_context(what)?
             }
             None => cmd.spawn().with_context(what)?,
