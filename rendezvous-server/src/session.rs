@@ -143,11 +143,16 @@ pub async fn serve(registry: Shared, logs: LogStore, saved: Saved, limits: Limit
                     Span::current().record("node", tracing::field::display(node));
                     let how = if req.rejoin.is_some() { "rejoined" } else { "joined" };
                     info!(%node, ip = %joined.overlay_ip, service = %req.service, index = req.index, "{how}");
-                    let snapshot = joined.snapshot.clone();
                     let session = mailbox.session;
                     saved_up_to(&saved, version).await;
-                    if frame::write(&mut send, &ServerMessage::Joined(joined)).await.is_ok() {
-                        let log = logs.open(&req.cluster, &names::replica_name(&req.service, req.index));
+                    let mut answer = ServerMessage::Joined(joined);
+                    if frame::write(&mut send, &answer).await.is_ok()
+                        && let ServerMessage::Joined(joined) = &mut answer
+                    {
+                        // Sent: the session takes the answer's snapshot rather
+                        // than a copy (a copy clones every member).
+                        let snapshot = std::mem::take(&mut joined.snapshot);
+                        let log = logs.open_async(&req.cluster, &names::replica_name(&req.service, req.index)).await;
                         let member = MemberSession { registry: &registry, conn: &conn, req: &req, node, limits };
                         member.run(snapshot, feed, mailbox, send, recv, log).await;
                     }
