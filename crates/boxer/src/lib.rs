@@ -1,5 +1,6 @@
 //! The `boxer` command line, as a library for tests.
 
+pub mod bench;
 pub mod lab;
 pub mod lambda;
 pub mod netns;

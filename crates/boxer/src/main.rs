@@ -139,6 +139,30 @@ enum Command {
         #[command(flatten)]
         args: boxer::lambda::deploy::DeployArgs,
     },
+    /// Benchmark Boxer in the NAT lab side by side with a direct path and Nebula.
+    ///
+    /// Builds a NAT lab (network namespaces with no way out of the machine)
+    /// and measures, with the same client on every path: iperf3 (1 and 4
+    /// streams, both directions), TCP ping-pong RTT, redis-benchmark,
+    /// connect to first byte (known and never-contacted peers), runtime
+    /// memory and CPU per GB. Paths: Boxer punched between two
+    /// port-restricted NATs, Boxer relayed (symmetric NATs), the same two
+    /// devices through a port forward (direct, the lab's limit), and Nebula
+    /// on the same devices (`apt-get install nebula`; skipped otherwise).
+    /// Then elasticity (N nodes up until every pair has talked) and the
+    /// rendezvous' admissions per second. Prints a table with ratios and
+    /// the performance targets, writes results.json and results.svg.
+    ///
+    ///   boxer bench --quick            # under 3 minutes
+    ///   boxer bench --out bench-results
+    #[command(verbatim_doc_comment)]
+    Bench {
+        #[command(flatten)]
+        args: boxer::bench::BenchArgs,
+    },
+    /// The programs `boxer bench` runs on lab devices (internal).
+    #[command(subcommand, hide = true)]
+    BenchWorker(WorkerCommand),
     /// Create, or delete, clusters on a rendezvous (needs its admin token).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -156,6 +180,17 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+}
+
+/// `boxer bench-worker …`.
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// The servers of one path.
+    Serve(boxer::bench::worker::ServeArgs),
+    /// Measure one path.
+    Client(boxer::bench::worker::ClientArgs),
+    /// One member of an elasticity run.
+    Mesh(boxer::bench::worker::MeshArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -336,6 +371,25 @@ fn run_main() -> anyhow::Result<i32> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::BenchWorker(worker) = &cli.command {
+        // Plain blocking programs: no runtime, no namespace of their own.
+        return match worker {
+            WorkerCommand::Serve(args) => boxer::bench::worker::serve(args),
+            WorkerCommand::Client(args) => boxer::bench::worker::client(args),
+            WorkerCommand::Mesh(args) => boxer::bench::worker::mesh(args),
+        }
+        .map(|()| 0);
+    }
+    if let Command::Bench { args } = &cli.command {
+        // The lab, as for `boxer up --net lab`, from a namespace of its own.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            boxer::lab::init()?;
+        }
+        netns::enter().map_err(|e| anyhow::anyhow!("cannot create the bench's network namespace: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return runtime.block_on(boxer::bench::run(args.clone())).map(|_| 0);
+    }
     // Specs are checked before anything starts.
     let launch = match &cli.command {
         Command::Up { file, launch } => Some((spec::load(file)?, launch)),
@@ -386,7 +440,11 @@ fn run_main() -> anyhow::Result<i32> {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Up { .. } | Command::Run { .. } | Command::PortForward { .. } => unreachable!("handled in main"),
+        Command::Up { .. }
+        | Command::Run { .. }
+        | Command::PortForward { .. }
+        | Command::Bench { .. }
+        | Command::BenchWorker(_) => unreachable!("handled in main"),
         Command::Status { cluster } => status(cluster)?,
         Command::Logs { node, cluster, follow } => logs(node, cluster, follow).await?,
         Command::Down { cluster } => down(cluster).await?,
