@@ -388,7 +388,22 @@ fn run_main() -> anyhow::Result<i32> {
         }
         netns::enter().map_err(|e| anyhow::anyhow!("cannot create the bench's network namespace: {e}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        return runtime.block_on(boxer::bench::run(args.clone())).map(|_| 0);
+        return runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut interrupt = signal(SignalKind::interrupt())?;
+            let mut terminate = signal(SignalKind::terminate())?;
+            tokio::select! {
+                result = boxer::bench::run(args.clone()) => result.map(|_| 0),
+                // Dropping the run kills every process it started (runtimes,
+                // servers, nebula: all kill-on-drop; the runtimes' programs
+                // die with them), and the lab's namespaces go with this process.
+                _ = interrupt.recv() => {
+                    eprintln!("interrupted: stopping the bench's nodes and lab");
+                    Ok(130)
+                }
+                _ = terminate.recv() => Ok(143),
+            }
+        });
     }
     // Specs are checked before anything starts.
     let launch = match &cli.command {
