@@ -133,7 +133,15 @@ impl LabNet {
         let internet = lab.add_router("internet").build().await.context("adding the public router")?;
         let rendezvous =
             lab.add_device("rendezvous").uplink(internet.id()).build().await.context("adding the rendezvous device")?;
+        // Routed, not switched, between the hosts on the internet's LAN (see
+        // `route_via_internet`): the router does not tell them about each other.
+        run_sh(
+            |c| internet.spawn_command_sync(c),
+            "internet",
+            "for f in /proc/sys/net/ipv4/conf/*/send_redirects; do echo 0 > $f; done",
+        )?;
         let parts = Parts { lab, internet, routers: Arc::default(), devices: Arc::default() };
+        route_via_internet(&parts.internet, |c| rendezvous.spawn_command_sync(c), "rendezvous", rendezvous.ip())?;
         Ok(Self { parts, rendezvous })
     }
 
@@ -303,7 +311,11 @@ impl Parts {
             NatKind::None => self.internet.id(),
             _ => self.add_nat(&format!("nat-{name}"), nat).await?.id(),
         };
-        self.add_device_behind(name, upstream).await
+        let device = self.add_device_behind(name, upstream).await?;
+        if nat.kind == NatKind::None {
+            route_via_internet(&self.internet, |c| device.spawn_command_sync(c), name, device.ip())?;
+        }
+        Ok(device)
     }
 
     async fn add_device_behind(&self, name: &str, upstream: patchbay::NodeId) -> anyhow::Result<Device> {
@@ -358,6 +370,11 @@ impl Parts {
         if nat.kind == NatKind::Masquerade {
             plain_masquerade(&router).with_context(|| format!("installing masquerade on {name}"))?;
         }
+        // The router on the internet's LAN: this one, or its ISP router.
+        let on_internet = if upstream == self.internet.id() { Some(router.clone()) } else { self.lab.router(upstream) };
+        if let Some(r) = on_internet {
+            route_via_internet(&self.internet, |c| r.spawn_command_sync(c), r.name(), r.uplink_ip())?;
+        }
         self.routers.lock().expect("router table").insert(name.to_owned(), router.clone());
         Ok(router)
     }
@@ -375,6 +392,58 @@ async fn join_all<F: std::future::Future<Output = ()>>(futures: impl IntoIterato
         if futures.iter().all(Option::is_none) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
     })
     .await
+}
+
+/// Makes a host on the internet router's LAN (a NAT or ISP router, the
+/// rendezvous, a node without NAT) send everything for that LAN through
+/// the internet router instead of straight to its neighbours.
+///
+/// All of them share one L2 segment, so each would otherwise keep an ARP
+/// entry for every other it talks to, and the kernel's neighbour table is
+/// one for all namespaces (`net.ipv4.neigh.default.gc_thresh3`, 1024 by
+/// default): a mesh of 100 lab nodes needs ~10,000 entries, the kernel
+/// drops packets with "neighbor table overflow", and punches fail. Routed,
+/// each host has one neighbour (the internet router) and the router one per
+/// host, as on a real internet where NATs are never on one LAN.
+fn route_via_internet(
+    internet: &Router,
+    spawn: impl Fn(std::process::Command) -> anyhow::Result<std::process::Child>,
+    name: &str,
+    ip: Option<Ipv4Addr>,
+) -> anyhow::Result<()> {
+    let (Some(ip), Some(lan), Some(gw)) = (ip, internet.downstream_cidr(), internet.downstream_gw()) else {
+        anyhow::bail!("{name} or the internet router has no IPv4 address");
+    };
+    run_sh(
+        spawn,
+        name,
+        &format!(
+            "set -e
+dev=$(ip -4 -o addr show | awk -v ip={ip}/ 'index($4, ip) == 1 {{print $2; exit}}')
+test -n \"$dev\"
+ip route replace {gw}/32 dev $dev scope link
+ip route replace {lan} via {gw} dev $dev
+for f in /proc/sys/net/ipv4/conf/*/accept_redirects; do echo 0 > $f; done"
+        ),
+    )
+    .map(|_| ())
+}
+
+/// Runs `sh -c script` through `spawn` (a namespace's command spawner).
+fn run_sh(
+    spawn: impl Fn(std::process::Command) -> anyhow::Result<std::process::Child>,
+    name: &str,
+    script: &str,
+) -> anyhow::Result<String> {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", script]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let out = spawn(cmd).context("running sh")?.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`{script}` failed in {name}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Replaces a router's NAT with plain `masquerade`: source ports kept where
@@ -650,6 +719,50 @@ impl LabNet {
 #[cfg(test)]
 mod timing {
     use super::*;
+
+    /// Every node built by `add_nodes` reaches the rendezvous device and
+    /// hears back (root only; `--ignored`). `LAB_SIZES` as below.
+    #[test]
+    #[ignore]
+    fn every_node_of_add_nodes_reaches_the_rendezvous() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let sizes = std::env::var("LAB_SIZES").unwrap_or_else(|_| "100".into());
+        // One lab for all sizes, as `boxer bench` grows its lab run after run.
+        let lab = rt.block_on(LabNet::new()).unwrap();
+        let echo = LabNet::udp_socket(lab.rendezvous(), 4000).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((len, from)) = echo.recv_from(&mut buf) {
+                let _ = echo.send_to(&buf[..len], from);
+            }
+        });
+        let target = SocketAddr::from((lab.rendezvous_ip().unwrap(), 4000));
+        for n in sizes.split(',').map(|n| n.parse::<usize>().unwrap()) {
+            let nodes: Vec<_> = (0..n).map(|i| (format!("n{n}-{i}"), NatOptions::new(NatKind::Moderate))).collect();
+            let devices = rt.block_on(lab.add_nodes(&nodes)).unwrap();
+            let mut failed = Vec::new();
+            for d in &devices {
+                let ok = d
+                    .run_sync(move || {
+                        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                        s.set_read_timeout(Some(std::time::Duration::from_millis(300)))?;
+                        for _ in 0..3 {
+                            s.send_to(b"ping", target)?;
+                            let mut b = [0u8; 8];
+                            if s.recv_from(&mut b).is_ok() {
+                                return Ok(true);
+                            }
+                        }
+                        Ok(false)
+                    })
+                    .unwrap_or(false);
+                if !ok {
+                    failed.push(format!("{} ({:?})", d.name(), d.ip()));
+                }
+            }
+            assert!(failed.is_empty(), "{} of {n} nodes cannot reach the rendezvous: {failed:?}", failed.len());
+        }
+    }
 
     /// Time to add 10/50/100 nodes behind Moderate NATs (root only; run with
     /// `--ignored --nocapture`). `LAB_SHAPES=threads:per_thread,...`.
