@@ -418,10 +418,12 @@ async fn feed_loop(
                 if let Some(peer) = moved {
                     shared.pathfinder().peer_moved(peer);
                 }
+                shared.pathfinder().members_changed();
             }
             ServerMessage::Snapshot(snapshot) => {
                 warn!("fell behind the membership feed; resynchronised from a snapshot");
                 reconcile(&shared, &membership, snapshot);
+                shared.pathfinder().members_changed();
             }
             ServerMessage::Punch { peer } => shared.pathfinder().start_punch(peer),
             ServerMessage::Away { peer } => {

@@ -54,6 +54,11 @@ pub type PunchRequests = mpsc::Sender<NodeId>;
 /// slower removal (the rendezvous' grace still ends the member).
 const LOST_BUFFER: usize = 256;
 
+/// Punches from not-yet-known peers held at once ([`Pathfinder::start_punch`]):
+/// more than any cluster starts meeting at once, and a bound on what a
+/// flood of punch notifications can make a node keep.
+const DEFERRED_PUNCHES: usize = 4096;
+
 /// Finds and keeps routes to peers (see the module docs).
 #[derive(Debug)]
 pub struct Pathfinder {
@@ -65,6 +70,9 @@ pub struct Pathfinder {
     requests: PunchRequests,
     /// All path state: the one owner of every route.
     paths: Mutex<Paths>,
+    /// Punches the rendezvous started with a peer this node did not know
+    /// yet, by when they were asked for ([`Pathfinder::members_changed`]).
+    deferred: Mutex<std::collections::HashMap<NodeId, Instant>>,
     /// Wakes [`Pathfinder::run`] when an input made the next deadline earlier.
     wake: Notify,
     /// Bumped whenever a route is chosen.
@@ -101,6 +109,7 @@ impl Pathfinder {
             membership,
             requests,
             paths: Mutex::new(Paths::new(me, Instant::now(), tx_seed)),
+            deferred: Mutex::default(),
             wake: Notify::new(),
             changed: watch::channel(0).0,
             ready,
@@ -242,7 +251,49 @@ impl Pathfinder {
             return;
         }
         let candidates = self.membership.borrow().get(peer).map(|m| m.candidates());
+        if candidates.is_none() {
+            // The rendezvous sends punches and membership on separate
+            // queues, so a punch can overtake the peer's `Joined`. Without
+            // its addresses and probe key this side cannot ping, the peer's
+            // pings die at this node's NAT, and the punch fails one-sided (a
+            // 100-node mesh starting at once ran almost all on the relay).
+            // It starts when the peer becomes known, while the other side
+            // is still punching.
+            let mut deferred = self.deferred.lock().expect("deferred punches");
+            let now = Instant::now();
+            if deferred.len() >= DEFERRED_PUNCHES {
+                deferred.retain(|_, at| now.duration_since(*at) < PUNCH_TIMEOUT);
+            }
+            if deferred.len() < DEFERRED_PUNCHES {
+                debug!(%peer, "punch from a peer not yet known: starts when it joins");
+                deferred.insert(peer, now);
+            }
+            return;
+        }
         self.drive(|p, now| p.start_punch(now, peer, candidates));
+    }
+
+    /// Membership changed: starts the punches deferred until their peer was
+    /// known ([`Pathfinder::start_punch`]), unless the other side has given
+    /// up by now ([`PUNCH_TIMEOUT`]).
+    pub fn members_changed(self: &Arc<Self>) {
+        let due: Vec<NodeId> = {
+            let mut deferred = self.deferred.lock().expect("deferred punches");
+            if deferred.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            deferred.retain(|_, at| now.duration_since(*at) < PUNCH_TIMEOUT);
+            let membership = self.membership.borrow();
+            let known: Vec<NodeId> = deferred.keys().filter(|p| membership.get(**p).is_some()).copied().collect();
+            for peer in &known {
+                deferred.remove(peer);
+            }
+            known
+        };
+        for peer in due {
+            self.start_punch(peer);
+        }
     }
 
     /// Pings `peer` at `addr` once.
