@@ -449,4 +449,36 @@ mod tests {
         let pong = probe_at(&a_sock).await.expect("B answers A");
         assert!(matches!(Probe::decode(&pong, &ab), Ok(Probe::Pong { from, .. }) if from == b));
     }
+
+    /// The rendezvous' punch for A reaches B before A's `Joined` does: B
+    /// pings A once A is known (it used to drop the punch: one-sided, it
+    /// failed).
+    #[tokio::test]
+    async fn a_punch_that_overtakes_the_peers_join_starts_when_the_peer_is_known() {
+        let (a, b) = (NodeId(1), NodeId(2));
+        let (a_pub, mut a_keys) = keys(1);
+        let b_secret = DiscoSecret::generate().unwrap();
+        let b_pub = b_secret.public();
+        let a_sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut a_member = member(1, a_pub);
+        a_member.reflexive = a_sock.local_addr().unwrap();
+        let only_b = MembershipSnapshot { seq: 1, members: vec![member(2, b_pub)] };
+        let (members_tx, members) = watch::channel(Membership::from_snapshot("demo", only_b));
+        let (socket, _probes) = PeerSocket::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let (punch_tx, _punch_rx) = mpsc::channel(8);
+        let (b_finder, _ready) = Pathfinder::new(b, CLUSTER, b_secret, socket, members, punch_tx);
+        b_finder.start_punch(a);
+        b_finder.members_changed();
+        assert_eq!(probe_at(&a_sock).await, None, "pinged a peer it cannot know");
+        members_tx.send_modify(|m| {
+            *m = Membership::from_snapshot(
+                "demo",
+                MembershipSnapshot { seq: 2, members: vec![member(2, b_pub), a_member] },
+            )
+        });
+        b_finder.members_changed();
+        let ping = probe_at(&a_sock).await.expect("B pings A once A is known");
+        let ab = a_keys.key(b, &b_pub).unwrap();
+        assert!(matches!(Probe::decode(&ping, &ab), Ok(Probe::Ping { from, .. }) if from == b));
+    }
 }
