@@ -179,17 +179,13 @@ impl LabNet {
     /// the devices in the order of `nodes`. On an error the nodes already
     /// built stay in the lab.
     ///
-    /// What a node costs in patchbay 0.7: two network namespaces (each with
-    /// a thread of its own and a tokio runtime, a second thread for sysctls,
-    /// and a private mount namespace per thread), one `nft` process for the
-    /// router's NAT, a few dozen netlink requests, and four link moves: each
-    /// veth pair is made in the lab's root namespace and both ends are then
-    /// moved to theirs. A move waits for an RCU barrier under the kernel's
-    /// RTNL lock (20-35 ms here), and all of them go through the root
-    /// namespace's one worker thread, so they are serialised whatever the
-    /// concurrency: about 95 ms of a node's 100 ms. Concurrency pays for
-    /// the rest, and for all of it with a patchbay that makes veth ends in
-    /// their namespaces (15 ms a node, 100 nodes in about 1 s).
+    /// What a node costs: two network namespaces (each with a thread of its
+    /// own and a tokio runtime, a second thread for sysctls, and a private
+    /// mount namespace per thread), one `nft` process for the router's NAT,
+    /// one `sh` for its route through the internet router
+    /// (`route_via_internet`), and a few dozen netlink requests; about 15 ms
+    /// with the vendored patchbay, which creates veths in their namespaces
+    /// (vendor/README.md: moving them cost ~95 ms a node, serialised).
     pub async fn add_nodes(&self, nodes: &[(String, NatOptions)]) -> anyhow::Result<Vec<Device>> {
         self.add_nodes_with(nodes, BUILD_THREADS, BUILDS_PER_THREAD).await
     }
