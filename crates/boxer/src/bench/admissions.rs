@@ -268,12 +268,7 @@ fn start_server(state_dir: &Path) -> anyhow::Result<Server> {
                         .registry()
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .create_cluster(CreateClusterRequest {
-                            admin_token: ADMIN_TOKEN.into(),
-                            name: CLUSTER.into(),
-                            network: None,
-                            join_token: None,
-                        })
+                        .create_cluster(cluster_request())
                         .context("cannot create the benchmark's cluster")?;
                     let addr = server.local_addr().context("rendezvous address")?;
                     Ok((server, addr, info.join_token))
@@ -525,19 +520,17 @@ async fn join(
     }
 }
 
+/// The benchmark's cluster, as created on the rendezvous and in the registry.
+fn cluster_request() -> CreateClusterRequest {
+    CreateClusterRequest { admin_token: ADMIN_TOKEN.into(), name: CLUSTER.into(), network: None, join_token: None }
+}
+
 /// Admissions per second of the registry alone on this thread: `joins`
 /// joins, each with its mailbox and encoded answer, with `window` members
 /// at a time (the oldest leaves when another joins), as in [`measure`].
 fn measure_registry(joins: usize, window: usize) -> anyhow::Result<f64> {
     let mut registry = Registry::new(ADMIN_TOKEN.into());
-    let info = registry
-        .create_cluster(CreateClusterRequest {
-            admin_token: ADMIN_TOKEN.into(),
-            name: CLUSTER.into(),
-            network: None,
-            join_token: None,
-        })
-        .context("cannot create the benchmark's cluster")?;
+    let info = registry.create_cluster(cluster_request()).context("cannot create the benchmark's cluster")?;
     let reflexive: SocketAddr = (Ipv4Addr::LOCALHOST, 40_000).into();
     let requests: Vec<JoinRequest> = (0..joins)
         .map(|i| u32::try_from(i).map(|i| join_request(&info.join_token, i)))
