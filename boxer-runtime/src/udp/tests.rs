@@ -101,15 +101,23 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 /// connection and may be lost.
 async fn exchange(from: &UdpSocket, to: SocketAddrV4, socket: &UdpSocket, payload: &[u8]) -> (Vec<u8>, SocketAddrV4) {
     let mut buf = vec![0u8; 65_536];
+    let mut sent = 0;
     let attempt = async {
         loop {
             from.send_to(payload, to).await.expect("send");
+            sent += 1;
             if let Ok(Ok((n, src))) = timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await {
                 return (buf[..n].to_vec(), v4(src));
             }
         }
     };
-    timeout(PATIENCE, attempt).await.expect("datagram delivered")
+    let got = timeout(PATIENCE, attempt).await.expect("datagram delivered");
+    // The copies sent again while the path was being set up may still
+    // arrive: take them now, or the next read of `socket` would get one.
+    for _ in 1..sent {
+        let _ = timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await;
+    }
+    got
 }
 
 async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddrV4) {
