@@ -8,6 +8,7 @@
 //! an AWS Lambda custom runtime ([`lambda`]).
 
 pub mod app;
+pub mod bench_worker;
 pub mod caller;
 pub mod config;
 mod control;

@@ -208,6 +208,12 @@ fn main() {
 }
 
 fn run_main() -> anyhow::Result<i32> {
+    // `bootstrap bench-worker …`: `boxer bench`'s programs, carried in the
+    // runtime so that every function has them (see bench_worker).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "bench-worker") {
+        let cli = boxer_runtime::bench_worker::WorkerCli::parse_from(std::env::args_os().skip(1));
+        return cli.command.run().map(|()| 0);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

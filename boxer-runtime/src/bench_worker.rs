@@ -1,12 +1,20 @@
-//! The programs `boxer bench` runs on the lab's devices
-//! (`boxer bench-worker …`, hidden from `--help`): a server, a client that
-//! measures one path, and a mesh member for the elasticity run.
+//! The programs `boxer bench` runs on its nodes (`boxer bench-worker …` in
+//! the NAT lab, `bootstrap bench-worker …` on Lambda; hidden from
+//! `--help`): a server, a client that measures one path, and a mesh member
+//! for the elasticity run.
 //!
-//! They are ordinary programs with blocking std sockets and real tools
-//! (iperf3, redis-server, redis-benchmark) as children. On a Boxer node they
-//! run under the shim as the node's program, unmodified; on the direct and
-//! Nebula paths they run without it. One client measures every path the same
-//! way, so the columns of the table differ only in the path.
+//! They are ordinary programs with blocking std sockets. In the lab they
+//! also drive real tools (iperf3, redis-server, redis-benchmark) as
+//! children; a Lambda function has none of those, so there the bulk test is
+//! built in ([`bulk`]: one TCP stream per thread, counted by the receiver,
+//! as iperf3 does). On a Boxer node they run under the shim as the node's
+//! program, unmodified; on the direct and Nebula paths they run without it.
+//! One client measures every path the same way, so the columns of the
+//! table differ only in the path.
+//!
+//! They live in the runtime's crate so that the runtime binary carries them
+//! into every function (`bootstrap bench-worker`): `boxer bench --provider
+//! lambda` needs nothing deployed beyond what `boxer deploy` packs.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -32,6 +40,57 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// (iperf3's control set-up and results exchange, redis-benchmark's start).
 const TOOL_SLACK: Duration = Duration::from_secs(30);
 
+/// First byte of a bulk request: the client sends, the server counts.
+const BULK_UPLOAD: u8 = b'U';
+/// First byte of a bulk request: the server sends, the client counts.
+const BULK_DOWNLOAD: u8 = b'D';
+/// Write size of the bulk test: iperf3's default for TCP (128 KiB) doubled,
+/// so one `write` fills more of a 10 Gbit/s path's window per syscall.
+const BULK_BUFFER: usize = 256 << 10;
+/// Longest a bulk request may ask the server to send: a bound against a
+/// peer that sends garbage (the bench asks for at most 600 s).
+const BULK_MAX_SECONDS: u32 = 3600;
+
+/// Prefix of the line a client prints its results on with `--print`
+/// (the bench reads it from the node's output through the rendezvous).
+pub const RESULT_LINE: &str = "boxer-bench-result ";
+/// Prefix of the line a mesh member prints with `--print` once every peer answered.
+pub const MESH_LINE: &str = "boxer-bench-mesh ";
+/// Longest error line kept in a result: the result must fit one output line
+/// (16 KiB through the rendezvous) with room for the numbers.
+const MAX_ERROR_LEN: usize = 400;
+
+/// `bench-worker …`: the worker's programs.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum WorkerCommand {
+    /// The servers of one path.
+    Serve(ServeArgs),
+    /// Measure one path.
+    Client(ClientArgs),
+    /// One member of an elasticity run.
+    Mesh(MeshArgs),
+}
+
+impl WorkerCommand {
+    /// Runs it: plain blocking programs, no async runtime.
+    pub fn run(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Serve(args) => serve(args),
+            Self::Client(args) => client(args),
+            Self::Mesh(args) => mesh(args),
+        }
+    }
+}
+
+/// `bench-worker` as its own command line (the runtime's hidden mode).
+#[derive(Debug, clap::Parser)]
+#[command(name = "bench-worker", about = "The programs `boxer bench` runs on its nodes")]
+pub struct WorkerCli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: WorkerCommand,
+}
+
 /// `boxer bench-worker serve`: the servers of one path.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -44,6 +103,9 @@ pub struct ServeArgs {
     /// Also run `redis-server` on this port.
     #[arg(long)]
     pub redis_port: Option<u16>,
+    /// Also serve the built-in bulk test on this port.
+    #[arg(long)]
+    pub bulk_port: Option<u16>,
 }
 
 /// `boxer bench-worker client`: measures one path to one server.
@@ -61,10 +123,13 @@ pub struct ClientArgs {
     /// redis port of the server (no redis-benchmark without it).
     #[arg(long)]
     pub redis_port: Option<u16>,
+    /// Bulk port of the server (the built-in bulk test, where iperf3 is missing).
+    #[arg(long)]
+    pub bulk_port: Option<u16>,
     /// Never-contacted servers for first-contact samples (same hello port).
     #[arg(long, value_delimiter = ',')]
     pub fresh: Vec<String>,
-    /// Seconds each iperf3 run lasts.
+    /// Seconds each iperf3 or bulk run lasts.
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
     /// Round trips of the RTT test.
@@ -76,7 +141,7 @@ pub struct ClientArgs {
     /// Requests per redis-benchmark test.
     #[arg(long, default_value_t = 50_000)]
     pub redis_requests: u32,
-    /// Only iperf3 with 1 stream (for the relayed path).
+    /// Only 1 stream, both directions (for the relayed path).
     #[arg(long)]
     pub one_stream: bool,
     /// Processes that carry this path (runtimes, nebula), for CPU and RSS.
@@ -85,9 +150,13 @@ pub struct ClientArgs {
     /// Count the parent process too (the client's own runtime).
     #[arg(long)]
     pub parent: bool,
-    /// Where to write the results (JSON).
+    /// Where to write the results (JSON), again after every workload.
+    #[arg(long, required_unless_present = "print")]
+    pub out: Option<PathBuf>,
+    /// Print the results on stdout as one line after `boxer-bench-result `
+    /// (for nodes with no file system in common with the bench: Lambda).
     #[arg(long)]
-    pub out: PathBuf,
+    pub print: bool,
 }
 
 /// `boxer bench-worker mesh`: one member of the elasticity run.
@@ -107,8 +176,11 @@ pub struct MeshArgs {
     #[arg(long)]
     pub port: u16,
     /// Directory to write `<node>.json` into once every peer answered.
+    #[arg(long, required_unless_present = "print")]
+    pub out: Option<PathBuf>,
+    /// Print the same as one line after `boxer-bench-mesh ` on stdout.
     #[arg(long)]
-    pub out: PathBuf,
+    pub print: bool,
 }
 
 /// p50 and p99 of a set of samples, in microseconds.
@@ -161,6 +233,9 @@ pub struct PathResult {
     pub rtt_us: Option<Percentiles>,
     /// iperf3 runs.
     pub iperf: Vec<IperfRun>,
+    /// Runs of the built-in bulk test (same fields as iperf3's).
+    #[serde(default)]
+    pub bulk: Vec<IperfRun>,
     /// redis-benchmark: (test, requests per second).
     pub redis: Vec<(String, f64)>,
     /// Mean resident memory of the path's processes before any load, KiB.
@@ -185,6 +260,19 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--protected-mode", "no"]);
         children.push(spawn_child(cmd, "redis-server (apt-get install redis-server)")?);
+    }
+    if let Some(port) = args.bulk_port {
+        let bulk = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            .with_context(|| format!("binding the bulk server to port {port}"))?;
+        std::thread::spawn(move || {
+            for conn in bulk.incoming().flatten() {
+                std::thread::spawn(move || {
+                    if let Err(e) = bulk_serve(conn) {
+                        tracing::debug!("bulk connection: {e:#}");
+                    }
+                });
+            }
+        });
     }
     for conn in listener.incoming() {
         match conn {
@@ -256,7 +344,9 @@ fn first_byte(addr: SocketAddr) -> anyhow::Result<(TcpStream, Duration)> {
     Ok((s, took))
 }
 
-/// Measures one path and writes the result to `args.out`.
+/// Measures one path; writes the result to `args.out` after every
+/// workload (a client stopped half-way still leaves what it measured), and
+/// with `args.print` prints it once at the end.
 pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     let mut out = PathResult::default();
     let mut pids = args.pids.clone();
@@ -264,6 +354,12 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
         // SAFETY: getppid has no preconditions.
         pids.push(unsafe { libc::getppid() } as u32);
     }
+    let save = |out: &PathResult| -> anyhow::Result<()> {
+        match &args.out {
+            Some(path) => write_atomic(path, &serde_json::to_vec_pretty(out)?),
+            None => Ok(()),
+        }
+    };
     out.rss_idle_kib = mean_status_kib(&pids, "VmRSS:");
     let target = args.target.as_str();
     // First contact: the target first (nobody has talked to it yet), then
@@ -283,22 +379,30 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
         }
         Err(e) => out.errors.push(format!("{e:#}")),
     }
-    if let Some(port) = args.iperf_port {
-        let runs: &[(u32, bool)] =
-            if args.one_stream { &[(1, false), (1, true)] } else { &[(1, false), (1, true), (4, false), (4, true)] };
+    save(&out)?;
+    let runs: &[(u32, bool)] =
+        if args.one_stream { &[(1, false), (1, true)] } else { &[(1, false), (1, true), (4, false), (4, true)] };
+    for (tool, port) in [("iperf3", args.iperf_port), ("bulk", args.bulk_port)] {
+        let Some(port) = port else { continue };
         for &(streams, reverse) in runs {
             let before = cpu_seconds(&pids);
-            match iperf(target, port, streams, reverse, args.seconds) {
+            let result = if tool == "iperf3" {
+                iperf(target, port, streams, reverse, args.seconds)
+            } else {
+                bulk(target, port, streams, reverse, args.seconds)
+            };
+            match result {
                 Ok(mut run) => {
                     if let (Some(before), Some(after)) = (before, cpu_seconds(&pids))
                         && run.bytes > 0
                     {
                         run.cpu_s_per_gb = Some((after - before) / (run.bytes as f64 / 1e9));
                     }
-                    out.iperf.push(run);
+                    if tool == "iperf3" { out.iperf.push(run) } else { out.bulk.push(run) }
                 }
-                Err(e) => out.errors.push(format!("iperf3 -P {streams}{}: {e:#}", if reverse { " -R" } else { "" })),
+                Err(e) => out.errors.push(format!("{tool} -P {streams}{}: {e:#}", if reverse { " -R" } else { "" })),
             }
+            save(&out)?;
         }
     }
     if let Some(port) = args.redis_port {
@@ -308,9 +412,25 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
         }
     }
     out.rss_peak_kib = mean_status_kib(&pids, "VmHWM:");
-    let json = serde_json::to_vec_pretty(&out)?;
-    std::fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
+    for e in &mut out.errors {
+        truncate_on_char(e, MAX_ERROR_LEN);
+    }
+    save(&out)?;
+    if args.print {
+        println!("{RESULT_LINE}{}", serde_json::to_string(&out)?);
+    }
     Ok(())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate_on_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
 }
 
 /// Stores a workload's percentiles, or its error.
@@ -353,10 +473,38 @@ fn round_trips(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<f64>> {
     Ok(samples)
 }
 
-/// Runs a tool to completion within `limit`; its stdout.
-fn run_tool(mut cmd: Command, limit: Duration) -> anyhow::Result<String> {
+/// What a tool printed and how it ended.
+struct ToolRun {
+    what: String,
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl ToolRun {
+    /// Its stdout if it succeeded, else an error with its last words.
+    fn stdout_if_ok(self) -> anyhow::Result<String> {
+        if !self.status.success() {
+            let why = if self.stderr.trim().is_empty() { self.stdout.trim() } else { self.stderr.trim() };
+            anyhow::bail!("{} failed ({}): {}", self.what, self.status, why.lines().last().unwrap_or(""));
+        }
+        Ok(self.stdout)
+    }
+}
+
+/// Runs a tool to completion within `limit` (killed after it, and with
+/// this process: a client killed by the bench leaves no tool running).
+fn run_tool(mut cmd: Command, limit: Duration) -> anyhow::Result<ToolRun> {
+    use std::os::unix::process::CommandExt;
     let what = format!("{cmd:?}");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: prctl in the child before exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().with_context(|| format!("starting {what}"))?;
     let mut stdout = child.stdout.take().context("tool stdout")?;
     let mut stderr = child.stderr.take().context("tool stderr")?;
@@ -384,11 +532,7 @@ fn run_tool(mut cmd: Command, limit: Duration) -> anyhow::Result<String> {
     };
     let stdout = reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
-    if !status.success() {
-        let why = if stderr.trim().is_empty() { stdout.trim() } else { stderr.trim() };
-        anyhow::bail!("{what} failed ({status}): {}", why.lines().last().unwrap_or(""));
-    }
-    Ok(stdout)
+    Ok(ToolRun { what, status, stdout, stderr })
 }
 
 /// One iperf3 run against `host:port`.
@@ -398,8 +542,108 @@ fn iperf(host: &str, port: u16, streams: u32, reverse: bool, seconds: u32) -> an
     if reverse {
         cmd.arg("-R");
     }
-    let json = run_tool(cmd, Duration::from_secs(seconds.into()) + TOOL_SLACK)?;
-    parse_iperf(&json).map(|(bps, bytes)| IperfRun { streams, reverse, gbit_s: bps / 1e9, bytes, cpu_s_per_gb: None })
+    let run = run_tool(cmd, Duration::from_secs(seconds.into()) + TOOL_SLACK)?;
+    match parse_iperf(&run.stdout) {
+        Ok((bps, bytes)) if run.status.success() => {
+            Ok(IperfRun { streams, reverse, gbit_s: bps / 1e9, bytes, cpu_s_per_gb: None })
+        }
+        // iperf3 -J exits 1 with its reason in the JSON: that reason, not "exit status 1".
+        Err(e) if run.stdout.trim_start().starts_with('{') => Err(e),
+        Ok(_) | Err(_) => Err(run.stdout_if_ok().err().unwrap_or_else(|| anyhow::anyhow!("iperf3 printed no JSON"))),
+    }
+}
+
+/// The server side of one bulk connection: a request of one direction byte
+/// and 4 bytes of seconds (big-endian); then counts what comes until EOF
+/// and answers the count (8 bytes), or sends for that long and closes.
+fn bulk_serve(mut conn: TcpStream) -> anyhow::Result<()> {
+    let mut request = [0u8; 5];
+    conn.read_exact(&mut request).context("reading the bulk request")?;
+    let seconds = u32::from_be_bytes([request[1], request[2], request[3], request[4]]);
+    anyhow::ensure!(seconds <= BULK_MAX_SECONDS, "bulk request for {seconds} s (at most {BULK_MAX_SECONDS})");
+    let mut buf = vec![0u8; BULK_BUFFER];
+    match request[0] {
+        BULK_UPLOAD => {
+            let mut total = 0u64;
+            loop {
+                match conn.read(&mut buf)? {
+                    0 => break,
+                    n => total += n as u64,
+                }
+            }
+            conn.write_all(&total.to_be_bytes())?;
+        }
+        BULK_DOWNLOAD => {
+            let end = Instant::now() + Duration::from_secs(seconds.into());
+            while Instant::now() < end {
+                conn.write_all(&buf)?;
+            }
+            conn.shutdown(std::net::Shutdown::Write)?;
+        }
+        other => anyhow::bail!("unknown bulk direction {other:?}"),
+    }
+    Ok(())
+}
+
+/// One stream of a bulk run: bytes received (by the server when sending)
+/// and the time from the first byte sent until the receiver had them all.
+fn bulk_stream(
+    addr: SocketAddr,
+    reverse: bool,
+    seconds: u32,
+    start: &std::sync::Barrier,
+) -> anyhow::Result<(u64, Duration)> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    let mut request = [if reverse { BULK_DOWNLOAD } else { BULK_UPLOAD }, 0, 0, 0, 0];
+    request[1..].copy_from_slice(&seconds.to_be_bytes());
+    start.wait();
+    let began = Instant::now();
+    s.write_all(&request)?;
+    let mut buf = vec![0u8; BULK_BUFFER];
+    if reverse {
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        return Ok((total, began.elapsed()));
+    }
+    let end = began + Duration::from_secs(seconds.into());
+    while Instant::now() < end {
+        s.write_all(&buf)?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    // The server answers once it has read everything: the time includes
+    // draining the buffers, as iperf3's receiver-side figure does.
+    s.set_read_timeout(Some(FIRST_BYTE_TIMEOUT + Duration::from_secs(seconds.into())))?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count).context("waiting for the server's byte count")?;
+    Ok((u64::from_be_bytes(count), began.elapsed()))
+}
+
+/// The built-in bulk test: `streams` TCP connections to `host:port` at
+/// once, each sending (or with `reverse` receiving) for `seconds`; the
+/// throughput is what the receivers counted over the longest stream's time.
+pub fn bulk(host: &str, port: u16, streams: u32, reverse: bool, seconds: u32) -> anyhow::Result<IperfRun> {
+    let addr = resolve(host, port)?;
+    let start = std::sync::Barrier::new(streams as usize);
+    let results: Vec<anyhow::Result<(u64, Duration)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            (0..streams).map(|_| scope.spawn(|| bulk_stream(addr, reverse, seconds, &start))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a stream panicked")))).collect()
+    });
+    let mut bytes = 0u64;
+    let mut longest = Duration::ZERO;
+    for r in results {
+        let (b, took) = r?;
+        bytes += b;
+        longest = longest.max(took);
+    }
+    anyhow::ensure!(bytes > 0 && !longest.is_zero(), "no data arrived");
+    let gbit_s = bytes as f64 * 8.0 / longest.as_secs_f64() / 1e9;
+    Ok(IperfRun { streams, reverse, gbit_s, bytes, cpu_s_per_gb: None })
 }
 
 /// Received bits per second and bytes from `iperf3 -J` output.
@@ -420,7 +664,7 @@ fn redis_benchmark(host: &str, port: u16, requests: u32) -> anyhow::Result<Vec<(
     cmd.args(["-h", host, "-p", &port.to_string(), "-t", "ping,set,get", "-n", &requests.to_string()]);
     cmd.args(["-c", "50", "--csv"]);
     // 50k requests run at ~10k/s at worst here: a minute per test is ample.
-    let csv = run_tool(cmd, Duration::from_secs(60 * 4) + TOOL_SLACK)?;
+    let csv = run_tool(cmd, Duration::from_secs(60 * 4) + TOOL_SLACK)?.stdout_if_ok()?;
     let rows = parse_redis_csv(&csv);
     anyhow::ensure!(!rows.is_empty(), "redis-benchmark printed no results: {}", csv.trim());
     Ok(rows)
@@ -537,8 +781,12 @@ pub fn mesh(args: &MeshArgs) -> anyhow::Result<()> {
     let failed = failed.into_inner().expect("failed");
     anyhow::ensure!(failed.is_empty(), "could not reach {} peers: {}", failed.len(), failed.join("; "));
     let ready = MeshReady { ready_unix_ms: unix_ms(SystemTime::now()), retries: retries.into_inner() };
-    let path = args.out.join(format!("{}-{index}.json", args.service));
-    write_atomic(&path, &serde_json::to_vec(&ready)?)?;
+    if let Some(out) = &args.out {
+        write_atomic(&out.join(format!("{}-{index}.json", args.service)), &serde_json::to_vec(&ready)?)?;
+    }
+    if args.print {
+        println!("{MESH_LINE}{}", serde_json::to_string(&ready)?);
+    }
     loop {
         std::thread::park();
     }
@@ -570,6 +818,47 @@ fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bulk server on loopback; its port.
+    fn bulk_server() -> u16 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || bulk_serve(conn));
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn bulk_counts_what_the_receiver_got_both_ways() {
+        let port = bulk_server();
+        for (streams, reverse) in [(1, false), (2, true)] {
+            let run = bulk("127.0.0.1", port, streams, reverse, 1).unwrap();
+            assert_eq!((run.streams, run.reverse), (streams, reverse));
+            assert!(run.bytes > 0 && run.gbit_s > 0.0, "{run:?}");
+        }
+    }
+
+    #[test]
+    fn bulk_server_refuses_a_bad_request() {
+        let port = bulk_server();
+        for request in [[b'X', 0, 0, 0, 1], [BULK_DOWNLOAD, 0xff, 0xff, 0xff, 0xff]] {
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+            s.write_all(&request).unwrap();
+            // The server drops the connection without sending anything.
+            let mut buf = [0u8; 16];
+            assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "{request:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_error_is_cut_on_a_character_boundary() {
+        let mut e = "é".repeat(300);
+        truncate_on_char(&mut e, MAX_ERROR_LEN - 1);
+        assert!(e.len() < MAX_ERROR_LEN && e.chars().all(|c| c == 'é'));
+    }
 
     #[test]
     fn percentiles_pick_the_nearest_rank() {
