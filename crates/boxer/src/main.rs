@@ -153,8 +153,16 @@ enum Command {
     /// rendezvous' admissions per second. Prints a table with ratios and
     /// the performance targets, writes results.json and results.svg.
     ///
+    /// With --provider lambda, the Boxer column runs on Lambda functions
+    /// instead (the function of `boxer deploy examples/bench/boxer.toml`,
+    /// a rendezvous Lambda can reach): bulk TCP (1 and 4 streams, both
+    /// directions), RTT, connect times, the runtime's memory and CPU, and
+    /// the time from the first invoke until N functions are ready.
+    ///
     ///   boxer bench --quick            # under 3 minutes
     ///   boxer bench --out bench-results
+    ///   boxer bench --provider lambda --rendezvous 203.0.113.7:4740 \
+    ///       --fingerprint HEX --admin-token TOKEN --quick
     #[command(verbatim_doc_comment)]
     Bench {
         #[command(flatten)]
@@ -162,7 +170,7 @@ enum Command {
     },
     /// The programs `boxer bench` runs on lab devices (internal).
     #[command(subcommand, hide = true)]
-    BenchWorker(WorkerCommand),
+    BenchWorker(boxer::bench::worker::WorkerCommand),
     /// Create, or delete, clusters on a rendezvous (needs its admin token).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -180,17 +188,6 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-}
-
-/// `boxer bench-worker …`.
-#[derive(Debug, Subcommand)]
-enum WorkerCommand {
-    /// The servers of one path.
-    Serve(boxer::bench::worker::ServeArgs),
-    /// Measure one path.
-    Client(boxer::bench::worker::ClientArgs),
-    /// One member of an elasticity run.
-    Mesh(boxer::bench::worker::MeshArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,12 +370,14 @@ fn run_main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     if let Command::BenchWorker(worker) = &cli.command {
         // Plain blocking programs: no runtime, no namespace of their own.
-        return match worker {
-            WorkerCommand::Serve(args) => boxer::bench::worker::serve(args),
-            WorkerCommand::Client(args) => boxer::bench::worker::client(args),
-            WorkerCommand::Mesh(args) => boxer::bench::worker::mesh(args),
-        }
-        .map(|()| 0);
+        return worker.run().map(|()| 0);
+    }
+    if let Command::Bench { args } = &cli.command
+        && args.provider == boxer::bench::BenchProvider::Lambda
+    {
+        // Functions, an external rendezvous and AWS: no lab, no namespace.
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return runtime.block_on(boxer::bench::lambda::run(args.clone())).map(|_| 0);
     }
     if let Command::Bench { args } = &cli.command {
         // The lab, as for `boxer up --net lab`, from a namespace of its own.
@@ -388,7 +387,7 @@ fn run_main() -> anyhow::Result<i32> {
         }
         netns::enter().map_err(|e| anyhow::anyhow!("cannot create the bench's network namespace: {e}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        return runtime.block_on(async {
+        let result = runtime.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
             let mut interrupt = signal(SignalKind::interrupt())?;
             let mut terminate = signal(SignalKind::terminate())?;
@@ -404,6 +403,13 @@ fn run_main() -> anyhow::Result<i32> {
                 _ = terminate.recv() => Ok(143),
             }
         });
+        // The run, its nodes and its lab are gone by now (dropped in
+        // block_on). Dropping the runtime would wait for its blocking tasks,
+        // and the admissions run is one that does not stop when its task is
+        // dropped: after a signal, waiting for it would keep the process
+        // running for minutes. main exits the process right after.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        return result;
     }
     // Specs are checked before anything starts.
     let launch = match &cli.command {

@@ -26,11 +26,13 @@
 //! message) and the rendezvous' admission rate ([`admissions`]).
 
 pub mod admissions;
+pub mod lambda;
 pub mod nebula;
 pub mod report;
-pub mod worker;
 
-use std::collections::BTreeMap;
+pub use boxer_runtime::bench_worker as worker;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +58,16 @@ const REDIS_PORT: u16 = 6379;
 const UNSHIMMED_OFFSET: u16 = 10_000;
 /// Cluster of the path measurements.
 const CLUSTER: &str = "bench";
+/// Most nodes the elasticity runs of one `boxer bench` may start in all.
+/// Each node is a lab device behind a NAT router of its own, and every NAT
+/// router is a host on the lab's internet LAN: one /24, whose addresses
+/// patchbay hands out once (.2 to .254: 253 hosts), and a run's devices
+/// stay in the lab until the bench ends (the lab cannot remove them). The
+/// path measurements already put about 15 hosts there (the rendezvous, the
+/// NAT routers of the servers, fresh peers and clients, Nebula's
+/// lighthouse), and adding devices failed at about 230 hosts: 200 leaves
+/// room.
+const MAX_ELASTIC_NODES: u32 = 200;
 /// Name of the nftables table of the direct path's port forward.
 const FORWARD_TABLE: &str = "boxer_bench_forward";
 
@@ -82,6 +94,36 @@ pub struct BenchArgs {
     /// Leave out the Nebula column even when nebula is installed.
     #[arg(long)]
     pub no_nebula: bool,
+    /// Where the Boxer nodes run: `local` (the NAT lab, every column) or
+    /// `lambda` (invocations of a deployed function: the Boxer column only,
+    /// with the built-in bulk test instead of iperf3 and redis-benchmark;
+    /// needs --rendezvous on a host Lambda can reach; docs/benchmarks.md).
+    #[arg(long, value_enum, default_value = "local")]
+    pub provider: BenchProvider,
+    /// With --provider lambda: the rendezvous the functions join.
+    #[arg(long, value_name = "IP:PORT", requires_all = ["fingerprint", "admin_token"])]
+    pub rendezvous: Option<SocketAddr>,
+    /// Certificate fingerprint of --rendezvous.
+    #[arg(long, value_name = "HEX")]
+    pub fingerprint: Option<boxer_proto::Fingerprint>,
+    /// Admin token of --rendezvous.
+    #[arg(long, env = "BOXER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// With --provider lambda: the function to invoke (deployed with
+    /// `boxer deploy examples/bench/boxer.toml`).
+    #[arg(long, value_name = "NAME", default_value = lambda::DEFAULT_FUNCTION)]
+    pub function: String,
+    #[command(flatten)]
+    pub aws: crate::lambda::aws::AwsArgs,
+}
+
+/// Where `boxer bench` runs the Boxer nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchProvider {
+    /// Local processes in the NAT lab.
+    Local,
+    /// Invocations of a Lambda function.
+    Lambda,
 }
 
 /// Sizes of one run, from the options.
@@ -97,7 +139,7 @@ pub struct Plan {
     pub redis_requests: u32,
     /// Never-contacted peers for first contact (besides the server).
     pub fresh_peers: u32,
-    /// Elasticity runs.
+    /// Node counts of the elasticity runs, each once, in order.
     pub nodes: Vec<u32>,
     /// Simulated joiners of the admissions run.
     pub joiners: usize,
@@ -116,7 +158,16 @@ impl Plan {
             nodes: if args.nodes.is_empty() {
                 if quick { vec![10] } else { vec![10, 50, 100] }
             } else {
-                args.nodes.clone()
+                // Once each, in the order given: a run's devices stay in the
+                // lab under its nodes' names, so a second run of the same
+                // size could not add its own.
+                let mut nodes: Vec<u32> = Vec::with_capacity(args.nodes.len());
+                for &n in &args.nodes {
+                    if !nodes.contains(&n) {
+                        nodes.push(n);
+                    }
+                }
+                nodes
             },
             joiners: args.joiners.map_or(if quick { 2_000 } else { 20_000 }, |n| n as usize),
         }
@@ -238,6 +289,14 @@ struct Bench {
 /// directory and prints the table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     let plan = Plan::new(&args);
+    let elastic_nodes: u32 = plan.nodes.iter().sum();
+    anyhow::ensure!(
+        elastic_nodes <= MAX_ELASTIC_NODES,
+        "--nodes {} starts {elastic_nodes} nodes in all, but the lab's internet LAN holds at most \
+         {MAX_ELASTIC_NODES} nodes over all --nodes runs (each node adds a NAT router there, and \
+         they stay until the bench ends): give fewer or smaller sizes, or run boxer bench once per size",
+        plan.nodes.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+    );
     let dir = match &args.out {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("boxer-bench-{}", std::process::id())),
@@ -246,7 +305,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
     let nebula_status = if args.no_nebula { Err("left out (--no-nebula)".to_owned()) } else { nebula::available() };
     let started = Instant::now();
-    let mut progress = Progress::new(6 + plan.nodes.len() as u64 + 1);
+    // The lab, Boxer direct, Boxer relayed, direct, Nebula (or its skip),
+    // one per elasticity run, and the admissions.
+    let mut progress = Progress::new(5 + plan.nodes.len() as u64 + 1);
     progress.step("building the NAT lab and starting the Boxer nodes");
     let mut bench = Bench::start(&dir).await?;
     let mut paths = BTreeMap::new();
@@ -276,7 +337,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Results> {
     let mut elastic = Vec::new();
     for &n in &plan.nodes {
         progress.step(&format!("elasticity: {n} nodes up until every pair has exchanged a message"));
-        elastic.push(bench.elastic(n, &plan).await);
+        elastic.push(bench.elastic(n).await);
     }
     bench.stop().await;
     progress.step(&format!("rendezvous admissions: {} simulated joiners", plan.joiners));
@@ -423,6 +484,7 @@ impl Bench {
                 return Ok(());
             }
             if let Ok(exit) = self.exits.try_recv() {
+                self.provider.exited(&exit.node);
                 anyhow::bail!(
                     "{} ended with code {} before listening: {}",
                     exit.node,
@@ -563,7 +625,14 @@ impl Bench {
         let node = format!("{name}-0");
         let svc = service(name, 1, nat, self.worker(&args), &self.dir);
         self.provider.launch(join, &svc, 0).await?;
-        let exit = self.wait_exit(&node, client_budget(plan)).await?;
+        let exit = match self.wait_exit(&node, client_budget(plan)).await {
+            Ok(exit) => exit,
+            Err(e) => {
+                // Not left running into the next measurement.
+                self.kill_nodes(std::slice::from_ref(&node)).await;
+                return Err(e);
+            }
+        };
         read_result(&out).with_context(|| format!("{node} exited with code {}: {}", exit.code, exit.detail.join("; ")))
     }
 
@@ -615,26 +684,19 @@ insert rule ip filter forward meta l4proto tcp ct status dnat accept
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);
-        self.unshimmed = Some(server.spawn_command(cmd).context("starting the unshimmed servers on server-0")?);
-        // The server's own ports, reached from inside its namespace.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for port in [PORT, IPERF_PORT, REDIS_PORT] {
-            let port = port + UNSHIMMED_OFFSET;
-            loop {
-                let up = server
-                    .run_sync(move || Ok(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()))
-                    .unwrap_or(false);
-                if up {
-                    break;
-                }
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "the unshimmed server on server-0 is not listening on {port}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut child = server.spawn_command(cmd).context("starting the unshimmed servers on server-0")?;
+        // Kept only once they listen: a later call (the Nebula path after a
+        // failed direct one) then tries again instead of going on without.
+        match wait_unshimmed(&server, &mut child).await {
+            Ok(()) => {
+                self.unshimmed = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill().await;
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// Runs the client unshimmed on client-0 against `target`.
@@ -700,19 +762,24 @@ insert rule ip filter forward meta l4proto tcp ct status dnat accept
     }
 
     /// Starts `n` mesh nodes and times them until every node joined and
-    /// every pair exchanged a message.
-    async fn elastic(&mut self, n: u32, plan: &Plan) -> ElasticRun {
+    /// every pair exchanged a message; then stops them, whatever the outcome
+    /// (a failed run's nodes would otherwise go on beside the next run's).
+    async fn elastic(&mut self, n: u32) -> ElasticRun {
         let mut run = ElasticRun { nodes: n, ..Default::default() };
-        if let Err(e) = self.elastic_run(n, plan, &mut run).await {
+        let name = format!("e{n}");
+        let outcome = self.elastic_run(n, &name, &mut run).await;
+        self.stop_nodes(&name, n).await;
+        if let Err(e) = outcome {
             run.error = Some(format!("{e:#}"));
         }
         run
     }
 
-    async fn elastic_run(&mut self, n: u32, plan: &Plan, run: &mut ElasticRun) -> anyhow::Result<()> {
-        let _ = plan;
+    /// One elasticity run of `n` nodes of service `name`, into `run`; leaves
+    /// the nodes running.
+    async fn elastic_run(&mut self, n: u32, name: &str, run: &mut ElasticRun) -> anyhow::Result<()> {
         let cluster = format!("elastic-{n}");
-        let name = format!("e{n}");
+        let prefix = format!("{name}-");
         let join = self.cluster(&cluster)?;
         let out = self.dir.join(&cluster);
         let _ = std::fs::remove_dir_all(&out);
@@ -720,7 +787,7 @@ insert rule ip filter forward meta l4proto tcp ct status dnat accept
         let command = self.worker(&[
             "mesh".into(),
             "--service".into(),
-            name.clone(),
+            name.to_owned(),
             "--count".into(),
             n.to_string(),
             "--port".into(),
@@ -728,7 +795,7 @@ insert rule ip filter forward meta l4proto tcp ct status dnat accept
             "--out".into(),
             out.display().to_string(),
         ]);
-        let svc = service(&name, n, NatKind::Moderate, command, &self.dir);
+        let svc = service(name, n, NatKind::Moderate, command, &self.dir);
         let start = Instant::now();
         let start_unix = worker::unix_ms(SystemTime::now());
         let devices: Vec<(String, NatOptions)> =
@@ -765,9 +832,14 @@ insert rule ip filter forward meta l4proto tcp ct status dnat accept
             if ready.len() as u32 == n {
                 break;
             }
-            if let Ok(exit) = self.exits.try_recv() {
+            while let Ok(exit) = self.exits.try_recv() {
                 self.provider.exited(&exit.node);
-                anyhow::bail!("{} ended with code {}: {}", exit.node, exit.code, exit.detail.join("; "));
+                // A node of another run (one that outlived its stop) is not
+                // this run's failure.
+                if exit.node.starts_with(&prefix) {
+                    anyhow::bail!("{} ended with code {}: {}", exit.node, exit.code, exit.detail.join("; "));
+                }
+                tracing::warn!(node = %exit.node, code = exit.code, "a node of another run ended");
             }
             if Instant::now() > deadline {
                 anyhow::bail!(
@@ -785,7 +857,6 @@ insert rule ip filter forward meta l4proto tcp ct status dnat accept
         run.ready = times.iter().enumerate().map(|(i, t)| (*t, i as u32 + 1)).collect();
         run.all_pairs_s = times.last().copied();
         run.retries = ready.values().map(|r| r.retries).sum();
-        self.stop_nodes(&name, n).await;
         Ok(())
     }
 
@@ -817,27 +888,55 @@ insert rule ip filter forward meta l4proto tcp ct status dnat accept
 
     /// Stops the nodes `<service>-0..n` of an elasticity run.
     async fn stop_nodes(&mut self, service: &str, n: u32) {
-        for i in 0..n {
-            if let Some(pid) = self.provider.pid(&format!("{service}-{i}")) {
+        let nodes: Vec<String> = (0..n).map(|i| format!("{service}-{i}")).collect();
+        self.kill_nodes(&nodes).await;
+    }
+
+    /// Kills those of `nodes` still running (SIGKILL) and waits, up to 10 s,
+    /// until the provider reported each one's exit.
+    async fn kill_nodes(&mut self, nodes: &[String]) {
+        let mut left: BTreeSet<&str> = BTreeSet::new();
+        for node in nodes {
+            if let Some(pid) = self.provider.pid(node) {
                 // SAFETY: kill(2) on a runtime this process started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+                left.insert(node);
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let prefix = format!("{service}-");
-        let mut left = n;
-        while left > 0 {
+        while !left.is_empty() {
             match tokio::time::timeout_at(deadline, self.exits.recv()).await {
                 Ok(Some(exit)) => {
                     self.provider.exited(&exit.node);
-                    if exit.node.starts_with(&prefix) {
-                        left -= 1;
-                    }
+                    left.remove(exit.node.as_str());
                 }
                 _ => break,
             }
         }
     }
+}
+
+/// Waits until the unshimmed servers (`child`, on `server`) listen on each
+/// of their ports, reached from inside the device's namespace.
+async fn wait_unshimmed(server: &patchbay::Device, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for port in [PORT, IPERF_PORT, REDIS_PORT] {
+        let port = port + UNSHIMMED_OFFSET;
+        loop {
+            let up = server
+                .run_sync(move || Ok(std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()))
+                .unwrap_or(false);
+            if up {
+                break;
+            }
+            if let Some(status) = child.try_wait().context("waiting for the unshimmed servers on server-0")? {
+                anyhow::bail!("the unshimmed servers on server-0 exited with {status} before listening on {port}");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the unshimmed server on server-0 is not listening on {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 /// The client's arguments common to every path.
@@ -860,11 +959,32 @@ fn client_args(target: &str, port: u16, plan: &Plan, out: &Path) -> Vec<String> 
     ]
 }
 
-/// Longest one client may run: its iperf3 runs, redis-benchmark and the
-/// rest, with room for a slow machine.
+/// Longest one client may run: the sum of what the worker gives each of
+/// its workloads, so that one that hangs until the worker gives up on it
+/// still leaves the client time to end (and write what the others
+/// measured) before it is killed:
+///
+/// - first contact with the server and each fresh peer, up to
+///   [`FIRST_CONTACT_S`] each;
+/// - the known-peer connects and the RTT round trips: [`CONNECTS_AND_RTT_S`];
+/// - 4 iperf3 runs (1 and 4 streams, each way), each up to its seconds
+///   plus the worker's 30 s slack;
+/// - redis-benchmark: up to 4 minutes plus the same slack.
 fn client_budget(plan: &Plan) -> Duration {
-    Duration::from_secs(u64::from(plan.seconds) * 4 + 240)
+    const TOOL_SLACK_S: u64 = 30;
+    let contacts = (1 + u64::from(plan.fresh_peers)) * FIRST_CONTACT_S;
+    let iperf = 4 * (u64::from(plan.seconds) + TOOL_SLACK_S);
+    let redis = 4 * 60 + TOOL_SLACK_S;
+    Duration::from_secs(contacts + CONNECTS_AND_RTT_S + iperf + redis)
 }
+
+/// Longest a first contact with one peer may take in the worker (its
+/// timeout for the first byte back).
+const FIRST_CONTACT_S: u64 = 15;
+
+/// Room for the known-peer connects and the RTT round trips (a few
+/// seconds each in a full run; more on a loaded machine).
+const CONNECTS_AND_RTT_S: u64 = 90;
 
 /// Longest an elasticity run of `n` nodes may take.
 fn elastic_budget(n: u32) -> Duration {
@@ -876,4 +996,100 @@ fn read_result(path: &Path) -> anyhow::Result<PathOutcome> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let result: PathResult = serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(PathOutcome { result: Some(result), missing: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `boxer bench ARGS…`'s options.
+    fn args(line: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let argv = std::iter::once("bench").chain(line.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().bench
+    }
+
+    #[test]
+    fn node_counts_are_kept_once_in_order() {
+        assert_eq!(Plan::new(&args(&["--nodes", "50,10,50,10,20"])).nodes, vec![50, 10, 20]);
+        assert_eq!(Plan::new(&args(&[])).nodes, vec![10, 50, 100]);
+        assert_eq!(Plan::new(&args(&["--quick"])).nodes, vec![10]);
+    }
+
+    #[test]
+    fn the_default_runs_fit_in_the_lab() {
+        assert!(Plan::new(&args(&[])).nodes.iter().sum::<u32>() <= MAX_ELASTIC_NODES);
+    }
+
+    #[test]
+    fn a_client_has_time_for_every_workload() {
+        let plan = Plan::new(&args(&["--seconds", "10"]));
+        // 4 iperf3 runs with their slack, redis-benchmark with its own, and
+        // more than nothing for the rest.
+        let tools = 4 * (10 + 30) + (4 * 60 + 30);
+        assert!(client_budget(&plan).as_secs() > tools + 60, "{:?}", client_budget(&plan));
+    }
+
+    fn results(elastic: Vec<ElasticRun>, admissions: Option<admissions::AdmissionStats>) -> Results {
+        Results {
+            unix_time: 0,
+            machine: String::new(),
+            plan: Plan::new(&args(&[])),
+            paths: BTreeMap::new(),
+            nebula: Err("left out".into()),
+            elastic,
+            admissions,
+            admissions_error: None,
+            total_s: 0.0,
+        }
+    }
+
+    fn target(results: &Results, what: &str) -> report::Target {
+        report::targets(results).into_iter().find(|t| t.what.starts_with(what)).unwrap()
+    }
+
+    #[test]
+    fn the_hundred_node_target_shows_the_time_without_the_lab() {
+        let run = ElasticRun { nodes: 100, lab_s: 1.25, all_pairs_s: Some(4.5), ..Default::default() };
+        let t = target(&results(vec![run], None), "100 nodes");
+        assert_eq!(t.met, Some(true));
+        assert!(
+            t.measured.contains("4.50 s") && t.measured.contains("3.25 s after the lab's 1.25 s"),
+            "{}",
+            t.measured
+        );
+        let t = target(&results(vec![], None), "100 nodes");
+        assert_eq!(t.met, None);
+    }
+
+    #[test]
+    fn the_admissions_target_counts_all_of_the_rendezvous_cpu() {
+        let stats = admissions::AdmissionStats {
+            joiners: 100,
+            concurrency: 8,
+            client_threads: 2,
+            seconds: 1.0,
+            admissions_per_sec: 100.0,
+            server_cpu_seconds: 0.009,
+            server_io_cpu_seconds: 0.002,
+            server_busy: 0.009,
+            admissions_per_server_cpu_sec: 11_111.0,
+            admissions_per_server_total_cpu_sec: 9_091.0,
+            join_p50_ms: 1.0,
+            join_p99_ms: 2.0,
+            join_max_ms: 3.0,
+            registry_joins: 20_000,
+            registry_admissions_per_sec: 80_000.0,
+            debug_build: false,
+            state_dir: String::new(),
+        };
+        let t = target(&results(vec![], Some(stats)), "rendezvous admissions");
+        assert_eq!(t.met, Some(false), "the thread alone is above 10k/s, the whole server is not");
+        assert!(t.measured.starts_with("9091/s per CPU-second of the rendezvous"), "{}", t.measured);
+        assert!(t.measured.contains("11111/s per CPU-second of its thread alone"), "{}", t.measured);
+    }
 }

@@ -251,21 +251,31 @@ pub fn targets(results: &Results) -> Vec<Target> {
     let hundred = results.elastic.iter().find(|e| e.nodes == 100);
     out.push(Target {
         what: "100 nodes joined and all pairs reachable < 5 s",
+        // From the start, lab set-up included; the overlay's own share is
+        // shown beside it (the lab's devices are not part of Boxer).
         measured: hundred.map_or("not run (full run only)".into(), |e| match e.all_pairs_s {
-            Some(s) => format!("{s:.2} s"),
+            Some(s) => format!("{s:.2} s ({:.2} s after the lab's {:.2} s set-up)", s - e.lab_s, e.lab_s),
             None => e.error.clone().unwrap_or_else(|| "did not finish".into()),
         }),
         met: hundred.map(|e| e.all_pairs_s.is_some_and(|s| s < 5.0)),
     });
-    // One core: admissions per CPU-second of the rendezvous' thread (the
-    // simulated joiners share this machine's cores with it).
-    let rate = results.admissions.as_ref().map(|a| (a.admissions_per_server_cpu_sec, a.registry_admissions_per_sec));
+    // One core: admissions per CPU-second of the whole rendezvous, its
+    // runtime thread and the blocking threads that create each member's
+    // output file (the simulated joiners share this machine's cores with
+    // it, so the wall-clock rate would measure them too). The thread's
+    // figure alone is shown beside it.
+    let rate = results.admissions.as_ref().map(|a| {
+        (a.admissions_per_server_total_cpu_sec, a.admissions_per_server_cpu_sec, a.registry_admissions_per_sec)
+    });
     out.push(Target {
         what: "rendezvous admissions > 10k/s on one core",
-        measured: rate.map_or("-".into(), |(quic, registry)| {
-            format!("{quic:.0}/s per CPU-second over QUIC (full TLS handshakes); registry alone {registry:.0}/s")
+        measured: rate.map_or("-".into(), |(total, thread, registry)| {
+            format!(
+                "{total:.0}/s per CPU-second of the rendezvous over QUIC (full TLS handshakes; \
+                 {thread:.0}/s per CPU-second of its thread alone); registry alone {registry:.0}/s"
+            )
         }),
-        met: rate.map(|(quic, _)| quic > 10_000.0),
+        met: rate.map(|(total, _, _)| total > 10_000.0),
     });
     let idle = boxer.and_then(|b| b.rss_idle_kib).map(|k| k as f64 / 1024.0);
     out.push(Target {
@@ -285,7 +295,17 @@ pub fn plot(results: &Results, path: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(plot_error)?;
     let (left, right) = root.split_horizontally(PLOT_SIZE.0 / 2);
     throughput_chart(results, &left)?;
-    elastic_chart(&results.elastic, &right)?;
+    elastic_chart(&results.elastic, "nodes ready over time (lab)", &right)?;
+    root.present().map_err(plot_error)?;
+    Ok(())
+}
+
+/// Draws only the elasticity curves into `path` (SVG), under `caption`
+/// (the Lambda run: its throughput has no other columns to compare).
+pub fn plot_elastic(runs: &[ElasticRun], caption: &str, path: &Path) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, (PLOT_SIZE.0 / 2, PLOT_SIZE.1)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    elastic_chart(runs, caption, &root)?;
     root.present().map_err(plot_error)?;
     Ok(())
 }
@@ -354,12 +374,12 @@ fn throughput_chart(results: &Results, area: &Area) -> anyhow::Result<()> {
 }
 
 /// Curves: nodes joined and nodes that reached every peer, over time.
-fn elastic_chart(runs: &[ElasticRun], area: &Area) -> anyhow::Result<()> {
+fn elastic_chart(runs: &[ElasticRun], caption: &str, area: &Area) -> anyhow::Result<()> {
     let t_max =
         runs.iter().flat_map(|r| r.joined.iter().chain(r.ready.iter()).map(|(t, _)| *t)).fold(1.0f64, f64::max) * 1.05;
     let n_max = runs.iter().map(|r| r.nodes).max().unwrap_or(10) as f64 * 1.05;
     let mut chart = ChartBuilder::on(area)
-        .caption("nodes ready over time (lab)", ("sans-serif", 20))
+        .caption(caption, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(50)
