@@ -367,11 +367,14 @@ fn run_joiners(server: &Server, joiners: usize, concurrency: usize) -> anyhow::R
                 .context("cannot start a joiner thread")?;
             handles.push(handle);
         }
-        // Every joiner thread has its certificates and endpoint: go.
+        // The server's CPU time is read before the barrier (it is idle
+        // while the joiners make their certificates, and once they pass it
+        // would be busy before it answered); the clock starts after it, when
+        // every joiner thread has its certificates and endpoint: go.
         let cpu0 = server.cpu_time();
         let io0 = blocking_cpu_time();
-        let t0 = Instant::now();
         start.wait();
+        let t0 = Instant::now();
         let mut latencies = Vec::with_capacity(joiners);
         let mut failure = None;
         for handle in handles {
