@@ -227,6 +227,9 @@ pub(crate) async fn run(
         session = match reconnect(&shared, &rejoin, &mut outbound, &mut backlog).await {
             Ok((joined, session)) => {
                 reconcile(&shared, &membership, joined.snapshot);
+                // As on the feed's events and snapshots: punches deferred
+                // until a peer is known go on for peers that joined meanwhile.
+                shared.pathfinder().members_changed();
                 info!(after = ?lost_at.elapsed(), "rejoined the cluster as the same member");
                 session
             }
