@@ -104,17 +104,63 @@ pub const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// datagram for every three joins (p99 join latency 1 s instead of 0.15 s).
 pub const SOCKET_BUFFER: usize = boxer_net::endpoint::SOCKET_BUFFER;
 
-/// Asks for [`SOCKET_BUFFER`] both ways. Best effort: an unprivileged
-/// process gets at most `net.core.rmem_max`, and a smaller buffer only
-/// costs retransmissions under bursts.
+/// Asks for [`SOCKET_BUFFER`] both ways. Best effort: a smaller buffer
+/// only costs retransmissions under bursts. Warns (once per process) when
+/// the kernel gave less.
 fn grow_buffers(socket: &std::net::UdpSocket) {
-    let Ok(state) = quinn::udp::UdpSocketState::new(socket.into()) else { return };
-    if let Err(e) = state.set_recv_buffer_size(socket.into(), SOCKET_BUFFER) {
-        tracing::debug!("cannot grow the UDP receive buffer: {e}");
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let recv = grow_buffer(socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER);
+    let send = grow_buffer(socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SOCKET_BUFFER);
+    let short = |r: &std::io::Result<usize>| !r.as_ref().is_ok_and(|&n| n >= SOCKET_BUFFER);
+    if short(&recv) || short(&send) {
+        let show = |r: std::io::Result<usize>| match r {
+            Ok(n) => format!("{} KiB", n >> 10),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let (recv, send) = (show(recv), show(send));
+        WARNED.call_once(|| {
+            warn!(
+                "the UDP socket's buffers are smaller than the {} KiB asked for (receive {recv}, send {send}): \
+                 joins in bursts may be dropped and retried; run as root (or with CAP_NET_ADMIN), or raise \
+                 net.core.rmem_max and net.core.wmem_max",
+                SOCKET_BUFFER >> 10
+            )
+        });
     }
-    if let Err(e) = state.set_send_buffer_size(socket.into(), SOCKET_BUFFER) {
-        tracing::debug!("cannot grow the UDP send buffer: {e}");
+}
+
+/// Sets one of `socket`'s buffers to `size` bytes: with `force`
+/// (`SO_RCVBUFFORCE`, `SO_SNDBUFFORCE`: root or `CAP_NET_ADMIN`, beyond
+/// the system's maximum), else with `plain` (`SO_RCVBUF`, `SO_SNDBUF`:
+/// capped at `net.core.rmem_max` or `wmem_max`). Returns the size the
+/// kernel gave, read back (Linux reports twice the size set, the other
+/// half being its bookkeeping; this is the half that was asked for).
+fn grow_buffer(
+    socket: &std::net::UdpSocket,
+    force: libc::c_int,
+    plain: libc::c_int,
+    size: usize,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let set = |option: libc::c_int| {
+        // SAFETY: setsockopt on an open socket, with a pointer to an int and its length.
+        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const value).cast(), int_len) };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    };
+    // The forced option fails (EPERM) without the capability: then what
+    // the system's maximum allows.
+    set(force).or_else(|_| set(plain))?;
+    let mut got: libc::c_int = 0;
+    let mut len = int_len;
+    // SAFETY: getsockopt on an open socket, into an int with its length.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, plain, (&raw mut got).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(usize::try_from(got).unwrap_or(0) / 2)
 }
 
 /// A running rendezvous.
@@ -429,5 +475,27 @@ async fn expire_away(registry: Arc<Mutex<Registry>>) {
         for (cluster, node) in session::lock(&registry).expire(std::time::Instant::now()) {
             info!(%cluster, %node, "away member did not rejoin within {:?}: removed", registry::AWAY_GRACE);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_size_is_read_back_as_it_was_set() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Below any system's maximum: granted as asked, with or without the capability.
+        let size = 64 << 10;
+        assert_eq!(grow_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, size).unwrap(), size);
+        assert_eq!(grow_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, size).unwrap(), size);
+    }
+
+    #[test]
+    fn the_full_size_is_granted_or_capped() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let got = grow_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER).unwrap();
+        assert!(got > 0 && got <= SOCKET_BUFFER, "{got}");
+        grow_buffers(&socket);
     }
 }
