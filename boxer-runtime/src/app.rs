@@ -90,14 +90,18 @@ pub enum Executable {
     Go,
 }
 
-/// Reads the headers of `path` and tells what kind of executable it is.
+/// Reads the headers and symbol tables of `path` and tells what kind of
+/// executable it is.
 ///
-/// Only the parts the answer needs are read (the ELF header, the program
-/// headers, the section headers and their names, through a
-/// [`ReadCache`]), never the whole file: a program can be hundreds of MB
+/// Only what the parser reads is read, through a [`ReadCache`]: the ELF
+/// header, the program headers, the section headers and their names, and
+/// the symbol tables (`.symtab` and `.dynsym` with their string tables,
+/// which `object`'s `ElfFile::parse` loads whole though the answer needs
+/// none of them). Never the whole file: a program can be hundreds of MB
 /// (a debug build, a JVM's launcher beside its modules), and reading it
 /// all made the runtime's resident memory peak at the program's size on
-/// every start, which a small Lambda function cannot afford.
+/// every start, which a small Lambda function cannot afford. An unstripped
+/// program's symbol table is still read: a few MB for a large one.
 pub fn executable_kind(path: &Path) -> Result<Executable, AppError> {
     let file = std::fs::File::open(path).map_err(|source| AppError::Read { path: path.to_owned(), source })?;
     let cache = ReadCache::new(file);

@@ -241,9 +241,12 @@ impl LabCluster {
     /// Makes the rendezvous unreachable without stopping it: the public
     /// router drops everything to or from it (packets vanish, as on a broken
     /// link; nobody is told). NAT routers and the rendezvous share the public
-    /// router's LAN, where packets are bridged: the inet family's forward
-    /// hook sees them only where `br_netfilter` is loaded, the bridge
-    /// family's always, so the rule is in both.
+    /// router's LAN but send to each other through the public router (the
+    /// lab routes them, `route_via_internet` in `boxer::lab`), so the inet
+    /// family's forward hook sees their packets. The rule is in the bridge
+    /// family too, for a packet switched on the LAN without that route (as
+    /// all were before the lab routed them), which the inet hook sees only
+    /// where `br_netfilter` is loaded.
     pub fn cut_rendezvous(&self) -> anyhow::Result<()> {
         let ip = self.rendezvous.ip();
         let table = |family: &str| {
