@@ -16,8 +16,9 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 7] = [
+const FUNCTIONS: [&str; 8] = [
     "boxer-redis-bench",
+    "boxer-bench",
     "boxer-lambda-udp",
     "boxer-lambda-fail",
     "boxer-lambda-burst",
@@ -53,8 +54,9 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         ("redis-benchmark across two function instances", redis_bench),
+        ("boxer bench --provider lambda", bench),
         ("overlay UDP between two function instances", udp),
         ("a failing main service and a bad command", failures),
         ("throttled invokes are retried", throttling),
@@ -62,7 +64,13 @@ fn lambda_lab() {
         ("boxer down stops every invocation", down),
         ("a rendezvous the functions cannot reach", walled_off),
     ];
+    // BOXER_LAMBDA_CASES=bench,udp runs only the cases whose names contain one of those words.
+    let only: Vec<String> =
+        std::env::var("BOXER_LAMBDA_CASES").map(|v| v.split(',').map(str::to_owned).collect()).unwrap_or_default();
     for (what, case) in cases {
+        if !only.is_empty() && !only.iter().any(|w| what.contains(w.as_str())) {
+            continue;
+        }
         let started = Instant::now();
         eprintln!("== {what}");
         case(&lab);
@@ -103,6 +111,56 @@ fn redis_bench(lab: &LambdaLab) {
     let (code, logs, err) = lab.run_boxer(&["logs", "bench-0", "--cluster", "redis-bench"]).expect("boxer logs");
     assert_eq!(code, 0, "{err}");
     assert!(logs.contains("SET:"), "{logs}");
+}
+
+/// The Boxer column of `boxer bench` on functions: the worker is the
+/// deployed runtime itself, results come back through the cluster's
+/// output, and every row of the paper's table has a number.
+fn bench(lab: &LambdaLab) {
+    deploy(lab, &example("bench"), "bench", &[]);
+    let out_dir = lab.dir.path().join("bench-out");
+    let out_arg = out_dir.display().to_string();
+    let flags = lab.up_flags();
+    // BOXER_LAMBDA_BENCH_ARGS="--seconds 5 --nodes 10,30" for the numbers
+    // in docs/benchmarks.md (with BOXER_E2E_RELEASE=1).
+    let sizes = std::env::var("BOXER_LAMBDA_BENCH_ARGS").unwrap_or_else(|_| "--quick --seconds 1 --nodes 3".into());
+    let mut args: Vec<&str> = vec!["bench", "--out", &out_arg];
+    args.extend(sizes.split_whitespace());
+    args.extend(flags.iter().map(String::as_str));
+    let (code, out, err) = lab.run_boxer(&args).expect("boxer bench runs");
+    assert_eq!(code, 0, "boxer bench --provider lambda failed:\nstdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    for line in out.lines() {
+        eprintln!("   {line}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("JSON");
+    let r = &json["boxer"]["result"];
+    assert!(r.is_object(), "no Boxer result: {}", json["boxer"]);
+    assert_eq!(r["errors"].as_array().map(Vec::len), Some(0), "{r}");
+    let bulk = r["bulk"].as_array().expect("bulk runs");
+    assert_eq!(bulk.len(), 4, "1 and 4 streams, both ways: {r}");
+    assert!(bulk.iter().all(|b| b["gbit_s"].as_f64().is_some_and(|g| g > 0.0)), "{r}");
+    assert!(r["rtt_us"]["p50"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    assert!(r["known_connect_us"]["samples"].as_u64().is_some_and(|n| n >= 50), "{r}");
+    // The server and the fresh peers (2 with --quick), each contacted for the first time.
+    assert!(r["first_contact_ms"].as_array().is_some_and(|c| c.len() >= 3), "{r}");
+    assert!(r["rss_idle_kib"].as_u64().is_some_and(|k| k > 1024), "the client's runtime memory: {r}");
+    let runs = json["elastic"].as_array().expect("elasticity runs");
+    assert!(!runs.is_empty(), "{json}");
+    for run in runs {
+        let n = run["nodes"].as_u64().expect("nodes");
+        assert!(run["error"].is_null(), "{run}");
+        let joined = run["all_joined_s"].as_f64().expect("all joined");
+        let pairs = run["all_pairs_s"].as_f64().expect("all pairs");
+        assert!(joined > 0.0 && pairs >= joined, "{run}");
+        assert_eq!(run["ready"].as_array().map(|r| r.len() as u64), Some(n), "{run}");
+    }
+    assert!(
+        out.contains("bulk TCP, 1 stream (Gbit/s)") && out.contains("elasticity: seconds from the first invoke"),
+        "{out}"
+    );
+    assert!(out.contains("GB-s"), "no cost lines:\n{out}");
+    assert!(out_dir.join("results.svg").exists());
 }
 
 /// UDP request/reply between two functions: the datagrams carry each

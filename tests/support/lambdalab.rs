@@ -69,9 +69,12 @@ pub fn lambda_bin_dir() -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let host = bin_dir();
+        // Release binaries in the functions too, with the rest (benchmark numbers).
+        let release = std::env::var(crate::RELEASE_ENV).is_ok_and(|v| v == "1");
         let status = Command::new(env!("CARGO"))
             .args(["zigbuild", "--quiet", "--offline", "--target", LAMBDA_TARGET])
             .args(["-p", "boxer-runtime", "-p", "boxer-shim"])
+            .args(release.then_some("--release"))
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("cargo runs");
@@ -81,7 +84,11 @@ pub fn lambda_bin_dir() -> &'static Path {
              (`pip install cargo-zigbuild`, which brings zig)"
         );
         // <target>/debug -> <target>/x86_64-unknown-linux-gnu/debug
-        host.parent().expect("target dir").join("x86_64-unknown-linux-gnu").join("debug")
+        host.parent().expect("target dir").join("x86_64-unknown-linux-gnu").join(if release {
+            "release"
+        } else {
+            "debug"
+        })
     })
 }
 
