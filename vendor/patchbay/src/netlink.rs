@@ -44,12 +44,19 @@ impl Netlink {
         Ok(())
     }
 
+    /// Creates bridge `name` with a MAC address of its own. Without one, a
+    /// Linux bridge takes the lowest MAC of its ports and changes it when a
+    /// port with a lower one joins: hosts that resolved the bridge's IP
+    /// before then keep sending to the old MAC, which the bridge no longer
+    /// accepts as its own (dropped as "other host"), until their neighbour
+    /// entry expires, up to a minute later. An address set at creation is
+    /// never replaced.
     pub(crate) async fn add_bridge(&self, name: &str) -> Result<()> {
         trace!(bridge = %name, "add bridge");
         if let Err(err) = self
             .handle
             .link()
-            .add(LinkBridge::new(name).build())
+            .add(LinkBridge::new(name).address(bridge_mac(name)).build())
             .execute()
             .await
         {
@@ -451,4 +458,13 @@ fn is_eexist(err: &rtnetlink::Error) -> bool {
             .unwrap_or(false),
         _ => false,
     }
+}
+
+/// A random, locally administered unicast MAC address for bridge `name`.
+fn bridge_mac(name: &str) -> Vec<u8> {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    name.hash(&mut h);
+    let v = h.finish().to_le_bytes();
+    vec![(v[0] & 0xfc) | 0x02, v[1], v[2], v[3], v[4], v[5]]
 }
