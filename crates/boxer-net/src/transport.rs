@@ -14,6 +14,16 @@ pub const RENDEZVOUS_KEEPALIVE: Duration = Duration::from_secs(1);
 /// documented bound on how long a killed node stays in everyone's membership.
 pub const RENDEZVOUS_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Idle timeout a node or admin client offers the rendezvous. Before the
+/// handshake completes it is also the handshake's limit (quinn gives up
+/// after max(idle timeout, 3 PTO) without an answer; with the initial RTT
+/// of 333 ms the Initial is sent at 0, ~1 and ~3 s, and at ~7 s only with
+/// a limit past it). With the old 5 s a join lost to three early losses
+/// (seen on a loaded machine) failed before the runtime's 10 s join limit.
+/// After the handshake the lower of both sides' values applies, so the
+/// rendezvous' [`RENDEZVOUS_IDLE_TIMEOUT`] still bounds a dead connection.
+pub const RENDEZVOUS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Keepalive between peers: well below the common 30 s UDP NAT mapping
 /// timeout (and Linux conntrack's 30 s for unreplied UDP), so that a punched
 /// path stays open while the application is idle.
@@ -83,11 +93,22 @@ pub fn peer() -> Arc<TransportConfig> {
 /// the rendezvous buffer.
 pub const RELAY_STREAM_WINDOW: u32 = 8 << 20;
 
-/// Transport of a connection to the rendezvous (either side).
+/// Transport of the rendezvous' side of its connections.
 pub fn rendezvous() -> Arc<TransportConfig> {
+    Arc::new(rendezvous_config(RENDEZVOUS_IDLE_TIMEOUT))
+}
+
+/// Transport of a connection to the rendezvous from a node or an admin
+/// client: as [`rendezvous`], with [`RENDEZVOUS_HANDSHAKE_TIMEOUT`] to
+/// complete the handshake.
+pub fn rendezvous_client() -> Arc<TransportConfig> {
+    Arc::new(rendezvous_config(RENDEZVOUS_HANDSHAKE_TIMEOUT))
+}
+
+fn rendezvous_config(idle: Duration) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(RENDEZVOUS_KEEPALIVE))
-        .max_idle_timeout(Some(RENDEZVOUS_IDLE_TIMEOUT.try_into().expect("5 s fits a VarInt")))
+        .max_idle_timeout(Some(idle.try_into().expect("seconds fit a VarInt")))
         .stream_receive_window(VarInt::from_u32(RELAY_STREAM_WINDOW))
         .receive_window(VarInt::from_u32(RELAY_STREAM_WINDOW * 2))
         .send_window(u64::from(RELAY_STREAM_WINDOW) * 2)
@@ -97,5 +118,5 @@ pub fn rendezvous() -> Arc<TransportConfig> {
         // No datagrams either: nobody would read them, so they would only
         // sit in quinn's buffer.
         .datagram_receive_buffer_size(None);
-    Arc::new(t)
+    t
 }
