@@ -135,7 +135,7 @@ fn bench(lab: &LambdaLab) {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("JSON");
     let r = &json["boxer"]["result"];
-    assert!(r.is_object(), "no Boxer result: {}", json["boxer"]);
+    assert!(r.is_object(), "no Boxer result: {}\n{}", json["boxer"], lab.logs());
     assert_eq!(r["errors"].as_array().map(Vec::len), Some(0), "{r}");
     let bulk = r["bulk"].as_array().expect("bulk runs");
     assert_eq!(bulk.len(), 4, "1 and 4 streams, both ways: {r}");
@@ -161,6 +161,9 @@ fn bench(lab: &LambdaLab) {
     );
     assert!(out.contains("GB-s"), "no cost lines:\n{out}");
     assert!(out_dir.join("results.svg").exists());
+    if std::env::var_os("BOXER_LAB_LOG").is_some() {
+        eprintln!("{}", lab.logs());
+    }
 }
 
 /// UDP request/reply between two functions: the datagrams carry each

@@ -451,7 +451,7 @@ impl Scaler {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("TMPDIR", &tmp)
             .env("LANG", "C.UTF-8")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("BOXER_LAB_FN_LOG").unwrap_or_else(|_| "info".into()))
             .current_dir(&code.task_root)
             .stdin(Stdio::null())
             .stdout(Stdio::null());

@@ -86,7 +86,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // BOXER_KEEP_SCRATCH=1 keeps it (logs of a failed lab run).
+        if std::env::var_os("BOXER_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

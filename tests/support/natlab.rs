@@ -42,7 +42,7 @@ pub fn start_lab_rendezvous(lab: &LabNet, dir: &Path) -> anyhow::Result<(Proc, S
     let mut cmd = Command::new(bin("rendezvous-server"));
     cmd.args(["--listen", &format!("0.0.0.0:{RENDEZVOUS_PORT}"), "--state-dir"])
         .arg(dir.join("rendezvous-state"))
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", std::env::var("BOXER_LAB_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::piped())
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?);
     let mut child = lab.rendezvous().spawn_command_sync(cmd).context("starting rendezvous-server in the lab")?;
