@@ -16,9 +16,10 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 8] = [
+const FUNCTIONS: [&str; 9] = [
     "boxer-redis-bench",
     "boxer-bench",
+    "boxer-lambda-hybrid",
     "boxer-lambda-udp",
     "boxer-lambda-fail",
     "boxer-lambda-burst",
@@ -54,9 +55,10 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 8] = [
+    let cases: [Case; 9] = [
         ("redis-benchmark across two function instances", redis_bench),
         ("boxer bench --provider lambda", bench),
+        ("a hybrid node started by hand beside functions", hybrid),
         ("overlay UDP between two function instances", udp),
         ("a failing main service and a bad command", failures),
         ("throttled invokes are retried", throttling),
@@ -164,6 +166,85 @@ fn bench(lab: &LambdaLab) {
     if std::env::var_os("BOXER_LAB_LOG").is_some() {
         eprintln!("{}", lab.logs());
     }
+}
+
+/// A hybrid node: `boxer-runtime` started by hand (the line `boxer
+/// join-command` prints, run by a shell) on a "VM" of its own behind its
+/// own NAT, not a function, joins the functions' cluster; each side reaches
+/// the other by name, and the node leaves when the cluster ends.
+fn hybrid(lab: &LambdaLab) {
+    let spec = spec(
+        lab,
+        "lambda-hybrid",
+        r#"
+[cluster]
+name = "lambda-hybrid"
+
+[services.web]
+command = ["python3", "-m", "http.server", "8000"]
+
+[services.probe]
+command = ["sh", "-c", "until curl -sf -o /dev/null http://vm-0:8080/done; do sleep 0.3; done; echo probe reached vm-0"]
+wait_for = ["web-0:8000"]
+main = true
+"#,
+    );
+    deploy(lab, &spec, "lambda-hybrid", &[]);
+    let flags = lab.up_flags();
+    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8")];
+    args.extend(flags.iter().map(String::as_str));
+    let mut cmd = lab.boxer(&args);
+    let (out, log) = (lab.dir.path().join("hybrid-up.out"), lab.dir.path().join("hybrid-up.log"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("file"))
+        .stderr(std::fs::File::create(&log).expect("file"));
+    let child = lab.lab.rendezvous().spawn_command_sync(cmd).expect("boxer up starts");
+    let mut up = Proc { child, name: "boxer up".into(), stderr: log };
+    let join_file = lab.state_dir.join("lambda-hybrid").join("join.json");
+    wait_until(Duration::from_secs(60), "boxer up to create the cluster", || {
+        if join_file.exists() { Ok(()) } else { Err(up.stderr_text()) }
+    })
+    .expect("cluster created");
+    // The VM serves `done` once it has reached web-0: the probe, the main
+    // service, ends the cluster only when both directions worked.
+    let vm_program = "cd \"$(mktemp -d)\"; python3 -m http.server 8080 & \
+                      until curl -sf -o /dev/null http://web-0:8000/; do sleep 0.3; done; \
+                      echo vm reached web-0; touch done; wait";
+    let (code, line, err) = lab
+        .run_boxer(&["join-command", "lambda-hybrid", "--service", "vm", "--", "sh", "-c", vm_program])
+        .expect("boxer join-command runs");
+    assert_eq!(code, 0, "{line}\n{err}");
+    assert!(line.contains("--service vm --index 0") && line.contains("--token "), "{line}");
+    // The "VM": a lab device behind a NAT of its own, with this machine's runtime and shim.
+    let vm = lab
+        .rt
+        .block_on(lab.lab.add_node("vm", boxer::lab::NatOptions::new(boxer::lab::NatKind::Moderate)))
+        .expect("the VM's device");
+    let vm_out = lab.dir.path().join("vm.out");
+    let vm_log = lab.dir.path().join("vm.log");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", line.trim()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&vm_out).expect("file"))
+        .stderr(std::fs::File::create(&vm_log).expect("file"));
+    let child = vm.spawn_command_sync(cmd).expect("the VM's runtime starts");
+    let mut vm_proc = Proc { child, name: "vm-0".into(), stderr: vm_log };
+    let code = up.wait_exit(Duration::from_secs(90)).expect("boxer up ends");
+    let up_out = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        code,
+        Some(0),
+        "boxer up:\n{up_out}\n{}\nvm-0:\n{}\n{}",
+        up.stderr_text(),
+        vm_proc.stderr_text(),
+        lab.logs()
+    );
+    assert!(up_out.contains("probe reached vm-0"), "{up_out}");
+    // The cluster is deleted: the VM's runtime stops its program and ends.
+    let vm_code = vm_proc.wait_exit(Duration::from_secs(30)).expect("vm-0 ends with the cluster");
+    let vm_text = std::fs::read_to_string(&vm_out).unwrap_or_default();
+    assert!(vm_text.contains("vm reached web-0"), "vm-0 stdout:\n{vm_text}\nstderr:\n{}", vm_proc.stderr_text());
+    assert!(vm_code.is_some(), "vm-0 was killed instead of ending: {}", vm_proc.stderr_text());
 }
 
 /// UDP request/reply between two functions: the datagrams carry each

@@ -101,6 +101,34 @@ enum Command {
         /// Cluster name (default: the most recent).
         cluster: Option<String>,
     },
+    /// Print the command that joins a running cluster from another machine.
+    ///
+    /// A hybrid node: boxer-runtime started by hand on any Linux host (a
+    /// VM, a laptop) that can reach the cluster's rendezvous becomes node
+    /// <service>-<index> of the cluster beside its functions or local
+    /// nodes, with a name, an overlay address and direct connections. The
+    /// command holds the cluster's join token: treat it as a secret.
+    ///
+    ///   boxer join-command redis-bench --service vm -- redis-server
+    ///
+    /// The rendezvous must be reachable from that host: an external one
+    /// (`--rendezvous`, as Lambda clusters use), not the embedded one of a
+    /// `--net lab` or `--net shared` cluster, which lives in a network
+    /// namespace of this machine.
+    #[command(verbatim_doc_comment)]
+    JoinCommand {
+        /// Cluster name (default: the most recent).
+        cluster: Option<String>,
+        /// The new node's service (its name is <service>-<index>).
+        #[arg(long, default_value = "host")]
+        service: String,
+        /// The new node's index.
+        #[arg(long, default_value_t = 0)]
+        index: u32,
+        /// The program the node runs (default: none, a proxy-only node).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Create or update the cluster's AWS Lambda function (--delete removes it).
     ///
     /// One function serves the whole cluster: every node is one invocation
@@ -469,6 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { cluster } => status(cluster)?,
         Command::Logs { node, cluster, follow } => logs(node, cluster, follow).await?,
         Command::Down { cluster } => down(cluster).await?,
+        Command::JoinCommand { cluster, service, index, command } => join_command(cluster, &service, index, &command)?,
         Command::Deploy { args } => return boxer::lambda::deploy::run(args).await,
         Command::Cluster(ClusterCommand::Create { rendezvous, admin_token, name, network, join_token }) => {
             let endpoint = rendezvous.endpoint()?;
@@ -731,6 +760,54 @@ async fn port_forward(f: PortForward) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `boxer join-command`: prints the boxer-runtime command line that joins
+/// the running cluster as `<service>-<index>`.
+fn join_command(cluster: Option<String>, service: &str, index: u32, command: &[String]) -> anyhow::Result<()> {
+    boxer_proto::names::validate_service(service).map_err(|e| anyhow::anyhow!("--service: {e}"))?;
+    let cluster = pick_cluster(cluster)?;
+    let dir = state::cluster_dir(&cluster);
+    if state::running_pid(&dir).is_none() {
+        anyhow::bail!("cluster {cluster} is not running ({}): start it with `boxer up`", looked_in(&dir));
+    }
+    let join = state::JoinInfo::read(&dir).with_context(|| format!("reading {}", dir.join("join.json").display()))?;
+    if join.own_namespace {
+        eprintln!(
+            "note: cluster {cluster}'s rendezvous ({}) is inside a network namespace of this machine (--net lab or \
+             shared): only processes in that namespace reach it. For nodes on other hosts, run the cluster with \
+             --net host and --rendezvous on a reachable host",
+            join.rendezvous
+        );
+    }
+    let runtime = boxer::provider::runtime_binary().map_or("boxer-runtime".to_owned(), |p| p.display().to_string());
+    let mut line = vec![
+        runtime,
+        "--rendezvous".to_owned(),
+        join.rendezvous.to_string(),
+        "--fingerprint".to_owned(),
+        join.fingerprint,
+        "--cluster".to_owned(),
+        join.cluster,
+        "--token".to_owned(),
+        join.token,
+        "--service".to_owned(),
+        service.to_owned(),
+        "--index".to_owned(),
+        index.to_string(),
+    ];
+    if !command.is_empty() {
+        line.push("--".to_owned());
+        line.extend(command.iter().cloned());
+    }
+    println!("{}", line.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" "));
+    Ok(())
+}
+
+/// `word` as one word for a POSIX shell.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', "'\\''")) }
+}
+
 async fn down(cluster: Option<String>) -> anyhow::Result<()> {
     let cluster = pick_cluster(cluster)?;
     let dir = state::cluster_dir(&cluster);
@@ -763,5 +840,19 @@ fn print_members(membership: &Membership) {
             m.reflexive.to_string(),
             ports.join(",")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn words_are_quoted_for_a_posix_shell_only_when_needed() {
+        assert_eq!(shell_quote("--token"), "--token");
+        assert_eq!(shell_quote("203.0.113.7:4740"), "203.0.113.7:4740");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's $HOME"), r"'it'\''s $HOME'");
+        assert_eq!(shell_quote(""), "''");
     }
 }
