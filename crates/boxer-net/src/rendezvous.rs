@@ -143,7 +143,8 @@ impl Session {
         request: &Request,
     ) -> Result<Self, RendezvousError> {
         let addr = rendezvous.addr;
-        let connecting = endpoint.connect(addr, rendezvous.fingerprint, ALPN_RENDEZVOUS, transport::rendezvous_client())?;
+        let connecting =
+            endpoint.connect(addr, rendezvous.fingerprint, ALPN_RENDEZVOUS, transport::rendezvous_client())?;
         let conn = connecting.await.map_err(|e| connection_error(addr, e))?;
         let (mut send, recv) = conn.open_bi().await.map_err(|e| connection_error(addr, e))?;
         let mut out = Vec::new();

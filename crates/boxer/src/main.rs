@@ -115,8 +115,8 @@ enum Command {
     /// (`--rendezvous`, as Lambda clusters use), not the embedded one of a
     /// `--net lab` or `--net shared` cluster, which lives in a network
     /// namespace of this machine.
-    #[command(verbatim_doc_comment)]
-    JoinCommand {
+    #[command(verbatim_doc_comment, name = "join-command")]
+    JoinLine {
         /// Cluster name (default: the most recent).
         cluster: Option<String>,
         /// The new node's service (its name is <service>-<index>).
@@ -497,7 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { cluster } => status(cluster)?,
         Command::Logs { node, cluster, follow } => logs(node, cluster, follow).await?,
         Command::Down { cluster } => down(cluster).await?,
-        Command::JoinCommand { cluster, service, index, command } => join_command(cluster, &service, index, &command)?,
+        Command::JoinLine { cluster, service, index, command } => join_command(cluster, &service, index, &command)?,
         Command::Deploy { args } => return boxer::lambda::deploy::run(args).await,
         Command::Cluster(ClusterCommand::Create { rendezvous, admin_token, name, network, join_token }) => {
             let endpoint = rendezvous.endpoint()?;
