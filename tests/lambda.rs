@@ -125,7 +125,7 @@ fn bench(lab: &LambdaLab) {
     let flags = lab.up_flags();
     // BOXER_LAMBDA_BENCH_ARGS="--seconds 5 --nodes 10,30" for the numbers
     // in docs/benchmarks.md (with BOXER_E2E_RELEASE=1).
-    let sizes = std::env::var("BOXER_LAMBDA_BENCH_ARGS").unwrap_or_else(|_| "--quick --seconds 1 --nodes 3".into());
+    let sizes = std::env::var("BOXER_LAMBDA_BENCH_ARGS").unwrap_or_else(|_| "--quick --seconds 1 --nodes 3,4".into());
     let mut args: Vec<&str> = vec!["bench", "--out", &out_arg];
     args.extend(sizes.split_whitespace());
     args.extend(flags.iter().map(String::as_str));
@@ -162,6 +162,10 @@ fn bench(lab: &LambdaLab) {
         "{out}"
     );
     assert!(out.contains("GB-s"), "no cost lines:\n{out}");
+    // Every invocation in the cost: the path phase's and each run's nodes, none counted over another.
+    let nodes: u64 = runs.iter().filter_map(|r| r["nodes"].as_u64()).sum();
+    let paths = 2 + r["first_contact_ms"].as_array().map_or(0, |c| c.len() as u64 - 1);
+    assert!(out.contains(&format!(" {} requests", paths + nodes)), "cost of {} invocations:\n{out}", paths + nodes);
     assert!(out_dir.join("results.svg").exists());
     if std::env::var_os("BOXER_LAB_LOG").is_some() {
         eprintln!("{}", lab.logs());
@@ -223,13 +227,18 @@ main = true
     let vm_out = lab.dir.path().join("vm.out");
     let vm_log = lab.dir.path().join("vm.log");
     let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", line.trim()])
+    // exec: the runtime is the process the test holds (and kills on failure).
+    // The "VM" has boxer-runtime on its PATH, as the docs ask.
+    let path = format!("{}:{}", bin_dir().display(), std::env::var("PATH").unwrap_or_default());
+    cmd.args(["-c", &format!("exec {}", line.trim())])
+        .env("PATH", path)
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&vm_out).expect("file"))
         .stderr(std::fs::File::create(&vm_log).expect("file"));
     let child = vm.spawn_command_sync(cmd).expect("the VM's runtime starts");
     let mut vm_proc = Proc { child, name: "vm-0".into(), stderr: vm_log };
-    let code = up.wait_exit(Duration::from_secs(90)).expect("boxer up ends");
+    let code =
+        up.wait_exit(Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e:#}\nvm-0:\n{}", vm_proc.stderr_text()));
     let up_out = std::fs::read_to_string(&out).unwrap_or_default();
     assert_eq!(
         code,

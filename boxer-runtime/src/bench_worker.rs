@@ -54,6 +54,9 @@ const BULK_MAX_SECONDS: u32 = 3600;
 /// Prefix of the line a client prints its results on with `--print`
 /// (the bench reads it from the node's output through the rendezvous).
 pub const RESULT_LINE: &str = "boxer-bench-result ";
+/// Prefix of the lines a client prints with `--print` after each workload
+/// but the last: what it has measured so far.
+pub const PARTIAL_LINE: &str = "boxer-bench-partial ";
 /// Prefix of the line a mesh member prints with `--print` once every peer answered.
 pub const MESH_LINE: &str = "boxer-bench-mesh ";
 /// Longest error line kept in a result: the result must fit one output line
@@ -264,15 +267,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(port) = args.bulk_port {
         let bulk = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
             .with_context(|| format!("binding the bulk server to port {port}"))?;
-        std::thread::spawn(move || {
-            for conn in bulk.incoming().flatten() {
-                std::thread::spawn(move || {
-                    if let Err(e) = bulk_serve(conn) {
-                        tracing::debug!("bulk connection: {e:#}");
-                    }
-                });
-            }
-        });
+        std::thread::spawn(move || serve_bulk(&bulk));
     }
     for conn in listener.incoming() {
         match conn {
@@ -354,7 +349,16 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
         // SAFETY: getppid has no preconditions.
         pids.push(unsafe { libc::getppid() } as u32);
     }
+    // What is measured so far, kept after every workload: in the file, or
+    // as a partial line (a client stopped half-way still leaves it).
     let save = |out: &PathResult| -> anyhow::Result<()> {
+        if args.print {
+            let mut partial = out.clone();
+            for e in &mut partial.errors {
+                truncate_on_char(e, MAX_ERROR_LEN);
+            }
+            println!("{PARTIAL_LINE}{}", serde_json::to_string(&partial)?);
+        }
         match &args.out {
             Some(path) => write_atomic(path, &serde_json::to_vec_pretty(out)?),
             None => Ok(()),
@@ -415,7 +419,9 @@ pub fn client(args: &ClientArgs) -> anyhow::Result<()> {
     for e in &mut out.errors {
         truncate_on_char(e, MAX_ERROR_LEN);
     }
-    save(&out)?;
+    if let Some(path) = &args.out {
+        write_atomic(path, &serde_json::to_vec_pretty(&out)?)?;
+    }
     if args.print {
         println!("{RESULT_LINE}{}", serde_json::to_string(&out)?);
     }
@@ -553,10 +559,51 @@ fn iperf(host: &str, port: u16, streams: u32, reverse: bool, seconds: u32) -> an
     }
 }
 
+/// Bulk connections served at once: the bench opens at most 4; more is a
+/// peer misbehaving, and each costs a thread and a [`BULK_BUFFER`].
+const BULK_MAX_CONNECTIONS: usize = 32;
+/// Longest a bulk connection may go without progress (a peer that stopped
+/// reading or sending) before its thread gives up on it.
+const BULK_STALL: Duration = Duration::from_secs(30);
+
+/// Accepts bulk connections, each on a thread of its own, at most
+/// [`BULK_MAX_CONNECTIONS`] at once (others are closed at once).
+fn serve_bulk(listener: &TcpListener) {
+    let active = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    loop {
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of descriptors, say: wait instead of spinning.
+                tracing::debug!("bulk accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= BULK_MAX_CONNECTIONS {
+            active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            continue;
+        }
+        let done = active.clone();
+        let spawned = std::thread::Builder::new().name("bulk".into()).spawn(move || {
+            if let Err(e) = bulk_serve(conn) {
+                tracing::debug!("bulk connection: {e:#}");
+            }
+            done.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        if let Err(e) = spawned {
+            tracing::debug!("bulk connection thread: {e}");
+            active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// The server side of one bulk connection: a request of one direction byte
 /// and 4 bytes of seconds (big-endian); then counts what comes until EOF
 /// and answers the count (8 bytes), or sends for that long and closes.
 fn bulk_serve(mut conn: TcpStream) -> anyhow::Result<()> {
+    conn.set_read_timeout(Some(BULK_STALL))?;
+    conn.set_write_timeout(Some(BULK_STALL))?;
     let mut request = [0u8; 5];
     conn.read_exact(&mut request).context("reading the bulk request")?;
     let seconds = u32::from_be_bytes([request[1], request[2], request[3], request[4]]);
@@ -593,10 +640,15 @@ fn bulk_stream(
     seconds: u32,
     start: &std::sync::Barrier,
 ) -> anyhow::Result<(u64, Duration)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    let conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"));
+    // Every stream reaches the barrier, connected or not: one that failed
+    // must not leave the others waiting for it.
+    start.wait();
+    let mut s = conn?;
+    s.set_read_timeout(Some(BULK_STALL))?;
+    s.set_write_timeout(Some(BULK_STALL))?;
     let mut request = [if reverse { BULK_DOWNLOAD } else { BULK_UPLOAD }, 0, 0, 0, 0];
     request[1..].copy_from_slice(&seconds.to_be_bytes());
-    start.wait();
     let began = Instant::now();
     s.write_all(&request)?;
     let mut buf = vec![0u8; BULK_BUFFER];
@@ -617,7 +669,6 @@ fn bulk_stream(
     s.shutdown(std::net::Shutdown::Write)?;
     // The server answers once it has read everything: the time includes
     // draining the buffers, as iperf3's receiver-side figure does.
-    s.set_read_timeout(Some(FIRST_BYTE_TIMEOUT + Duration::from_secs(seconds.into())))?;
     let mut count = [0u8; 8];
     s.read_exact(&mut count).context("waiting for the server's byte count")?;
     Ok((u64::from_be_bytes(count), began.elapsed()))
@@ -823,11 +874,7 @@ mod tests {
     fn bulk_server() -> u16 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || bulk_serve(conn));
-            }
-        });
+        std::thread::spawn(move || serve_bulk(&listener));
         port
     }
 
@@ -839,6 +886,12 @@ mod tests {
             assert_eq!((run.streams, run.reverse), (streams, reverse));
             assert!(run.bytes > 0 && run.gbit_s > 0.0, "{run:?}");
         }
+    }
+
+    #[test]
+    fn bulk_to_a_closed_port_fails_instead_of_waiting() {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        assert!(bulk("127.0.0.1", port, 4, false, 1).is_err());
     }
 
     #[test]

@@ -405,7 +405,14 @@ fn run_main() -> anyhow::Result<i32> {
     {
         // Functions, an external rendezvous and AWS: no lab, no namespace.
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        return runtime.block_on(boxer::bench::lambda::run(args.clone())).map(|_| 0);
+        return match runtime.block_on(boxer::bench::lambda::run(args.clone())) {
+            Ok(_) => Ok(0),
+            Err(e) if e.is::<boxer::bench::lambda::Interrupted>() => {
+                eprintln!("{e}");
+                Ok(130)
+            }
+            Err(e) => Err(e),
+        };
     }
     if let Command::Bench { args } = &cli.command {
         // The lab, as for `boxer up --net lab`, from a namespace of its own.
@@ -778,9 +785,17 @@ fn join_command(cluster: Option<String>, service: &str, index: u32, command: &[S
             join.rendezvous
         );
     }
-    let runtime = boxer::provider::runtime_binary().map_or("boxer-runtime".to_owned(), |p| p.display().to_string());
+    if join.rendezvous.ip().is_loopback() {
+        eprintln!(
+            "note: cluster {cluster}'s rendezvous is on loopback ({}): only this machine reaches it. For nodes on \
+             other hosts, start the cluster with --rendezvous on an address they reach",
+            join.rendezvous
+        );
+    }
+    // The other host's runtime, found on its PATH (this one's path means
+    // nothing there).
     let mut line = vec![
-        runtime,
+        "boxer-runtime".to_owned(),
         "--rendezvous".to_owned(),
         join.rendezvous.to_string(),
         "--fingerprint".to_owned(),

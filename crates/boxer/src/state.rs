@@ -125,17 +125,15 @@ pub struct JoinInfo {
 }
 
 impl JoinInfo {
-    /// Writes `join.json` with mode 0600.
+    /// Writes `join.json` with mode 0600, beside and then renamed: a
+    /// reader never sees half of it.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join("join.json"))?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)
+        let tmp = dir.join("join.json.tmp");
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, dir.join("join.json"))
     }
 
     /// Reads `join.json`.

@@ -460,7 +460,7 @@ fn client_endpoint() -> anyhow::Result<quinn::Endpoint> {
 
 /// Certificates and TLS configurations of joiners `range`.
 fn prepare_joiners(range: std::ops::Range<usize>, server: Fingerprint) -> anyhow::Result<Vec<Joiner>> {
-    let transport = boxer_net::transport::rendezvous();
+    let transport = boxer_net::transport::rendezvous_client();
     range
         .map(|i| {
             let identity = boxer_net::Identity::generate().context("cannot make a joiner's certificate")?;

@@ -26,18 +26,20 @@
 //! 2. **Elasticity** for each N: N mesh members invoked at once; the time
 //!    from the first invoke until all joined and until every pair talked.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use boxer_net::rendezvous::{self, RendezvousAddr, RendezvousError};
 use boxer_net::{Identity, NodeEndpoint};
-use boxer_proto::control::{CreateClusterRequest, DeleteClusterRequest, ServerMessage, WatchRequest};
+use boxer_proto::control::{CreateClusterRequest, DeleteClusterRequest, ServerMessage, Stream, WatchRequest};
 use boxer_proto::membership::MemberChange;
 use serde::Serialize;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::worker::{self, MeshReady, PathResult};
@@ -91,22 +93,54 @@ pub struct LambdaResults {
     pub total_s: f64,
 }
 
-/// Ctrl-C and SIGTERM, as one future.
+/// Ctrl-C and SIGTERM: the first asks the run to stop (its clusters are
+/// deleted, which stops their invocations), a second exits at once.
+#[derive(Clone)]
 struct Interrupt {
-    interrupt: Signal,
-    terminate: Signal,
+    fired: Arc<AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
 }
 
 impl Interrupt {
     fn new() -> anyhow::Result<Self> {
-        Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let this = Self { fired: Arc::default(), notify: Arc::default() };
+        let handle = this.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+                if n > 0 {
+                    eprintln!("interrupted again: exiting (invocations still running end at the function's timeout)");
+                    std::process::exit(130);
+                }
+                handle.fired.store(true, Ordering::SeqCst);
+                handle.notify.notify_waiters();
+            }
+        });
+        Ok(this)
     }
 
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+    /// Whether a signal came.
+    fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Returns when a signal has come.
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.fired() {
+            return;
         }
+        notified.await;
+    }
+
+    /// `Err(Interrupted)` once a signal has come.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.fired() { Err(Interrupted.into()) } else { Ok(()) }
     }
 }
 
@@ -185,6 +219,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<LambdaResults> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
     let started = Instant::now();
     let mut bench = LambdaBench::start(&args, rendezvous, fingerprint, admin_token, &dir).await?;
+    let timeout = bench.provider.function_timeout();
+    // The client's workloads alone take 4 bulk runs of --seconds, plus the
+    // connects and round trips: a function stopped at its timeout before
+    // that would only fail late.
+    let least = Duration::from_secs(u64::from(plan.seconds) * 4 + 60);
+    anyhow::ensure!(
+        least < timeout,
+        "function {}'s timeout ({} s) is shorter than the client needs (about {} s with --seconds {}): lower \
+         --seconds or raise the timeout (`timeout` in [lambda], then boxer deploy)",
+        args.function,
+        timeout.as_secs(),
+        least.as_secs(),
+        plan.seconds
+    );
     let steps = 1 + plan.nodes.len();
     eprintln!("[1/{steps}] Boxer between two functions: bulk TCP, RTT, connect times (function {})", args.function);
     let boxer = match bench.paths(&plan).await {
@@ -231,7 +279,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<LambdaResults> {
 /// The run was interrupted (Ctrl-C, SIGTERM); its clusters are deleted.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted: the bench's clusters were deleted, which stops their invocations")]
-struct Interrupted;
+pub struct Interrupted;
 
 impl LambdaBench {
     async fn start(
@@ -267,6 +315,7 @@ impl LambdaBench {
 
     /// Creates cluster `<run>-<suffix>` and watches its membership and output.
     async fn phase(&self, suffix: &str) -> anyhow::Result<Phase> {
+        self.interrupt.check()?;
         let name = format!("{}-{suffix}", self.run_id);
         let info = rendezvous::create_cluster(
             &self.endpoint,
@@ -309,6 +358,11 @@ impl LambdaBench {
 
     /// Invokes replica `index` of `service` in `phase`.
     async fn launch(&mut self, phase: &mut Phase, service: &Service, index: u32) -> anyhow::Result<()> {
+        if self.interrupt.fired() {
+            eprintln!("interrupted: deleting the bench's cluster {} (its invocations stop)", phase.name);
+            self.end(phase).await;
+            return Err(Interrupted.into());
+        }
         self.provider.launch(&phase.join, service, index).await?;
         phase.running.push(boxer_proto::names::replica_name(&service.name, index));
         Ok(())
@@ -326,13 +380,18 @@ impl LambdaBench {
             exit = self.exits.recv() => match exit {
                 Some(exit) => {
                     self.provider.exited(&exit.node);
+                    // A late answer of an earlier phase's node is not this phase's business.
+                    if !phase.running.contains(&exit.node) {
+                        tracing::debug!(node = %exit.node, "an invocation of an earlier phase returned");
+                        return Ok(Happened::Ignored);
+                    }
                     phase.running.retain(|n| *n != exit.node);
                     Ok(Happened::Returned(exit))
                 }
                 None => Err(anyhow::anyhow!("the Lambda provider ended")),
             },
             () = tokio::time::sleep_until(deadline) => Ok(Happened::TimedOut),
-            () = self.interrupt.recv() => {
+            () = self.interrupt.wait() => {
                 eprintln!("interrupted: deleting the bench's cluster {} (its invocations stop)", phase.name);
                 self.end(phase).await;
                 Err(Interrupted.into())
@@ -416,8 +475,10 @@ impl LambdaBench {
         }
         let mut deadline = tokio::time::Instant::now() + START_BUDGET + client_budget(plan);
         let mut client_returned = None;
+        // What the client had measured at its last workload, if it never finishes.
+        let mut partial: Option<PathResult> = None;
         let invoked = Instant::now();
-        loop {
+        let why = loop {
             match self.next(phase, deadline).await? {
                 Happened::Message(ServerMessage::Event(event)) => {
                     if let MemberChange::Joined(m) = event.change {
@@ -430,19 +491,29 @@ impl LambdaBench {
                 }
                 Happened::Message(ServerMessage::Logs { node, lines }) => {
                     for line in lines {
-                        if node == "client-0"
-                            && let Some(json) = line.text.strip_prefix(worker::RESULT_LINE)
-                        {
-                            return serde_json::from_str(json)
-                                .with_context(|| format!("client-0 printed a result that cannot be read: {json}"));
+                        if node == "client-0" && line.stream == Stream::Stdout {
+                            if let Some(json) = line.text.strip_prefix(worker::RESULT_LINE) {
+                                return serde_json::from_str(json)
+                                    .with_context(|| format!("client-0 printed a result that cannot be read: {json}"));
+                            }
+                            if let Some(json) = line.text.strip_prefix(worker::PARTIAL_LINE) {
+                                partial = serde_json::from_str(json).ok();
+                                continue;
+                            }
                         }
                         phase.keep(&node, &line.text);
                     }
                 }
-                Happened::Message(ServerMessage::Exited { node, status }) if node == "client-0" => {
-                    anyhow::bail!("client-0 ended ({status:?}) without a result{}", phase.explain(&node));
+                Happened::Message(ServerMessage::LogsDropped { batches }) => {
+                    eprintln!(
+                        "warning: the bench's watch of cluster {} fell behind ({batches} batches of output lost)",
+                        phase.name
+                    );
                 }
-                Happened::Message(_) => {}
+                Happened::Message(ServerMessage::Exited { node, status }) if node == "client-0" => {
+                    break format!("client-0 ended ({status:?}) without a result{}", phase.explain(&node));
+                }
+                Happened::Message(_) | Happened::Ignored => {}
                 // The answer may overtake the result line on its way
                 // through the rendezvous: give the line a moment.
                 Happened::Returned(exit) if exit.node == "client-0" && client_returned.is_none() => {
@@ -450,7 +521,7 @@ impl LambdaBench {
                     client_returned = Some(exit);
                 }
                 Happened::Returned(exit) => {
-                    anyhow::bail!(
+                    break format!(
                         "{}'s invocation returned (code {}) before the client's result: {}{}",
                         exit.node,
                         exit.code,
@@ -458,20 +529,29 @@ impl LambdaBench {
                         phase.explain(&exit.node)
                     );
                 }
-                Happened::TimedOut => match client_returned {
-                    Some(exit) => anyhow::bail!(
-                        "client-0's invocation returned (code {}) without a result: {}{}",
-                        exit.code,
-                        exit.detail.join("; "),
-                        phase.explain("client-0")
-                    ),
-                    None => anyhow::bail!(
-                        "no result from client-0 within {} s{}",
-                        (START_BUDGET + client_budget(plan)).as_secs(),
-                        phase.explain("client-0")
-                    ),
-                },
+                Happened::TimedOut => {
+                    break match client_returned {
+                        Some(exit) => format!(
+                            "client-0's invocation returned (code {}) without a result: {}{}",
+                            exit.code,
+                            exit.detail.join("; "),
+                            phase.explain("client-0")
+                        ),
+                        None => format!(
+                            "no result from client-0 within {} s{}",
+                            (START_BUDGET + client_budget(plan)).as_secs(),
+                            phase.explain("client-0")
+                        ),
+                    };
+                }
             }
+        };
+        match partial {
+            Some(mut result) => {
+                result.errors.push(format!("the client did not finish: {why}"));
+                Ok(result)
+            }
+            None => Err(anyhow::anyhow!(why)),
         }
     }
 
@@ -486,58 +566,69 @@ impl LambdaBench {
     }
 
     async fn elastic_in(&mut self, phase: &mut Phase, n: u32, run: &mut ElasticRun) -> anyhow::Result<()> {
-        let name = "e";
+        // Names of their own per run: the provider keeps each node's billed
+        // time by name, and a late answer must not be taken for another run's.
+        let name = format!("e{n}");
+        let prefix = format!("{name}-");
         let mesh = service(
-            name,
+            &name,
             n,
-            worker(&["mesh", "--service", name, "--count", &n.to_string(), "--port", &PORT.to_string(), "--print"]),
+            worker(&["mesh", "--service", &name, "--count", &n.to_string(), "--port", &PORT.to_string(), "--print"]),
         );
         let start = Instant::now();
         for i in 0..n {
             self.launch(phase, &mesh, i).await?;
         }
         let deadline = tokio::time::Instant::now() + START_BUDGET + elastic_budget(n);
-        let mut joined = 0u32;
-        let mut ready = 0u32;
+        let mut joined = BTreeSet::new();
+        let mut ready = BTreeSet::new();
         let mut said = Instant::now();
         loop {
             let happened = self.next(phase, deadline.min(tokio::time::Instant::now() + PROGRESS_EVERY)).await?;
             let t = start.elapsed().as_secs_f64();
             if said.elapsed() >= PROGRESS_EVERY {
-                eprintln!("  {t:.0} s: {joined}/{n} joined, {ready} reached every peer");
+                eprintln!("  {t:.0} s: {}/{n} joined, {} reached every peer", joined.len(), ready.len());
                 said = Instant::now();
             }
             match happened {
                 Happened::Message(ServerMessage::Event(event)) => {
-                    if let MemberChange::Joined(_) = event.change {
-                        joined += 1;
-                        run.joined.push((t, joined));
-                        if joined == n {
+                    if let MemberChange::Joined(m) = event.change
+                        && joined.insert(m.replica_name())
+                    {
+                        run.joined.push((t, joined.len() as u32));
+                        if joined.len() as u32 == n {
                             run.all_joined_s = Some(t);
                         }
                     }
                 }
                 Happened::Message(ServerMessage::Logs { node, lines }) => {
                     for line in lines {
-                        if let Some(json) = line.text.strip_prefix(worker::MESH_LINE) {
-                            let r: MeshReady = serde_json::from_str(json)
-                                .with_context(|| format!("{node} printed a mesh line that cannot be read: {json}"))?;
-                            ready += 1;
-                            run.retries += r.retries;
-                            run.ready.push((t, ready));
-                        } else {
-                            phase.keep(&node, &line.text);
+                        let mesh_line = line.text.strip_prefix(worker::MESH_LINE);
+                        match mesh_line {
+                            Some(json) if line.stream == Stream::Stdout && node.starts_with(&prefix) => {
+                                let r: MeshReady = serde_json::from_str(json).with_context(|| {
+                                    format!("{node} printed a mesh line that cannot be read: {json}")
+                                })?;
+                                if ready.insert(node.clone()) {
+                                    run.retries += r.retries;
+                                    run.ready.push((t, ready.len() as u32));
+                                }
+                            }
+                            _ => phase.keep(&node, &line.text),
                         }
                     }
-                    if ready == n {
+                    if ready.len() as u32 == n {
                         run.all_pairs_s = Some(t);
                         return Ok(());
                     }
                 }
+                Happened::Message(ServerMessage::LogsDropped { batches }) => anyhow::bail!(
+                    "the bench's watch fell behind and lost {batches} batches of output: readiness lines may be missing"
+                ),
                 Happened::Message(ServerMessage::Exited { node, status }) => {
                     anyhow::bail!("{node} ended ({status:?}) before every pair talked{}", phase.explain(&node));
                 }
-                Happened::Message(_) => {}
+                Happened::Message(_) | Happened::Ignored => {}
                 Happened::Returned(exit) => anyhow::bail!(
                     "{}'s invocation returned (code {}) before every pair talked: {}{}",
                     exit.node,
@@ -547,7 +638,9 @@ impl LambdaBench {
                 ),
                 Happened::TimedOut if tokio::time::Instant::now() < deadline => {}
                 Happened::TimedOut => anyhow::bail!(
-                    "{joined} of {n} functions joined and {ready} had reached every peer after {} s",
+                    "{} of {n} functions joined and {} had reached every peer after {} s",
+                    joined.len(),
+                    ready.len(),
                     (START_BUDGET + elastic_budget(n)).as_secs()
                 ),
             }
@@ -557,9 +650,14 @@ impl LambdaBench {
 
 /// What [`LambdaBench::next`] saw.
 enum Happened {
+    /// A message of the phase's watch session.
     Message(ServerMessage),
+    /// One of the phase's invocations returned.
     Returned(NodeExit),
+    /// The deadline passed.
     TimedOut,
+    /// Nothing of this phase's (a late answer of an earlier one).
+    Ignored,
 }
 
 /// `bootstrap bench-worker ARGS…`.

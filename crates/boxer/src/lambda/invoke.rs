@@ -193,6 +193,11 @@ impl LambdaProvider {
         Ok((provider, rx))
     }
 
+    /// The function's timeout: the longest any node can run.
+    pub fn function_timeout(&self) -> Duration {
+        self.function.timeout
+    }
+
     /// The event that starts replica `index` of `service`.
     fn event(&self, join: &Join, service: &Service, index: u32) -> NodeEvent {
         NodeEvent {
