@@ -100,12 +100,17 @@ impl Setup {
     }
 
     fn boxer(&self, args: &[&str]) -> Output {
+        let mut full: Vec<String> = vec!["deploy".into(), self.dir.path().join("boxer.toml").display().to_string()];
+        full.extend(["--endpoint-url".into(), self.moto.url.clone(), "--runtime-dir".into()]);
+        full.push(self.dir.path().join("bin").display().to_string());
+        full.extend(args.iter().map(|a| a.to_string()));
+        self.run(&full.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Runs `boxer ARGS…` with moto's credentials and nothing of the user's.
+    fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(bin("boxer"));
-        cmd.arg("deploy")
-            .arg(self.dir.path().join("boxer.toml"))
-            .args(["--endpoint-url", &self.moto.url, "--runtime-dir"])
-            .arg(self.dir.path().join("bin"))
-            .args(args)
+        cmd.args(args)
             .env("BOXER_STATE_DIR", self.dir.path().join("state"))
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -229,6 +234,50 @@ fn deploy_creates_updates_and_deletes_the_function() {
     assert!(!s.zip_path().exists());
     let out = s.boxer(&["--delete"]);
     assert!(text(&out).0.contains("does not exist"), "{:?}", text(&out));
+}
+
+/// `boxer put` and `boxer get` against moto's S3: files and a directory
+/// up, back down byte for byte, keys as documented; a key that would
+/// escape the destination is skipped; errors name the bucket.
+#[test]
+fn put_and_get_copy_files_through_s3() {
+    let setup = Setup::new();
+    setup.moto.python("c('s3').create_bucket(Bucket='boxer-in')").expect("bucket created");
+    let src = setup.dir.path().join("app");
+    let url = setup.moto.url.clone();
+    let put = setup.run(&["put", src.to_str().unwrap(), "s3://boxer-in/batch-1/", "--endpoint-url", &url]);
+    let (out, err) = text(&put);
+    assert!(put.status.success(), "{out}\n{err}");
+    assert!(out.contains("put s3://boxer-in/batch-1/data/config.txt (10 bytes)"), "{out}");
+    assert!(out.contains("put s3://boxer-in/batch-1/serve.sh"), "{out}");
+    let one = setup.dir.path().join("app/data/config.txt");
+    let put = setup.run(&["put", one.to_str().unwrap(), "s3://boxer-in/single.txt", "--endpoint-url", &url]);
+    assert!(put.status.success(), "{:?}", text(&put));
+    // A key no file system path should come from.
+    setup
+        .moto
+        .python("c('s3').put_object(Bucket='boxer-in', Key='batch-1/../../escape.txt', Body=b'x')")
+        .expect("odd key written");
+
+    let dest = setup.dir.path().join("got");
+    let get = setup.run(&["get", "s3://boxer-in/batch-1", dest.to_str().unwrap(), "--endpoint-url", &url]);
+    let (out, err) = text(&get);
+    assert!(get.status.success(), "{out}\n{err}");
+    assert_eq!(std::fs::read(dest.join("data/config.txt")).unwrap(), b"port=8080\n");
+    assert_eq!(std::fs::read(dest.join("serve.sh")).unwrap(), std::fs::read(src.join("serve.sh")).unwrap());
+    assert!(err.contains("skipped") && err.contains("escape.txt"), "{err}");
+    assert!(!setup.dir.path().join("escape.txt").exists() && !dest.join("escape.txt").exists());
+    let get = setup.run(&["get", "s3://boxer-in/single.txt", dest.to_str().unwrap(), "--endpoint-url", &url]);
+    assert!(get.status.success(), "{:?}", text(&get));
+    assert_eq!(std::fs::read(dest.join("single.txt")).unwrap(), b"port=8080\n");
+
+    let missing = setup.run(&["get", "s3://boxer-none/x/", dest.to_str().unwrap(), "--endpoint-url", &url]);
+    let (_, err) = text(&missing);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert!(err.contains("s3://boxer-none/x/") && err.contains("NoSuchBucket"), "{err}");
+    let empty = setup.run(&["get", "s3://boxer-in/nothing/", dest.to_str().unwrap(), "--endpoint-url", &url]);
+    let (_, err) = text(&empty);
+    assert!(err.contains("no objects under s3://boxer-in/nothing/"), "{err}");
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod lambda;
 pub mod netns;
 pub mod printer;
 pub mod provider;
+pub mod s3;
 pub mod spec;
 pub mod state;
 pub mod up;

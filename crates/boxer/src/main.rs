@@ -101,6 +101,28 @@ enum Command {
         /// Cluster name (default: the most recent).
         cluster: Option<String>,
     },
+    /// Upload files, and directories recursively, to an S3 bucket.
+    ///
+    ///   boxer put photos/ s3://my-input/batch-1/     # photos/a.jpg -> batch-1/a.jpg
+    ///   boxer put report.pdf s3://my-output/report.pdf
+    ///
+    /// AWS credentials, region and endpoint as for boxer deploy.
+    #[command(verbatim_doc_comment)]
+    Put {
+        #[command(flatten)]
+        args: boxer::s3::PutArgs,
+    },
+    /// Download every object under an S3 prefix into a directory.
+    ///
+    ///   boxer get s3://my-output/batch-1/ results/
+    ///
+    /// Keys become paths relative to the prefix; a key that would land
+    /// outside the directory (`..`) is skipped and reported.
+    #[command(verbatim_doc_comment)]
+    Get {
+        #[command(flatten)]
+        args: boxer::s3::GetArgs,
+    },
     /// Print the command that joins a running cluster from another machine.
     ///
     /// A hybrid node: boxer-runtime started by hand on any Linux host (a
@@ -506,6 +528,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Down { cluster } => down(cluster).await?,
         Command::JoinLine { cluster, service, index, command } => join_command(cluster, &service, index, &command)?,
         Command::Deploy { args } => return boxer::lambda::deploy::run(args).await,
+        Command::Put { args } => {
+            boxer::s3::put(&args).await?;
+        }
+        Command::Get { args } => {
+            boxer::s3::get(&args).await?;
+        }
         Command::Cluster(ClusterCommand::Create { rendezvous, admin_token, name, network, join_token }) => {
             let endpoint = rendezvous.endpoint()?;
             let info = rendezvous::create_cluster(
