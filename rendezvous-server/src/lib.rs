@@ -109,8 +109,9 @@ pub const SOCKET_BUFFER: usize = boxer_net::endpoint::SOCKET_BUFFER;
 /// the kernel gave less.
 fn grow_buffers(socket: &std::net::UdpSocket) {
     static WARNED: std::sync::Once = std::sync::Once::new();
-    let recv = grow_buffer(socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER);
-    let send = grow_buffer(socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SOCKET_BUFFER);
+    use boxer_net::endpoint::{SocketBuffer, grow_buffer};
+    let recv = grow_buffer(socket, SocketBuffer::Receive, SOCKET_BUFFER, true);
+    let send = grow_buffer(socket, SocketBuffer::Send, SOCKET_BUFFER, true);
     let short = |r: &std::io::Result<usize>| !r.as_ref().is_ok_and(|&n| n >= SOCKET_BUFFER);
     if short(&recv) || short(&send) {
         let show = |r: std::io::Result<usize>| match r {
@@ -127,40 +128,6 @@ fn grow_buffers(socket: &std::net::UdpSocket) {
             )
         });
     }
-}
-
-/// Sets one of `socket`'s buffers to `size` bytes: with `force`
-/// (`SO_RCVBUFFORCE`, `SO_SNDBUFFORCE`: root or `CAP_NET_ADMIN`, beyond
-/// the system's maximum), else with `plain` (`SO_RCVBUF`, `SO_SNDBUF`:
-/// capped at `net.core.rmem_max` or `wmem_max`). Returns the size the
-/// kernel gave, read back (Linux reports twice the size set, the other
-/// half being its bookkeeping; this is the half that was asked for).
-fn grow_buffer(
-    socket: &std::net::UdpSocket,
-    force: libc::c_int,
-    plain: libc::c_int,
-    size: usize,
-) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let fd = socket.as_raw_fd();
-    let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
-    let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let set = |option: libc::c_int| {
-        // SAFETY: setsockopt on an open socket, with a pointer to an int and its length.
-        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const value).cast(), int_len) };
-        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-    };
-    // The forced option fails (EPERM) without the capability: then what
-    // the system's maximum allows.
-    set(force).or_else(|_| set(plain))?;
-    let mut got: libc::c_int = 0;
-    let mut len = int_len;
-    // SAFETY: getsockopt on an open socket, into an int with its length.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, plain, (&raw mut got).cast(), &mut len) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(usize::try_from(got).unwrap_or(0) / 2)
 }
 
 /// A running rendezvous.
@@ -475,27 +442,5 @@ async fn expire_away(registry: Arc<Mutex<Registry>>) {
         for (cluster, node) in session::lock(&registry).expire(std::time::Instant::now()) {
             info!(%cluster, %node, "away member did not rejoin within {:?}: removed", registry::AWAY_GRACE);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_buffer_size_is_read_back_as_it_was_set() {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // Below any system's maximum: granted as asked, with or without the capability.
-        let size = 64 << 10;
-        assert_eq!(grow_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, size).unwrap(), size);
-        assert_eq!(grow_buffer(&socket, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, size).unwrap(), size);
-    }
-
-    #[test]
-    fn the_full_size_is_granted_or_capped() {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let got = grow_buffer(&socket, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SOCKET_BUFFER).unwrap();
-        assert!(got > 0 && got <= SOCKET_BUFFER, "{got}");
-        grow_buffers(&socket);
     }
 }

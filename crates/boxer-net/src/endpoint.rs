@@ -124,32 +124,83 @@ impl NodeEndpoint {
 /// at 1 Gbit/s. An unprivileged process gets at most `net.core.rmem_max`.
 pub const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Asks for [`SOCKET_BUFFER`] both ways; with `CAP_NET_ADMIN` beyond the
-/// system's maximum. Best effort: a smaller buffer only costs speed.
+/// Asks for [`SOCKET_BUFFER`] both ways; the receive buffer with
+/// `CAP_NET_ADMIN` beyond the system's maximum. Best effort: a smaller
+/// buffer only costs speed.
 fn grow_buffers(udp: &std::net::UdpSocket) {
-    let sock = socket2::SockRef::from(udp);
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
-    if sock.recv_buffer_size().is_ok_and(|n| n < SOCKET_BUFFER) {
-        use std::os::fd::AsRawFd;
-        let size = SOCKET_BUFFER as libc::c_int;
-        // SAFETY: setsockopt with a valid fd and a pointer to an int of the given length.
-        unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+    let _ = grow_buffer(udp, SocketBuffer::Receive, SOCKET_BUFFER, true);
+    let _ = grow_buffer(udp, SocketBuffer::Send, SOCKET_BUFFER, false);
+}
+
+/// One of a socket's two kernel buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketBuffer {
+    /// `SO_RCVBUF`.
+    Receive,
+    /// `SO_SNDBUF`.
+    Send,
+}
+
+/// Sets one of `socket`'s buffers to `size` bytes. With `force`, first
+/// beyond the system's maximum (`SO_RCVBUFFORCE`, `SO_SNDBUFFORCE`: root
+/// or `CAP_NET_ADMIN`); without the capability, or without `force`, capped
+/// at `net.core.rmem_max` or `wmem_max`. Returns the size the kernel gave,
+/// read back (Linux reports twice the size set, the other half being its
+/// bookkeeping; this is the half that was asked for).
+pub fn grow_buffer(
+    socket: &std::net::UdpSocket,
+    buffer: SocketBuffer,
+    size: usize,
+    force: bool,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let (forced, plain) = match buffer {
+        SocketBuffer::Receive => (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        SocketBuffer::Send => (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    };
+    let fd = socket.as_raw_fd();
+    let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    let int_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let set = |option: libc::c_int| {
+        // SAFETY: setsockopt on an open socket, with a pointer to an int and its length.
+        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const value).cast(), int_len) };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    };
+    // The forced option fails (EPERM) without the capability: then what
+    // the system's maximum allows.
+    if !force || set(forced).is_err() {
+        set(plain)?;
     }
+    let mut got: libc::c_int = 0;
+    let mut len = int_len;
+    // SAFETY: getsockopt on an open socket, into an int with its length.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, plain, (&raw mut got).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(got).unwrap_or(0) / 2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tls::peer_fingerprint;
+
+    #[test]
+    fn a_buffer_size_is_read_back_as_it_was_set() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Below any system's maximum: granted as asked, with or without the capability.
+        let size = 64 << 10;
+        assert_eq!(grow_buffer(&socket, SocketBuffer::Receive, size, true).unwrap(), size);
+        assert_eq!(grow_buffer(&socket, SocketBuffer::Send, size, false).unwrap(), size);
+    }
+
+    #[test]
+    fn the_full_size_is_granted_or_capped() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let got = grow_buffer(&socket, SocketBuffer::Receive, SOCKET_BUFFER, true).unwrap();
+        assert!(got > 0 && got <= SOCKET_BUFFER, "{got}");
+    }
 
     fn endpoint() -> NodeEndpoint {
         NodeEndpoint::bind("127.0.0.1:0".parse().unwrap(), Identity::generate().unwrap()).unwrap()

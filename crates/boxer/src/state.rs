@@ -95,15 +95,24 @@ pub struct NodeStatus {
 impl Status {
     /// Writes `status.json` atomically.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join("status.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(tmp, dir.join("status.json"))
+        write_json(dir, "status.json", self, 0o666)
     }
 
     /// Reads `status.json`.
     pub fn read(dir: &Path) -> std::io::Result<Self> {
         serde_json::from_slice(&std::fs::read(dir.join("status.json"))?).map_err(std::io::Error::other)
     }
+}
+
+/// Writes `value` as `dir/name` with `mode` (for a new file), beside and
+/// then renamed: a reader never sees half of it.
+fn write_json(dir: &Path, name: &str, value: &impl Serialize, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 /// How to join a running cluster (`join.json`, readable by the owner only):
@@ -125,15 +134,9 @@ pub struct JoinInfo {
 }
 
 impl JoinInfo {
-    /// Writes `join.json` with mode 0600, beside and then renamed: a
-    /// reader never sees half of it.
+    /// Writes `join.json` with mode 0600, atomically.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = dir.join("join.json.tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, dir.join("join.json"))
+        write_json(dir, "join.json", self, 0o600)
     }
 
     /// Reads `join.json`.
