@@ -16,8 +16,9 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 9] = [
+const FUNCTIONS: [&str; 10] = [
     "boxer-redis-bench",
+    "boxer-map",
     "boxer-bench",
     "boxer-lambda-hybrid",
     "boxer-lambda-udp",
@@ -55,8 +56,9 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         ("redis-benchmark across two function instances", redis_bench),
+        ("boxer map over S3 objects, with retries", map),
         ("boxer bench --provider lambda", bench),
         ("a hybrid node started by hand beside functions", hybrid),
         ("overlay UDP between two function instances", udp),
@@ -170,6 +172,79 @@ fn bench(lab: &LambdaLab) {
     if std::env::var_os("BOXER_LAB_LOG").is_some() {
         eprintln!("{}", lab.logs());
     }
+}
+
+/// Items whose name contains one of these fail their first attempt.
+const FAIL_ONCE: [&str; 2] = ["item-07", "item-31"];
+
+/// SCAR's fan-out: 50 objects in the lab's S3, 8 functions at a time, two
+/// items failing their first attempt; every result lands in the output
+/// bucket and the summary counts the retries. Then an item that always
+/// fails makes `boxer map` exit 1 and name it.
+fn map(lab: &LambdaLab) {
+    deploy(lab, &example("map"), "map", &[]);
+    lab.python(&format!(
+        "import boto3; c = boto3.client('s3', endpoint_url='{}'); [c.create_bucket(Bucket=b) for b in ('map-in', 'map-out')]",
+        LambdaLab::s3_endpoint()
+    ))
+    .expect("buckets created");
+    let inputs = lab.dir.path().join("map-inputs");
+    std::fs::create_dir_all(&inputs).expect("inputs dir");
+    for i in 0..50 {
+        std::fs::write(inputs.join(format!("item-{i:02}.txt")), format!("line of item {i}\n")).expect("input");
+    }
+    let inputs_arg = inputs.display().to_string();
+    let (code, out, err) = lab.run_boxer(&["put", &inputs_arg, "s3://map-in/batch/"]).expect("boxer put runs");
+    assert_eq!(code, 0, "boxer put failed:\n{out}\n{err}");
+    let script = format!(
+        r#"case "$BOXER_INPUT_KEY" in *{}*|*{}*) if [ "$BOXER_ATTEMPT" = 1 ]; then echo "failing once on purpose" >&2; exit 3; fi;; esac
+tr a-z A-Z < "$BOXER_INPUT" > "$BOXER_OUTPUT_DIR/$(basename "$BOXER_INPUT" .txt).out""#,
+        FAIL_ONCE[0], FAIL_ONCE[1]
+    );
+    let flags = lab.up_flags();
+    let mut args: Vec<&str> = vec!["map", "--input", "s3://map-in/batch/", "--output", "s3://map-out/results/"];
+    args.extend(["-n", "8", "--retries", "1", "--function", "boxer-map"]);
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--", "sh", "-c", &script]);
+    let started = Instant::now();
+    let (code, out, err) = lab.run_boxer(&args).expect("boxer map runs");
+    assert_eq!(code, 0, "boxer map failed:\nstdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    eprintln!("   50 items, 8 at a time, in {:.1?}", started.elapsed());
+    for line in out.lines().filter(|l| !l.starts_with("done")) {
+        eprintln!("   {line}");
+    }
+    for name in FAIL_ONCE {
+        let retry = out.lines().find(|l| l.starts_with("retry") && l.contains(name));
+        assert!(retry.is_some_and(|l| l.contains("exit code 3")), "no retry of {name}:\n{out}");
+        let done = out.lines().find(|l| l.starts_with("done") && l.contains(name));
+        assert!(done.is_some_and(|l| l.contains("attempt 2")), "{name} not done on its second attempt:\n{out}");
+    }
+    assert_eq!(out.lines().filter(|l| l.starts_with("done")).count(), 50, "{out}");
+    assert!(out.contains("  done     50") && out.contains("  failed   0"), "{out}");
+    assert!(out.contains("  retried  2 item(s), 2 retries"), "{out}");
+    assert!(out.contains("GB-s"), "no cost in the summary:\n{out}");
+    let results = lab.dir.path().join("map-results");
+    let results_arg = results.display().to_string();
+    let (code, got, err) = lab.run_boxer(&["get", "s3://map-out/results/", &results_arg]).expect("boxer get runs");
+    assert_eq!(code, 0, "boxer get failed:\n{got}\n{err}");
+    for i in 0..50 {
+        let path = results.join(format!("item-{i:02}.out"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{got}", path.display()));
+        assert_eq!(text, format!("LINE OF ITEM {i}\n"));
+    }
+    assert_eq!(std::fs::read_dir(&results).expect("results").count(), 50, "only the 50 results");
+
+    // An item that fails every attempt: exit 1, named in the summary.
+    let (code, out, err) =
+        lab.run_boxer(&["put", &format!("{inputs_arg}/item-01.txt"), "s3://map-in/bad/"]).expect("put");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut args: Vec<&str> = vec!["map", "--input", "s3://map-in/bad/", "--output", "s3://map-out/bad/"];
+    args.extend(["--retries", "0", "--function", "boxer-map"]);
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--", "sh", "-c", "echo cannot do it >&2; exit 9"]);
+    let (code, out, err) = lab.run_boxer(&args).expect("boxer map runs");
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("  failed   1") && out.contains("failed: bad/item-01.txt: exit code 9"), "{out}");
 }
 
 /// A hybrid node: `boxer-runtime` started by hand (the line `boxer

@@ -214,6 +214,11 @@ fn run_main() -> anyhow::Result<i32> {
         let cli = boxer_runtime::bench_worker::WorkerCli::parse_from(std::env::args_os().skip(1));
         return cli.command.run().map(|()| 0);
     }
+    // `bootstrap map-item …`: one item of `boxer map` (see map_item).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "map-item") {
+        let args = boxer_runtime::map_item::MapItemArgs::parse_from(std::env::args_os().skip(1));
+        return Ok(boxer_runtime::map_item::run(&args));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -13,6 +13,8 @@
 //!
 //! - Control plane: moto's server answers CreateFunction, GetFunction,
 //!   UpdateFunction*, DeleteFunction and the waiters (its Invoke runs no code).
+//!   It is the lab's S3 too, which functions reach on the "aws" device with
+//!   the credentials every instance gets, as Lambda's reach S3.
 //! - Runtime API and Invoke: the cargo-lambda emulator, which hands
 //!   invocations to runtimes that poll it, exactly as Lambda's Runtime API.
 //! - The router (`lambda_router.py`): Invoke to the emulator (its 500 for a
@@ -166,7 +168,9 @@ impl LambdaLab {
 
         // moto: the Lambda and IAM control plane.
         let mut cmd = Command::new("moto_server");
-        cmd.args(["-H", "127.0.0.1", "-p", &MOTO_PORT.to_string()]);
+        // On every address of the "aws" device: functions reach its S3
+        // there, as Lambda's reach S3 (the lab has no way out).
+        cmd.args(["-H", "0.0.0.0", "-p", &MOTO_PORT.to_string()]);
         procs.push(spawn_on(aws, cmd, dir.path(), "moto")?);
 
         // The emulator: its Cargo.toml names the functions it routes; the
@@ -226,6 +230,11 @@ impl LambdaLab {
         format!("http://127.0.0.1:{ROUTER_PORT}")
     }
 
+    /// The lab's S3 (moto's) as seen from the "aws" device.
+    pub fn s3_endpoint() -> String {
+        format!("http://127.0.0.1:{MOTO_PORT}")
+    }
+
     /// Fake credentials and region for every AWS client in the lab.
     pub fn aws_env(cmd: &mut Command) {
         cmd.env("AWS_ACCESS_KEY_ID", "testing")
@@ -264,7 +273,10 @@ impl LambdaLab {
     /// credentials and state directory.
     pub fn boxer(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("boxer"));
-        cmd.args(args).env("BOXER_STATE_DIR", &self.state_dir).env("AWS_ENDPOINT_URL", Self::endpoint());
+        cmd.args(args)
+            .env("BOXER_STATE_DIR", &self.state_dir)
+            .env("AWS_ENDPOINT_URL", Self::endpoint())
+            .env("AWS_ENDPOINT_URL_S3", Self::s3_endpoint());
         Self::aws_env(&mut cmd);
         cmd
     }
@@ -452,6 +464,14 @@ impl Scaler {
             .env("TMPDIR", &tmp)
             .env("LANG", "C.UTF-8")
             .env("RUST_LOG", std::env::var("BOXER_LAB_FN_LOG").unwrap_or_else(|_| "info".into()))
+            // What Lambda gives every function: the execution role's
+            // credentials and the region; S3 is the lab's (moto).
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_SESSION_TOKEN", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL_S3", format!("http://{rdv_ip}:{MOTO_PORT}"))
             .current_dir(&code.task_root)
             .stdin(Stdio::null())
             .stdout(Stdio::null());

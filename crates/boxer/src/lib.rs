@@ -1,8 +1,10 @@
 //! The `boxer` command line, as a library for tests.
 
 pub mod bench;
+pub mod interrupt;
 pub mod lab;
 pub mod lambda;
+pub mod map;
 pub mod netns;
 pub mod printer;
 pub mod provider;

@@ -123,6 +123,30 @@ enum Command {
         #[command(flatten)]
         args: boxer::s3::GetArgs,
     },
+    /// Run a command over every object under an S3 prefix, one node per
+    /// object, and collect its results in another (SCAR's fan-out).
+    ///
+    ///   boxer put photos/ s3://my-input/batch-1/
+    ///   boxer map --input s3://my-input/batch-1/ --output s3://my-output/thumbs/ \
+    ///       -n 8 --retries 1 -- convert {} -resize 64x64 '$BOXER_OUTPUT_DIR/thumb.jpg'
+    ///   boxer get s3://my-output/thumbs/ thumbs/
+    ///
+    /// Each node downloads its object ({} and $BOXER_INPUT are its local
+    /// path), runs the command, and when it succeeds uploads every file the
+    /// command wrote to $BOXER_OUTPUT_DIR under the output prefix (the
+    /// command names its results: give them names that differ per item).
+    /// BOXER_RANK, BOXER_SIZE and BOXER_ATTEMPT number the item, the items
+    /// and the try. Prints a line per item and a summary (done, failed,
+    /// retried, time, cost); exits 1 when an item failed every attempt.
+    ///
+    /// --provider local runs the items as processes here; --provider lambda
+    /// invokes a function `boxer deploy` made (examples/map/boxer.toml makes
+    /// boxer-map) through a rendezvous the functions can reach.
+    #[command(verbatim_doc_comment)]
+    Map {
+        #[command(flatten)]
+        args: boxer::map::MapArgs,
+    },
     /// Print the command that joins a running cluster from another machine.
     ///
     /// A hybrid node: boxer-runtime started by hand on any Linux host (a
@@ -330,29 +354,7 @@ impl LaunchArgs {
         let provider = match self.provider {
             ProviderKind::Local => ProviderChoice::Local,
             ProviderKind::Lambda => {
-                let Some(ext) = &external else {
-                    anyhow::bail!(
-                        "--provider lambda needs a rendezvous that Lambda functions can reach: run \
-                         `rendezvous-server` on a host with a public UDP port (docs/lambda.md) and pass \
-                         --rendezvous IP:PORT --fingerprint HEX --admin-token TOKEN (no embedded rendezvous: \
-                         functions cannot reach this machine)"
-                    );
-                };
-                let ip = ext.addr.ip();
-                if ip.is_loopback() || ip.is_unspecified() {
-                    anyhow::bail!(
-                        "--rendezvous {}: Lambda functions cannot reach a loopback or unspecified address; give the rendezvous host's public IP",
-                        ext.addr
-                    );
-                }
-                if let std::net::IpAddr::V4(v4) = ip
-                    && v4.is_private()
-                {
-                    eprintln!(
-                        "note: --rendezvous {} is a private address: only functions attached to that VPC can reach it",
-                        ext.addr
-                    );
-                }
+                up::check_lambda_rendezvous(external.as_ref())?;
                 ProviderChoice::Lambda(LambdaOptions {
                     aws: self.aws.clone(),
                     function: self.function.clone(),
@@ -531,6 +533,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Put { args } => {
             boxer::s3::put(&args).await?;
         }
+        Command::Map { args } => return boxer::map::run(args).await,
         Command::Get { args } => {
             boxer::s3::get(&args).await?;
         }

@@ -97,6 +97,36 @@ pub struct External {
     pub admin_token: String,
 }
 
+/// Checks that Lambda functions can reach `external`: there must be one
+/// (functions cannot reach an embedded rendezvous on this machine), and
+/// not on loopback; a private address gets a note (only a VPC reaches it).
+pub fn check_lambda_rendezvous(external: Option<&External>) -> anyhow::Result<()> {
+    let Some(ext) = external else {
+        anyhow::bail!(
+            "--provider lambda needs a rendezvous that Lambda functions can reach: run \
+             `rendezvous-server` on a host with a public UDP port (docs/lambda.md) and pass \
+             --rendezvous IP:PORT --fingerprint HEX --admin-token TOKEN (no embedded rendezvous: \
+             functions cannot reach this machine)"
+        );
+    };
+    let ip = ext.addr.ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        anyhow::bail!(
+            "--rendezvous {}: Lambda functions cannot reach a loopback or unspecified address; give the rendezvous host's public IP",
+            ext.addr
+        );
+    }
+    if let std::net::IpAddr::V4(v4) = ip
+        && v4.is_private()
+    {
+        eprintln!(
+            "note: --rendezvous {} is a private address: only functions attached to that VPC can reach it",
+            ext.addr
+        );
+    }
+    Ok(())
+}
+
 /// Where the nodes run.
 #[derive(Debug, Clone)]
 pub enum ProviderChoice {
@@ -213,7 +243,7 @@ async fn start(spec: &Spec, options: &UpOptions, dir: &Path) -> anyhow::Result<i
 
 /// The cluster's rendezvous as `boxer up` uses it: embedded or external,
 /// with the cluster created and a client endpoint for admin requests.
-struct ClusterRendezvous {
+pub(crate) struct ClusterRendezvous {
     addr: RendezvousAddr,
     admin_token: String,
     embedded: Option<::rendezvous::Rendezvous>,
@@ -225,7 +255,12 @@ struct ClusterRendezvous {
 impl ClusterRendezvous {
     /// Starts the embedded rendezvous (on the lab's public router in the
     /// lab) or uses the external one, and creates the cluster.
-    async fn start(spec: &Spec, options: &UpOptions, dir: &Path, lab: Option<&LabNet>) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        spec: &Spec,
+        options: &UpOptions,
+        dir: &Path,
+        lab: Option<&LabNet>,
+    ) -> anyhow::Result<Self> {
         let (addr, admin_token, embedded) = match &options.external {
             Some(ext) => {
                 (RendezvousAddr { addr: ext.addr, fingerprint: ext.fingerprint }, ext.admin_token.clone(), None)
@@ -297,7 +332,7 @@ impl ClusterRendezvous {
     }
 
     /// How nodes join.
-    fn join(&self) -> Join {
+    pub(crate) fn join(&self) -> Join {
         Join {
             rendezvous: self.addr.addr,
             fingerprint: self.addr.fingerprint.to_string(),
@@ -315,7 +350,7 @@ impl ClusterRendezvous {
     }
 
     /// Deletes the cluster and stops an embedded rendezvous.
-    async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.delete_cluster().await;
         if let Some(server) = &self.embedded {
             server.close();

@@ -29,8 +29,6 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -39,11 +37,11 @@ use boxer_net::{Identity, NodeEndpoint};
 use boxer_proto::control::{CreateClusterRequest, DeleteClusterRequest, ServerMessage, Stream, WatchRequest};
 use boxer_proto::membership::MemberChange;
 use serde::Serialize;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::worker::{self, MeshReady, PathResult};
 use super::{BenchArgs, ElasticRun, PathOutcome, Plan};
+use crate::interrupt::Interrupt;
 use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
 use crate::provider::{Join, NodeExit, Provider};
 use crate::spec::{LambdaSpec, Service, Spec};
@@ -91,57 +89,6 @@ pub struct LambdaResults {
     pub cost: Vec<String>,
     /// Seconds the whole run took.
     pub total_s: f64,
-}
-
-/// Ctrl-C and SIGTERM: the first asks the run to stop (its clusters are
-/// deleted, which stops their invocations), a second exits at once.
-#[derive(Clone)]
-struct Interrupt {
-    fired: Arc<AtomicBool>,
-    notify: Arc<tokio::sync::Notify>,
-}
-
-impl Interrupt {
-    fn new() -> anyhow::Result<Self> {
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        let this = Self { fired: Arc::default(), notify: Arc::default() };
-        let handle = this.clone();
-        tokio::spawn(async move {
-            for n in 0.. {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-                if n > 0 {
-                    eprintln!("interrupted again: exiting (invocations still running end at the function's timeout)");
-                    std::process::exit(130);
-                }
-                handle.fired.store(true, Ordering::SeqCst);
-                handle.notify.notify_waiters();
-            }
-        });
-        Ok(this)
-    }
-
-    /// Whether a signal came.
-    fn fired(&self) -> bool {
-        self.fired.load(Ordering::SeqCst)
-    }
-
-    /// Returns when a signal has come.
-    async fn wait(&self) {
-        let notified = self.notify.notified();
-        if self.fired() {
-            return;
-        }
-        notified.await;
-    }
-
-    /// `Err(Interrupted)` once a signal has come.
-    fn check(&self) -> anyhow::Result<()> {
-        if self.fired() { Err(Interrupted.into()) } else { Ok(()) }
-    }
 }
 
 /// What the watch task hands on: messages in order, then the end.
@@ -308,14 +255,18 @@ impl LambdaBench {
             admin_token,
             provider,
             exits,
-            interrupt: Interrupt::new()?,
+            interrupt: Interrupt::new(
+                "interrupted again: exiting (invocations still running end at the function's timeout)",
+            )?,
             run_id: format!("bench-{}", &::rendezvous::registry::random_token()[..8]),
         })
     }
 
     /// Creates cluster `<run>-<suffix>` and watches its membership and output.
     async fn phase(&self, suffix: &str) -> anyhow::Result<Phase> {
-        self.interrupt.check()?;
+        if self.interrupt.fired() {
+            return Err(Interrupted.into());
+        }
         let name = format!("{}-{suffix}", self.run_id);
         let info = rendezvous::create_cluster(
             &self.endpoint,

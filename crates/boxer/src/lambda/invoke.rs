@@ -209,7 +209,7 @@ impl LambdaProvider {
             service: service.name.clone(),
             index,
             command: service.command.clone(),
-            env: service.env.clone(),
+            env: crate::provider::node_env(service, index),
             wait_for: service.wait_for.iter().map(|(name, port)| format!("{name}:{port}")).collect(),
             wait_timeout_secs: service.wait_timeout.map(|t| t.as_secs()),
             expose: service.expose.clone(),
@@ -441,6 +441,13 @@ fn billed_from_log(log_base64: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
+/// Up to this many invocations get a line each in the summary; more (a
+/// `boxer map` job, a big cluster) get one line with the range.
+const SUMMARY_NODE_LINES: usize = 12;
+
+/// Node names shown per kind of host in the summary.
+const SUMMARY_HOST_NAMES: usize = 6;
+
 /// The closing summary: billed time per node, GB-seconds, the cost estimate.
 fn summary_lines(function: &Function, tally: &Tally) -> Vec<String> {
     if tally.billed.is_empty() {
@@ -453,15 +460,28 @@ fn summary_lines(function: &Function, tally: &Tally) -> Vec<String> {
     let requests = tally.billed.len();
     let cost = seconds * gb * function.price_per_gb_second + requests as f64 * PRICE_PER_REQUEST;
     let mut lines = vec![format!("Lambda function {} ({} MB):", function.name, function.memory_mb)];
-    for (node, b) in &tally.billed {
+    if tally.billed.len() <= SUMMARY_NODE_LINES {
+        for (node, b) in &tally.billed {
+            lines.push(format!(
+                "  {node:<16} {}{:.1} s",
+                if b.reported { "billed " } else { "~" },
+                b.duration.as_secs_f64()
+            ));
+        }
+    } else {
+        let durations = tally.billed.values().map(|b| b.duration.as_secs_f64());
+        let (least, most) = durations.fold((f64::MAX, 0.0f64), |(lo, hi), d| (lo.min(d), hi.max(d)));
         lines.push(format!(
-            "  {node:<16} {}{:.1} s",
-            if b.reported { "billed " } else { "~" },
-            b.duration.as_secs_f64()
+            "  {} invocations, {}{least:.1} to {most:.1} s each",
+            tally.billed.len(),
+            if estimated { "~" } else { "billed " }
         ));
     }
     for (host, nodes) in &tally.hosts {
-        lines.push(format!("  host ({}): {host}", nodes.join(", ")));
+        let named = nodes.iter().take(SUMMARY_HOST_NAMES).cloned().collect::<Vec<_>>().join(", ");
+        let more = nodes.len().saturating_sub(SUMMARY_HOST_NAMES);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        lines.push(format!("  host ({named}{more}): {host}"));
     }
     lines.push(format!(
         "  total {}{:.1} GB-s, {} requests: ~${cost:.6} at ${}/GB-s{}",

@@ -129,7 +129,7 @@ impl Provider for LocalProvider {
         }
         cmd.arg("--").args(&service.command);
         cmd.env_remove("BOXER_ISOLATE")
-            .envs(&service.env)
+            .envs(super::node_env(service, index))
             .env("RUST_LOG", std::env::var("BOXER_RUNTIME_LOG").unwrap_or_else(|_| "info".into()))
             .current_dir(&service.workdir)
             .stdin(Stdio::null())

@@ -56,6 +56,23 @@ impl NodeExit {
     }
 }
 
+/// Variables every node's program gets: its replica index and how many
+/// replicas its service has (MPI-style rank and size), for programs that
+/// split work among themselves. A service's own `env` wins (`boxer map`
+/// numbers its items this way).
+pub const RANK_ENV: &str = "BOXER_RANK";
+/// See [`RANK_ENV`].
+pub const SIZE_ENV: &str = "BOXER_SIZE";
+
+/// The environment of replica `index` of `service`: its `env`, with
+/// [`RANK_ENV`] and [`SIZE_ENV`] added unless it sets them.
+pub fn node_env(service: &Service, index: u32) -> std::collections::BTreeMap<String, String> {
+    let mut env = service.env.clone();
+    env.entry(RANK_ENV.to_owned()).or_insert_with(|| index.to_string());
+    env.entry(SIZE_ENV.to_owned()).or_insert_with(|| service.replicas.to_string());
+    env
+}
+
 /// Where nodes run. One `boxer up` drives one provider.
 // Static dispatch only (`up::up` is generic), so `Send` bounds on the
 // futures are not needed and `async fn` is fine here.

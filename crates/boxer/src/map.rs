@@ -1,0 +1,513 @@
+//! `boxer map`: SCAR's fan-out. Every object under an input prefix is one
+//! item; every item runs on a node of its own (a Lambda invocation, or a
+//! local process), at most `-n` at a time. The node downloads its object,
+//! runs the command on it and uploads what the command wrote to
+//! `$BOXER_OUTPUT_DIR` under the output prefix (`bootstrap map-item`, see
+//! [`boxer_runtime::map_item`]). A failed item is tried again on a new node
+//! up to `--retries` times; the run ends with a summary and exits non-zero
+//! when an item still failed.
+//!
+//! The nodes form one cluster on the rendezvous, like any other: an item's
+//! command can reach the others by name, and `BOXER_RANK` / `BOXER_SIZE`
+//! number the items.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use boxer_proto::Fingerprint;
+use boxer_runtime::map_item::{EXIT_NO_INPUT, EXIT_NOT_STARTED, EXIT_UPLOAD, MapItemArgs};
+use boxer_runtime::s3::{self as s3_io, S3Url};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
+
+use crate::interrupt::{EXIT_INTERRUPTED, Interrupt};
+use crate::lab::NatKind;
+use crate::lambda::aws::AwsArgs;
+use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
+use crate::provider::{Join, LocalProvider, NodeExit, Provider, RANK_ENV, SIZE_ENV};
+use crate::spec::{LambdaSpec, Service, Spec};
+use crate::up::{ClusterRendezvous, External, NetMode, ProviderChoice, UpOptions};
+
+/// The function `--provider lambda` invokes unless `--function` names
+/// another: `boxer deploy examples/map/boxer.toml` makes it. Any function
+/// `boxer deploy` made works: every runtime carries `map-item`.
+pub const DEFAULT_FUNCTION: &str = "boxer-map";
+
+/// The attempt number (1 for the first try) in every item's environment,
+/// for commands that behave differently on a retry.
+pub const ATTEMPT_ENV: &str = "BOXER_ATTEMPT";
+
+/// Most items at once: Lambda's default concurrency quota per account and
+/// region. More would only queue at Lambda (throttled invokes).
+pub const MAX_CONCURRENCY: u32 = 1000;
+
+/// Most retries per item: a command that failed this often will fail again.
+pub const MAX_RETRIES: u32 = 10;
+
+/// Service name of first attempts; retry `k` runs as `retry<k>`, so every
+/// node name says which attempt it is.
+const FIRST_ATTEMPT_SERVICE: &str = "item";
+
+/// Where the items run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MapProvider {
+    /// Processes on this machine, in its network namespace (items reach S3
+    /// as this machine does).
+    Local,
+    /// Invocations of a Lambda function (needs --rendezvous on a host
+    /// Lambda can reach).
+    Lambda,
+}
+
+/// `boxer map`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MapArgs {
+    /// The items: every object under s3://BUCKET/PREFIX (a prefix is a
+    /// folder: `in` takes `in/x` but not `inside/x`).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub input: S3Url,
+    /// Where each item's results go: the files its command wrote to
+    /// $BOXER_OUTPUT_DIR, at their paths relative to it.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub output: S3Url,
+    /// Items running at once (nodes at the same time).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CONCURRENCY)))]
+    pub concurrency: u32,
+    /// Times a failed item is tried again, each time on a new node.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_RETRIES)))]
+    pub retries: u32,
+    /// Where items run: `local` processes or `lambda` invocations.
+    #[arg(long, value_enum, default_value = "local")]
+    pub provider: MapProvider,
+    /// With --provider lambda: the function to invoke.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_FUNCTION)]
+    pub function: String,
+    /// With --provider lambda: a rendezvous the functions can reach (needs
+    /// --fingerprint and --admin-token).
+    #[arg(long, requires_all = ["fingerprint", "admin_token"])]
+    pub rendezvous: Option<SocketAddr>,
+    /// Certificate fingerprint of --rendezvous.
+    #[arg(long)]
+    pub fingerprint: Option<Fingerprint>,
+    /// Admin token of --rendezvous.
+    #[arg(long, env = "BOXER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// With --provider lambda: price per GB-second for the cost estimate.
+    #[arg(long, value_name = "USD")]
+    pub price_per_gb_second: Option<f64>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// The command run on each item: `{}` in an argument is the local path
+    /// of the item's object (also $BOXER_INPUT).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// How an item ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    /// Its command succeeded and its results were uploaded.
+    Done,
+    /// Its last attempt failed with this exit code.
+    Failed(i32),
+}
+
+/// One object to process.
+#[derive(Debug)]
+struct Item {
+    key: String,
+    attempts: u32,
+    started: Option<Instant>,
+    /// Seconds of its successful (or last) attempt.
+    seconds: f64,
+    outcome: Option<Outcome>,
+    /// Why its last attempt failed.
+    why: String,
+}
+
+/// What a run did, for the summary.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Items whose command succeeded.
+    pub done: usize,
+    /// Items that failed every attempt.
+    pub failed: usize,
+    /// Items that needed more than one attempt.
+    pub retried_items: usize,
+    /// Attempts beyond the first, over all items.
+    pub retries: u32,
+}
+
+/// Runs `boxer map`; the exit code (0: every item done; 1: some failed;
+/// 130: interrupted).
+pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
+    let options = options(&args)?;
+    if args.output.bucket == args.input.bucket && args.input.contains(&args.output.prefix) {
+        eprintln!(
+            "note: {} is under {}: results written there are items of the next `boxer map` over it",
+            args.output, args.input
+        );
+    }
+    let client = crate::s3::client(&args.aws).await?;
+    let objects = s3_io::list(&client, &args.input).await?;
+    anyhow::ensure!(
+        !objects.is_empty(),
+        "no objects under {}: upload the inputs first (boxer put FILES {})",
+        args.input,
+        args.input
+    );
+    client
+        .head_bucket()
+        .bucket(&args.output.bucket)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("output bucket {}: {}", args.output.bucket, s3_io::explain(&e)))?;
+    let name = format!("map-{}", &::rendezvous::registry::random_token()[..8]);
+    let spec = Spec {
+        path: PathBuf::from("boxer map"),
+        name: name.clone(),
+        network: None,
+        services: vec![],
+        lambda: LambdaSpec::default(),
+    };
+    let dir = crate::state::cluster_dir(&name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    let items: Vec<Item> = objects
+        .into_iter()
+        .map(|(key, _)| Item { key, attempts: 0, started: None, seconds: 0.0, outcome: None, why: String::new() })
+        .collect();
+    let interrupt = Interrupt::new("interrupted again: exiting (items still running end by themselves)")?;
+    let result = match &options.provider {
+        ProviderChoice::Local => {
+            let (provider, exits) = LocalProvider::new(dir.clone(), None)?;
+            let program = crate::provider::runtime_binary()?.display().to_string();
+            let rendezvous = ClusterRendezvous::start(&spec, &options, &dir, None).await?;
+            let workdir = std::env::current_dir().context("reading the current directory")?;
+            let run = Run { args: &args, program, workdir, items, provider, exits, interrupt };
+            run.drive(&rendezvous).await
+        }
+        ProviderChoice::Lambda(lambda) => {
+            let (provider, exits) = LambdaProvider::new(lambda.clone(), &spec, &dir).await?;
+            let rendezvous = ClusterRendezvous::start(&spec, &options, &dir, None).await?;
+            // The function's own directory, where `bootstrap` is.
+            let run = Run {
+                args: &args,
+                program: "bootstrap".into(),
+                workdir: PathBuf::new(),
+                items,
+                provider,
+                exits,
+                interrupt,
+            };
+            run.drive(&rendezvous).await
+        }
+    };
+    if matches!(result, Ok(0)) {
+        // Nothing to look at: the reports and logs of a clean run go.
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("node logs and reports: {}", dir.display());
+    }
+    result
+}
+
+/// The provider and rendezvous options, checked as `boxer up` checks them.
+fn options(args: &MapArgs) -> anyhow::Result<UpOptions> {
+    let external = match (args.rendezvous, args.fingerprint, &args.admin_token) {
+        (Some(addr), Some(fingerprint), Some(admin_token)) => {
+            Some(External { addr, fingerprint, admin_token: admin_token.clone() })
+        }
+        _ => None,
+    };
+    let provider = match args.provider {
+        MapProvider::Local => ProviderChoice::Local,
+        MapProvider::Lambda => {
+            crate::up::check_lambda_rendezvous(external.as_ref())?;
+            crate::lambda::validate_function_name(&args.function).map_err(|e| anyhow::anyhow!("--function: {e}"))?;
+            if let Some(price) = args.price_per_gb_second {
+                anyhow::ensure!(
+                    price.is_finite() && price >= 0.0,
+                    "--price-per-gb-second {price}: expected a price >= 0"
+                );
+            }
+            ProviderChoice::Lambda(LambdaOptions {
+                aws: args.aws.clone(),
+                function: Some(args.function.clone()),
+                price_per_gb_second: args.price_per_gb_second,
+            })
+        }
+    };
+    // Items reach S3 as this machine does: no namespace of their own.
+    Ok(UpOptions { net: NetMode::Host, external, nat: NatKind::Moderate, provider })
+}
+
+/// One run over the items.
+struct Run<'a, P> {
+    args: &'a MapArgs,
+    /// What starts `map-item` on a node: the runtime binary, or `bootstrap`.
+    program: String,
+    workdir: PathBuf,
+    items: Vec<Item>,
+    provider: P,
+    exits: mpsc::UnboundedReceiver<NodeExit>,
+    interrupt: Interrupt,
+}
+
+impl<P: Provider> Run<'_, P> {
+    /// Runs every item to its end; prints the per-item lines and the
+    /// summary; the exit code.
+    async fn drive(mut self, rendezvous: &ClusterRendezvous) -> anyhow::Result<i32> {
+        let started = Instant::now();
+        let join = rendezvous.join();
+        let total = self.items.len();
+        eprintln!(
+            "boxer map: {total} item(s) from {} to {}, {} at a time on {}",
+            self.args.input,
+            self.args.output,
+            self.args.concurrency,
+            self.provider.kind()
+        );
+        let progress = ProgressBar::new(total as u64);
+        progress.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} items {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        progress.enable_steady_tick(Duration::from_millis(200));
+        let mut queue: VecDeque<usize> = (0..total).collect();
+        let mut running: HashMap<String, usize> = HashMap::new();
+        let mut interrupted = false;
+        loop {
+            while running.len() < self.args.concurrency as usize
+                && let Some(i) = queue.pop_front()
+            {
+                match self.launch(&join, i).await {
+                    Ok(node) => {
+                        running.insert(node, i);
+                    }
+                    Err(e) => {
+                        let exit = NodeExit::failed(&format!("item {i}"), format!("{e:#}"));
+                        self.ended(i, &exit, &mut queue, &progress);
+                    }
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            progress.set_message(format!("({} running, {} retried)", running.len(), self.tally().retries));
+            tokio::select! {
+                exit = self.exits.recv() => {
+                    let Some(exit) = exit else { anyhow::bail!("the {} provider stopped reporting", self.provider.kind()) };
+                    self.provider.exited(&exit.node);
+                    if let Some(i) = running.remove(&exit.node) {
+                        self.ended(i, &exit, &mut queue, &progress);
+                    }
+                }
+                () = self.interrupt.wait() => {
+                    interrupted = true;
+                    break;
+                }
+            }
+        }
+        progress.finish_and_clear();
+        if interrupted {
+            eprintln!("interrupted: stopping {} running item(s) (the cluster is deleted)", running.len());
+        }
+        rendezvous.close().await;
+        self.provider.stop_all(false);
+        let deadline = tokio::time::Instant::now() + self.provider.stop_grace();
+        while !running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.exits.recv()).await {
+                Ok(Some(exit)) => {
+                    self.provider.exited(&exit.node);
+                    running.remove(&exit.node);
+                }
+                _ => break,
+            }
+        }
+        self.provider.stop_all(true);
+        print!("{}", self.summary(started.elapsed(), interrupted));
+        let tally = self.tally();
+        Ok(if interrupted {
+            EXIT_INTERRUPTED
+        } else if tally.done == total {
+            0
+        } else {
+            1
+        })
+    }
+
+    /// Starts the next attempt of item `i`; its node's name.
+    async fn launch(&mut self, join: &Join, i: usize) -> anyhow::Result<String> {
+        let total = self.items.len();
+        let item = &mut self.items[i];
+        item.attempts += 1;
+        item.started = Some(Instant::now());
+        let map_item = MapItemArgs {
+            input: S3Url { bucket: self.args.input.bucket.clone(), prefix: item.key.clone() },
+            output: self.args.output.clone(),
+            command: self.args.command.clone(),
+        };
+        let name = match item.attempts {
+            1 => FIRST_ATTEMPT_SERVICE.to_owned(),
+            n => format!("retry{}", n - 1),
+        };
+        let mut env = std::collections::BTreeMap::new();
+        env.insert(RANK_ENV.to_owned(), i.to_string());
+        env.insert(SIZE_ENV.to_owned(), total.to_string());
+        env.insert(ATTEMPT_ENV.to_owned(), item.attempts.to_string());
+        let service = Service {
+            name,
+            command: std::iter::once(self.program.clone()).chain(map_item.to_args()).collect(),
+            replicas: u32::try_from(total).unwrap_or(u32::MAX),
+            env,
+            workdir: self.workdir.clone(),
+            wait_for: vec![],
+            wait_timeout: None,
+            expose: vec![],
+            forward: vec![],
+            main: false,
+            nat: None,
+            isolate: false,
+            private: vec![],
+        };
+        let index = u32::try_from(i).context("too many items")?;
+        self.provider.launch(join, &service, index).await?;
+        Ok(boxer_proto::names::replica_name(&service.name, index))
+    }
+
+    /// Item `i`'s attempt ended: done, queued again, or failed for good.
+    fn ended(&mut self, i: usize, exit: &NodeExit, queue: &mut VecDeque<usize>, progress: &ProgressBar) {
+        let retries = self.args.retries;
+        let item = &mut self.items[i];
+        item.seconds = item.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        if exit.code == 0 && !exit.failed_to_start {
+            item.outcome = Some(Outcome::Done);
+            progress.inc(1);
+            progress.suspend(|| println!("done    {}  ({:.1} s, attempt {})", item.key, item.seconds, item.attempts));
+            return;
+        }
+        item.why = why(exit);
+        if item.attempts <= retries {
+            progress.suspend(|| {
+                println!("retry   {}  (attempt {} of {} failed: {})", item.key, item.attempts, retries + 1, item.why)
+            });
+            queue.push_back(i);
+        } else {
+            item.outcome = Some(Outcome::Failed(exit.code));
+            progress.inc(1);
+            progress.suspend(|| println!("failed  {}  ({} attempt(s): {})", item.key, item.attempts, item.why));
+        }
+    }
+
+    fn tally(&self) -> Tally {
+        tally(&self.items)
+    }
+
+    /// The closing table.
+    fn summary(&self, elapsed: Duration, interrupted: bool) -> String {
+        use std::fmt::Write as _;
+        let tally = self.tally();
+        let total = self.items.len();
+        let mut out = String::new();
+        let _ = writeln!(out, "\nboxer map: {} -> {}", self.args.input, self.args.output);
+        let _ = writeln!(out, "  items    {total}");
+        let _ = writeln!(out, "  done     {}", tally.done);
+        let _ = writeln!(out, "  failed   {}", tally.failed);
+        if interrupted {
+            let _ = writeln!(out, "  not run  {} (interrupted)", total - tally.done - tally.failed);
+        }
+        let _ = writeln!(out, "  retried  {} item(s), {} retries", tally.retried_items, tally.retries);
+        let times: Vec<f64> =
+            self.items.iter().filter(|i| i.outcome == Some(Outcome::Done)).map(|i| i.seconds).collect();
+        let (mean, max) = if times.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (times.iter().sum::<f64>() / times.len() as f64, times.iter().copied().fold(0.0, f64::max))
+        };
+        let _ = writeln!(
+            out,
+            "  time     {:.1} s ({} at a time; an item took {mean:.1} s on average, {max:.1} s at most)",
+            elapsed.as_secs_f64(),
+            self.args.concurrency
+        );
+        for line in self.provider.summary() {
+            let _ = writeln!(out, "  {line}");
+        }
+        for item in self.items.iter().filter(|i| matches!(i.outcome, Some(Outcome::Failed(_)))) {
+            let _ = writeln!(out, "  failed: {}: {}", item.key, item.why);
+        }
+        out
+    }
+}
+
+/// The counts over `items`.
+fn tally(items: &[Item]) -> Tally {
+    let mut t = Tally::default();
+    for item in items {
+        match item.outcome {
+            Some(Outcome::Done) => t.done += 1,
+            Some(Outcome::Failed(_)) => t.failed += 1,
+            None => {}
+        }
+        if item.attempts > 1 {
+            t.retried_items += 1;
+            t.retries += item.attempts - 1;
+        }
+    }
+    t
+}
+
+/// Why an attempt failed, in a few words and its last line of output.
+fn why(exit: &NodeExit) -> String {
+    let what = match exit.code {
+        _ if exit.failed_to_start => "the node did not start".to_owned(),
+        EXIT_NO_INPUT => "the input could not be downloaded".to_owned(),
+        EXIT_UPLOAD => "the results could not be uploaded".to_owned(),
+        EXIT_NOT_STARTED => "the command could not be started".to_owned(),
+        code => format!("exit code {code}"),
+    };
+    let last = exit.notes.iter().chain(exit.detail.iter()).rfind(|l| !l.trim().is_empty());
+    match last {
+        Some(line) => format!("{what}; {}", line.trim()),
+        None => what,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(attempts: u32, outcome: Option<Outcome>) -> Item {
+        Item { key: "k".into(), attempts, started: None, seconds: 0.0, outcome, why: String::new() }
+    }
+
+    #[test]
+    fn the_tally_counts_retries_per_item_and_in_all() {
+        let items = [
+            item(1, Some(Outcome::Done)),
+            item(2, Some(Outcome::Done)),
+            item(3, Some(Outcome::Failed(3))),
+            item(0, None),
+        ];
+        assert_eq!(tally(&items), Tally { done: 2, failed: 1, retried_items: 2, retries: 3 });
+    }
+
+    #[test]
+    fn a_failure_says_which_step_failed() {
+        let exit = |code, detail: &[&str]| NodeExit {
+            node: "item-0".into(),
+            code,
+            notes: vec![],
+            detail: detail.iter().map(|s| s.to_string()).collect(),
+            failed_to_start: false,
+        };
+        assert_eq!(why(&exit(EXIT_NO_INPUT, &[])), "the input could not be downloaded");
+        assert_eq!(why(&exit(3, &["x", "boom", " "])), "exit code 3; boom");
+        assert!(why(&NodeExit::failed("item-0", "throttled".into())).starts_with("the node did not start; throttled"));
+    }
+}
