@@ -280,6 +280,76 @@ fn put_and_get_copy_files_through_s3() {
     assert!(err.contains("no objects under s3://boxer-in/nothing/"), "{err}");
 }
 
+/// `boxer map` with local nodes over moto's S3: every object one node, 3
+/// at a time, one item failing its first attempt; the results land under
+/// the output prefix, each node numbered by BOXER_RANK / BOXER_SIZE.
+#[test]
+fn map_runs_a_command_per_object_on_local_nodes() {
+    let setup = Setup::new();
+    setup.moto.python("[c('s3').create_bucket(Bucket=b) for b in ('map-in', 'map-out')]").expect("buckets created");
+    setup
+        .moto
+        .python("[c('s3').put_object(Bucket='map-in', Key=f'jobs/job {i}.txt', Body=f'job {i}\\n'.encode()) for i in range(6)]")
+        .expect("inputs written");
+    let url = setup.moto.url.clone();
+    let script = r#"if [ "$BOXER_INPUT_KEY" = "jobs/job 4.txt" ] && [ "$BOXER_ATTEMPT" = 1 ]; then echo not yet >&2; exit 5; fi
+name=$(basename "$BOXER_INPUT" .txt | tr ' ' _)
+{ tr a-z A-Z < "{}"; echo "$BOXER_RANK/$BOXER_SIZE"; } > "$BOXER_OUTPUT_DIR/$name.out""#;
+    let map = setup.run(&[
+        "map",
+        "--input",
+        "s3://map-in/jobs",
+        "--output",
+        "s3://map-out/done/",
+        "-n",
+        "3",
+        "--endpoint-url",
+        &url,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let (out, err) = text(&map);
+    assert!(map.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("retry   jobs/job 4.txt  (attempt 1 of 2 failed: exit code 5; not yet)"), "{out}");
+    assert!(out.contains("  done     6") && out.contains("  retried  1 item(s), 1 retries"), "{out}");
+    let listing = setup
+        .moto
+        .python(
+            "r = c('s3').list_objects_v2(Bucket='map-out')\n\
+             for o in r.get('Contents', []): print(o['Key'], c('s3').get_object(Bucket='map-out', Key=o['Key'])['Body'].read().decode().replace('\\n', '|'))",
+        )
+        .expect("results listed");
+    let mut ranks = Vec::new();
+    for i in 0..6 {
+        let line = listing
+            .lines()
+            .find(|l| l.starts_with(&format!("done/job_{i}.out ")))
+            .unwrap_or_else(|| panic!("no result for job {i}:\n{listing}\n{out}"));
+        assert!(line.contains(&format!("JOB {i}|")), "{line}");
+        ranks.push(line.rsplit('|').nth(1).unwrap_or_default().to_owned());
+    }
+    ranks.sort();
+    assert_eq!(ranks, ["0/6", "1/6", "2/6", "3/6", "4/6", "5/6"], "{listing}");
+
+    // No inputs: a clear error before any node starts.
+    let empty = setup.run(&[
+        "map",
+        "--input",
+        "s3://map-in/none/",
+        "--output",
+        "s3://map-out/x/",
+        "--endpoint-url",
+        &url,
+        "--",
+        "true",
+    ]);
+    let (_, err) = text(&empty);
+    assert_eq!(empty.status.code(), Some(1), "{err}");
+    assert!(err.contains("no objects under s3://map-in/none/") && err.contains("boxer put"), "{err}");
+}
+
 #[test]
 fn deploy_without_credentials_says_how_to_get_them() {
     let dir = Scratch::new("deploy-nocreds");

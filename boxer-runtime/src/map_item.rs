@@ -12,7 +12,7 @@
 //! Exit codes: the command's own, or [`EXIT_NO_INPUT`] / [`EXIT_UPLOAD`]
 //! when the item failed around it, so `boxer map` can say which.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use anyhow::Context;
@@ -84,14 +84,12 @@ async fn item(args: &MapItemArgs, scratch: &Path) -> i32 {
         tokio::fs::create_dir_all(&output).await.with_context(|| format!("creating {}", output.display()))?;
         s3::download(&client, &args.input.bucket, &args.input.prefix, &input).await
     };
-    let size = match staged.await {
-        Ok(size) => size,
-        Err(e) => {
-            eprintln!("map-item: {e:#}");
-            return EXIT_NO_INPUT;
-        }
-    };
-    eprintln!("map-item: {} ({size} bytes) -> {}", args.input, input.display());
+    // Quiet on success: the command's own last line is what `boxer map`
+    // shows when it fails.
+    if let Err(e) = staged.await {
+        eprintln!("map-item: {e:#}");
+        return EXIT_NO_INPUT;
+    }
     let code = match command(args, &input, &output).status().await {
         Ok(status) => exit_code(status),
         Err(e) => {
@@ -105,10 +103,7 @@ async fn item(args: &MapItemArgs, scratch: &Path) -> i32 {
         return code;
     }
     match upload_results(&client, &output, &args.output).await {
-        Ok(n) => {
-            eprintln!("map-item: {n} result file(s) -> {}", args.output);
-            0
-        }
+        Ok(_) => 0,
         Err(e) => {
             eprintln!("map-item: {e:#}");
             EXIT_UPLOAD
@@ -132,7 +127,7 @@ fn command(args: &MapItemArgs, input: &Path, output: &Path) -> tokio::process::C
 }
 
 /// Uploads every file under `dir`; how many.
-async fn upload_results(client: &aws_sdk_s3::Client, dir: &PathBuf, to: &S3Url) -> anyhow::Result<usize> {
+async fn upload_results(client: &aws_sdk_s3::Client, dir: &Path, to: &S3Url) -> anyhow::Result<usize> {
     let files = s3::files_under(dir)?;
     for (path, rel) in &files {
         s3::upload(client, &to.bucket, &to.key_of(rel), path).await?;

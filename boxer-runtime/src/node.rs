@@ -296,13 +296,22 @@ impl Node {
 
         let fail = {
             let failed_tx = failed_tx.clone();
+            let shared = shared.clone();
             move |e: NodeError| {
                 // Only the first failure counts; errors after a shutdown are its echo.
                 failed_tx.send_if_modified(|f| {
                     if f.is_some() {
                         return false;
                     }
-                    error!("{e}");
+                    // A leaving node's connection closed by the rendezvous
+                    // once its exit is recorded: the orderly end, not an error.
+                    let orderly = shared.leaving.load(std::sync::atomic::Ordering::Relaxed)
+                        && matches!(e, NodeError::Rendezvous(boxer_net::rendezvous::RendezvousError::Closed { .. }));
+                    if orderly {
+                        info!("{e}");
+                    } else {
+                        error!("{e}");
+                    }
                     *f = Some(Arc::new(e));
                     true
                 });

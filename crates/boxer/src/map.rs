@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use boxer_proto::Fingerprint;
+use boxer_proto::control::ServerMessage;
 use boxer_runtime::map_item::{EXIT_NO_INPUT, EXIT_NOT_STARTED, EXIT_UPLOAD, MapItemArgs};
 use boxer_runtime::s3::{self as s3_io, S3Url};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -29,7 +30,7 @@ use crate::lambda::aws::AwsArgs;
 use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
 use crate::provider::{Join, LocalProvider, NodeExit, Provider, RANK_ENV, SIZE_ENV};
 use crate::spec::{LambdaSpec, Service, Spec};
-use crate::up::{ClusterRendezvous, External, NetMode, ProviderChoice, UpOptions};
+use crate::up::{ClusterRendezvous, External, FeedItem, NetMode, ProviderChoice, UpOptions};
 
 /// The function `--provider lambda` invokes unless `--function` names
 /// another: `boxer deploy examples/map/boxer.toml` makes it. Any function
@@ -43,6 +44,13 @@ pub const ATTEMPT_ENV: &str = "BOXER_ATTEMPT";
 /// Most items at once: Lambda's default concurrency quota per account and
 /// region. More would only queue at Lambda (throttled invokes).
 pub const MAX_CONCURRENCY: u32 = 1000;
+
+/// Lines of each node's output kept to say why an item failed.
+const KEPT_LINES: usize = 3;
+
+/// How long a failed item's last output may trail its exit (it travels
+/// through the rendezvous; the exit comes from the provider).
+const OUTPUT_SETTLE: Duration = Duration::from_millis(500);
 
 /// Most retries per item: a command that failed this often will fail again.
 pub const MAX_RETRIES: u32 = 10;
@@ -188,7 +196,8 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
             let program = crate::provider::runtime_binary()?.display().to_string();
             let rendezvous = ClusterRendezvous::start(&spec, &options, &dir, None).await?;
             let workdir = std::env::current_dir().context("reading the current directory")?;
-            let run = Run { args: &args, program, workdir, items, provider, exits, interrupt };
+            let node_aws_env = local_aws_env(&args.aws);
+            let run = Run { args: &args, program, workdir, items, provider, exits, interrupt, node_aws_env };
             run.drive(&rendezvous).await
         }
         ProviderChoice::Lambda(lambda) => {
@@ -203,6 +212,7 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
                 provider,
                 exits,
                 interrupt,
+                node_aws_env: vec![],
             };
             run.drive(&rendezvous).await
         }
@@ -214,6 +224,23 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
         eprintln!("node logs and reports: {}", dir.display());
     }
     result
+}
+
+/// What `--endpoint-url`, `--region` and `--profile` say, as the variables
+/// a local node's `map-item` reads (it inherits the rest of this process'
+/// environment, credentials included).
+fn local_aws_env(aws: &AwsArgs) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if let Some(url) = &aws.endpoint_url {
+        env.push(("AWS_ENDPOINT_URL_S3".to_owned(), url.clone()));
+    }
+    if let Some(region) = &aws.region {
+        env.push(("AWS_REGION".to_owned(), region.clone()));
+    }
+    if let Some(profile) = &aws.profile {
+        env.push(("AWS_PROFILE".to_owned(), profile.clone()));
+    }
+    env
 }
 
 /// The provider and rendezvous options, checked as `boxer up` checks them.
@@ -256,6 +283,9 @@ struct Run<'a, P> {
     provider: P,
     exits: mpsc::UnboundedReceiver<NodeExit>,
     interrupt: Interrupt,
+    /// AWS settings of this command's flags that nodes need as well
+    /// (local nodes only: a function has its own).
+    node_aws_env: Vec<(String, String)>,
 }
 
 impl<P: Provider> Run<'_, P> {
@@ -264,6 +294,9 @@ impl<P: Provider> Run<'_, P> {
     async fn drive(mut self, rendezvous: &ClusterRendezvous) -> anyhow::Result<i32> {
         let started = Instant::now();
         let join = rendezvous.join();
+        // The items' output, for the reason of a failure.
+        let (_, mut feed) = rendezvous.watch().await?;
+        let mut output = Output::default();
         let total = self.items.len();
         eprintln!(
             "boxer map: {total} item(s) from {} to {}, {} at a time on {}",
@@ -301,12 +334,19 @@ impl<P: Provider> Run<'_, P> {
             progress.set_message(format!("({} running, {} retried)", running.len(), self.tally().retries));
             tokio::select! {
                 exit = self.exits.recv() => {
-                    let Some(exit) = exit else { anyhow::bail!("the {} provider stopped reporting", self.provider.kind()) };
+                    let Some(mut exit) = exit else { anyhow::bail!("the {} provider stopped reporting", self.provider.kind()) };
                     self.provider.exited(&exit.node);
                     if let Some(i) = running.remove(&exit.node) {
+                        if exit.code != 0 || exit.failed_to_start {
+                            output.settle(&mut feed, &exit.node).await;
+                            exit.detail.extend(output.take(&exit.node));
+                        } else {
+                            output.take(&exit.node);
+                        }
                         self.ended(i, &exit, &mut queue, &progress);
                     }
                 }
+                Some(item) = feed.recv() => output.keep(item),
                 () = self.interrupt.wait() => {
                     interrupted = true;
                     break;
@@ -360,6 +400,7 @@ impl<P: Provider> Run<'_, P> {
         env.insert(RANK_ENV.to_owned(), i.to_string());
         env.insert(SIZE_ENV.to_owned(), total.to_string());
         env.insert(ATTEMPT_ENV.to_owned(), item.attempts.to_string());
+        env.extend(self.node_aws_env.iter().cloned());
         let service = Service {
             name,
             command: std::iter::once(self.program.clone()).chain(map_item.to_args()).collect(),
@@ -442,6 +483,51 @@ impl<P: Provider> Run<'_, P> {
             let _ = writeln!(out, "  failed: {}: {}", item.key, item.why);
         }
         out
+    }
+}
+
+/// The last lines of each running node's output, from the watch session.
+#[derive(Default)]
+struct Output {
+    lines: HashMap<String, VecDeque<String>>,
+    /// Nodes whose exit the rendezvous announced (their output is complete).
+    exited: std::collections::HashSet<String>,
+}
+
+impl Output {
+    fn keep(&mut self, item: FeedItem) {
+        match item {
+            FeedItem::Message(ServerMessage::Logs { node, lines }) => {
+                let kept = self.lines.entry(node).or_default();
+                for line in lines.into_iter().filter(|l| !l.text.trim().is_empty()) {
+                    kept.push_back(line.text);
+                    if kept.len() > KEPT_LINES {
+                        kept.pop_front();
+                    }
+                }
+            }
+            FeedItem::Message(ServerMessage::Exited { node, .. }) => {
+                self.exited.insert(node);
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits a moment for `node`'s output to be complete.
+    async fn settle(&mut self, feed: &mut mpsc::Receiver<FeedItem>, node: &str) {
+        let deadline = tokio::time::Instant::now() + OUTPUT_SETTLE;
+        while !self.exited.contains(node) {
+            match tokio::time::timeout_at(deadline, feed.recv()).await {
+                Ok(Some(item)) => self.keep(item),
+                _ => return,
+            }
+        }
+    }
+
+    /// `node`'s kept lines, forgotten here.
+    fn take(&mut self, node: &str) -> Vec<String> {
+        self.exited.remove(node);
+        self.lines.remove(node).map(Vec::from).unwrap_or_default()
     }
 }
 

@@ -321,7 +321,7 @@ impl ClusterRendezvous {
     /// ([`keep_watching`]), the caller selects on a channel. A first watch
     /// that fails is the end: the cluster was created a moment ago, so the
     /// rendezvous was there.
-    async fn watch(&self) -> anyhow::Result<(MembershipSnapshot, mpsc::Receiver<FeedItem>)> {
+    pub(crate) async fn watch(&self) -> anyhow::Result<(MembershipSnapshot, mpsc::Receiver<FeedItem>)> {
         let watcher = Watcher {
             endpoint: self.endpoint.clone(),
             addr: self.addr,
@@ -1046,7 +1046,7 @@ impl Watcher {
 
 /// What the watch task hands the main loop, in order.
 #[derive(Debug)]
-enum FeedItem {
+pub(crate) enum FeedItem {
     /// A message of the watch session.
     Message(ServerMessage),
     /// The session was lost to something a new one may cure
