@@ -16,9 +16,10 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 10] = [
+const FUNCTIONS: [&str; 11] = [
     "boxer-redis-bench",
     "boxer-map",
+    "boxer-lambda-trigger",
     "boxer-bench",
     "boxer-lambda-hybrid",
     "boxer-lambda-udp",
@@ -56,9 +57,10 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         ("redis-benchmark across two function instances", redis_bench),
         ("boxer map over S3 objects, with retries", map),
+        ("S3-triggered: new objects invoke the function", trigger),
         ("boxer bench --provider lambda", bench),
         ("a hybrid node started by hand beside functions", hybrid),
         ("overlay UDP between two function instances", udp),
@@ -245,6 +247,136 @@ tr a-z A-Z < "$BOXER_INPUT" > "$BOXER_OUTPUT_DIR/$(basename "$BOXER_INPUT" .txt)
     let (code, out, err) = lab.run_boxer(&args).expect("boxer map runs");
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("  failed   1") && out.contains("failed: bad/item-01.txt: exit code 9"), "{out}");
+}
+
+/// The harness' stand-in for S3's delivery to Lambda (moto delivers to SQS
+/// but cannot invoke a function without Docker): every S3 notification in
+/// the queue becomes an invocation of the function through the lab's
+/// Lambda endpoint, 4 at a time, until `want` object events were
+/// forwarded. Prints one line per invocation.
+const FORWARDER: &str = r#"
+import boto3, json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+s3_url, lambda_url, queue, function, want = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+sqs = boto3.client('sqs', endpoint_url=s3_url)
+lam = boto3.client('lambda', endpoint_url=lambda_url)
+q = sqs.get_queue_url(QueueName=queue)['QueueUrl']
+def invoke(body):
+    r = lam.invoke(FunctionName=function, Payload=body.encode())
+    return r.get('FunctionError'), r['Payload'].read().decode()
+forwarded, deadline = [], time.time() + 120
+with ThreadPoolExecutor(4) as pool:
+    while sum('Records' in json.loads(b) for b in forwarded) < want and time.time() < deadline:
+        msgs = sqs.receive_message(QueueUrl=q, MaxNumberOfMessages=10, WaitTimeSeconds=1).get('Messages', [])
+        for m in msgs:
+            sqs.delete_message(QueueUrl=q, ReceiptHandle=m['ReceiptHandle'])
+        bodies = [m['Body'] for m in msgs]
+        forwarded += bodies
+        for error, payload in pool.map(invoke, bodies):
+            print('invoked', error or 'ok', payload)
+"#;
+
+/// SCAR's high-throughput path: `boxer deploy` of a spec with `[trigger]`
+/// points the input bucket's notification at the function (checked in
+/// moto's S3 and the function's policy); 10 files uploaded under the input
+/// prefix become 10 invocations with real S3 event notifications (moto's,
+/// forwarded by the harness) and 10 results in the output bucket. A file
+/// outside the prefix invokes nothing.
+fn trigger(lab: &LambdaLab) {
+    let s3 = LambdaLab::s3_endpoint();
+    lab.python(&format!(
+        "import boto3\n\
+         c = boto3.client('s3', endpoint_url='{s3}')\n\
+         [c.create_bucket(Bucket=b) for b in ('trig-in', 'trig-out')]\n\
+         boto3.client('sqs', endpoint_url='{s3}').create_queue(QueueName='trig-events')"
+    ))
+    .expect("buckets and queue created");
+    let spec = spec(
+        lab,
+        "lambda-trigger",
+        r#"
+[cluster]
+name = "lambda-trigger"
+
+[services.upper]
+command = ["sh", "-c", "tr a-z A-Z < \"$BOXER_INPUT\" > \"$BOXER_OUTPUT_DIR/$(basename \"$BOXER_INPUT\" .txt).up\""]
+
+[trigger]
+input = "s3://trig-in/new/"
+output = "s3://trig-out/up/"
+"#,
+    );
+    let (code, out, err) = lab.deploy(&spec, "lambda-trigger", &[]).expect("boxer deploy runs");
+    assert_eq!(code, 0, "boxer deploy failed:\n{out}\n{err}\n{}", lab.logs());
+    assert!(out.contains("trigger:   new objects under s3://trig-in/new/ -> boxer-lambda-trigger (upper)"), "{out}");
+    // What deploy configured: the bucket's notification and S3's permission.
+    let configured = lab
+        .python(&format!(
+            "import boto3, json\n\
+             n = boto3.client('s3', endpoint_url='{s3}').get_bucket_notification_configuration(Bucket='trig-in')\n\
+             p = boto3.client('lambda', endpoint_url='{}').get_policy(FunctionName='boxer-lambda-trigger')['Policy']\n\
+             print(json.dumps(n.get('LambdaFunctionConfigurations')))\n\
+             print(p)",
+            LambdaLab::endpoint()
+        ))
+        .expect("configuration read");
+    let mut lines = configured.lines();
+    let lambdas: serde_json::Value = serde_json::from_str(lines.next().unwrap_or_default()).expect("JSON");
+    let ours = &lambdas[0];
+    assert!(
+        ours["LambdaFunctionArn"].as_str().is_some_and(|a| a.ends_with(":function:boxer-lambda-trigger")),
+        "{lambdas}"
+    );
+    assert_eq!(ours["Events"], serde_json::json!(["s3:ObjectCreated:*"]), "{lambdas}");
+    assert_eq!(ours["Filter"]["Key"]["FilterRules"][0]["Value"], "new/", "{lambdas}");
+    let policy = lines.next().unwrap_or_default();
+    assert!(policy.contains("s3.amazonaws.com") && policy.contains("arn:aws:s3:::trig-in"), "{policy}");
+    // The harness' queue beside it, as moto's delivery path.
+    lab.python(&format!(
+        "import boto3\n\
+         c = boto3.client('s3', endpoint_url='{s3}')\n\
+         n = c.get_bucket_notification_configuration(Bucket='trig-in')\n\
+         n.pop('ResponseMetadata', None)\n\
+         n['QueueConfigurations'] = [{{'QueueArn': 'arn:aws:sqs:us-east-1:123456789012:trig-events', \
+             'Events': ['s3:ObjectCreated:*'], 'Filter': {{'Key': {{'FilterRules': [{{'Name': 'prefix', 'Value': 'new/'}}]}}}}}}]\n\
+         c.put_bucket_notification_configuration(Bucket='trig-in', NotificationConfiguration=n)"
+    ))
+    .expect("queue notification added");
+
+    let inputs = lab.dir.path().join("trigger-inputs");
+    std::fs::create_dir_all(&inputs).expect("inputs dir");
+    for i in 0..10 {
+        std::fs::write(inputs.join(format!("file {i}.txt")), format!("object {i}\n")).expect("input");
+    }
+    let inputs_arg = inputs.display().to_string();
+    let (code, out, err) = lab.run_boxer(&["put", &inputs_arg, "s3://trig-in/new/"]).expect("boxer put runs");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) =
+        lab.run_boxer(&["put", &format!("{inputs_arg}/file 0.txt"), "s3://trig-in/elsewhere.txt"]).expect("put");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let started = Instant::now();
+    let forwarded = lab
+        .python(&format!(
+            "import sys; sys.argv = ['fwd', '{s3}', '{}', 'trig-events', 'boxer-lambda-trigger', '10']\n{FORWARDER}",
+            LambdaLab::endpoint()
+        ))
+        .expect("notifications forwarded");
+    eprintln!("   10 notifications forwarded and processed in {:.1?}", started.elapsed());
+    let invoked: Vec<&str> = forwarded.lines().filter(|l| l.starts_with("invoked")).collect();
+    assert!(invoked.iter().all(|l| l.starts_with("invoked ok")), "{forwarded}\n{}", lab.logs());
+    let processed = invoked.iter().map(|l| l.matches("s3://trig-in/new/file ").count()).sum::<usize>();
+    assert_eq!(processed, 10, "{forwarded}");
+
+    let results = lab.dir.path().join("trigger-results");
+    let results_arg = results.display().to_string();
+    let (code, got, err) = lab.run_boxer(&["get", "s3://trig-out/up/", &results_arg]).expect("boxer get runs");
+    assert_eq!(code, 0, "{got}\n{err}");
+    for i in 0..10 {
+        let path = results.join(format!("file {i}.up"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}\n{got}", path.display()));
+        assert_eq!(text, format!("OBJECT {i}\n"));
+    }
+    assert_eq!(std::fs::read_dir(&results).expect("results").count(), 10, "{got}");
 }
 
 /// A hybrid node: `boxer-runtime` started by hand (the line `boxer

@@ -67,8 +67,17 @@ pub fn run(args: &MapItemArgs) -> i32 {
         }
     };
     let scratch = std::env::temp_dir().join(format!("boxer-map-{}", std::process::id()));
-    let code = rt.block_on(item(args, &scratch));
-    if let Err(e) = std::fs::remove_dir_all(&scratch)
+    rt.block_on(async {
+        let client = s3::client_from_env().await;
+        process(&client, args, &scratch, &[]).await
+    })
+}
+
+/// Processes one item in `scratch` (created, and removed afterwards) with
+/// `env` added to the command's environment; the exit code.
+pub async fn process(client: &aws_sdk_s3::Client, args: &MapItemArgs, scratch: &Path, env: &[(String, String)]) -> i32 {
+    let code = item(client, args, scratch, env).await;
+    if let Err(e) = tokio::fs::remove_dir_all(scratch).await
         && e.kind() != std::io::ErrorKind::NotFound
     {
         eprintln!("map-item: warning: removing {}: {e}", scratch.display());
@@ -76,13 +85,12 @@ pub fn run(args: &MapItemArgs) -> i32 {
     code
 }
 
-async fn item(args: &MapItemArgs, scratch: &Path) -> i32 {
-    let client = s3::client_from_env().await;
+async fn item(client: &aws_sdk_s3::Client, args: &MapItemArgs, scratch: &Path, env: &[(String, String)]) -> i32 {
     let input = scratch.join("input").join(s3::file_name_of(&args.input.prefix));
     let output = scratch.join("output");
     let staged = async {
         tokio::fs::create_dir_all(&output).await.with_context(|| format!("creating {}", output.display()))?;
-        s3::download(&client, &args.input.bucket, &args.input.prefix, &input).await
+        s3::download(client, &args.input.bucket, &args.input.prefix, &input).await
     };
     // Quiet on success: the command's own last line is what `boxer map`
     // shows when it fails.
@@ -90,7 +98,9 @@ async fn item(args: &MapItemArgs, scratch: &Path) -> i32 {
         eprintln!("map-item: {e:#}");
         return EXIT_NO_INPUT;
     }
-    let code = match command(args, &input, &output).status().await {
+    let mut cmd = command(args, &input, &output);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let code = match cmd.status().await {
         Ok(status) => exit_code(status),
         Err(e) => {
             eprintln!("map-item: cannot run {:?}: {e}", args.command[0]);
@@ -102,7 +112,7 @@ async fn item(args: &MapItemArgs, scratch: &Path) -> i32 {
         // command's own last line, which says more than this would.
         return code;
     }
-    match upload_results(&client, &output, &args.output).await {
+    match upload_results(client, &output, &args.output).await {
         Ok(_) => 0,
         Err(e) => {
             eprintln!("map-item: {e:#}");

@@ -10,13 +10,15 @@
 //!
 //! Parts: [`api`] talks to the Runtime API, [`event`] checks the event,
 //! [`deadline`] plans the stop before the deadline, [`task`] knows the
-//! function's file layout, [`invocation`] runs one node.
+//! function's file layout, [`invocation`] runs one node, [`trigger`]
+//! processes the objects of an S3 event notification.
 
 pub mod api;
 pub mod deadline;
 pub mod event;
 pub mod invocation;
 pub mod task;
+pub mod trigger;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -89,13 +91,21 @@ pub async fn serve(api: RuntimeApi, shim: Option<PathBuf>) -> Result<(), ServeEr
         let span = info_span!("invocation", id = %invocation.request_id);
         let id = invocation.request_id.clone();
         async {
-            let result = invocation::handle(&mut instance, &invocation, received, now_ms, &mut terminate).await;
-            let posted = match result {
-                Ok(report) => {
+            // Plain structs always serialize.
+            let result = if trigger::is_s3_event(&invocation.body) {
+                instance.served += 1;
+                trigger::handle(&instance.task_root, &invocation.body, instance.served).await.map(|report| {
+                    info!(processed = report.processed.len(), skipped = report.skipped.len(), "answering");
+                    serde_json::to_vec(&report).unwrap_or_default()
+                })
+            } else {
+                invocation::handle(&mut instance, &invocation, received, now_ms, &mut terminate).await.map(|report| {
                     info!(node = %report.node, exit_code = report.exit_code, stopped = ?report.stopped, "answering");
-                    // A struct of plain fields always serializes.
-                    api.respond(&id, serde_json::to_vec(&report).unwrap_or_default()).await
-                }
+                    serde_json::to_vec(&report).unwrap_or_default()
+                })
+            };
+            let posted = match result {
+                Ok(body) => api.respond(&id, body).await,
                 Err(body) => api.fail(&id, &body).await,
             };
             if let Err(e) = posted {

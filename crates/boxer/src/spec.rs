@@ -32,6 +32,11 @@
 //! ephemeral_storage = 512         # MB of /tmp, 512 to 10240
 //! files = "app"                   # directory packed with the function (relative to this file)
 //! image = "public.ecr.aws/docker/library/redis:7"   # deploy as a container image on this base
+//!
+//! [trigger]                       # optional: S3 invokes the function per new object (SCAR)
+//! input = "s3://my-input/batch/"  # objects created under this prefix...
+//! output = "s3://my-output/out/"  # ...are processed, results go here (must not overlap input)
+//! service = "convert"             # whose command runs on each (default: the only service)
 //! ```
 //!
 //! Every error names the file, line, column and key.
@@ -89,6 +94,21 @@ pub struct LambdaSpec {
     pub files: Option<PathBuf>,
     /// Base image: deploy as a container image built on it.
     pub image: Option<String>,
+    /// The `[trigger]` table: S3 invokes the function for new objects.
+    pub trigger: Option<Trigger>,
+}
+
+/// The `[trigger]` table: every object created under `input` invokes the
+/// function, which runs `service`'s command on it and writes the results
+/// under `output` (SCAR's model; see `boxer_runtime::lambda::trigger`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    /// s3://BUCKET/PREFIX whose new objects invoke the function.
+    pub input: boxer_runtime::s3::S3Url,
+    /// s3://BUCKET/PREFIX the results go to.
+    pub output: boxer_runtime::s3::S3Url,
+    /// The service whose command and env process each object.
+    pub service: String,
 }
 
 /// One service: `replicas` nodes running the same command.
@@ -169,6 +189,15 @@ struct RawSpec {
     #[serde(default)]
     services: Option<Spanned<BTreeMap<Spanned<String>, Spanned<RawService>>>>,
     lambda: Option<RawLambda>,
+    trigger: Option<Spanned<RawTrigger>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    input: Spanned<String>,
+    output: Spanned<String>,
+    service: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,10 +465,13 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             private,
         });
     }
-    let lambda = match &raw.lambda {
+    let mut lambda = match &raw.lambda {
         Some(l) => parse_lambda(&ctx, l, &base)?,
         None => LambdaSpec::default(),
     };
+    if let Some(t) = &raw.trigger {
+        lambda.trigger = Some(parse_trigger(&ctx, t, &services)?);
+    }
     let spec = Spec { path: path.to_owned(), name, network, services, lambda };
     check_wait_for(&spec, &ctx, &spans)?;
     check_forward(&spec, &ctx, &forward_spans)?;
@@ -505,7 +537,50 @@ fn parse_lambda(ctx: &Ctx<'_>, raw: &RawLambda, base: &Path) -> Result<LambdaSpe
         ephemeral_storage: range(&raw.ephemeral_storage, "ephemeral_storage", lambda::EPHEMERAL_STORAGE_MB, "MB")?,
         files,
         image,
+        trigger: None,
     })
+}
+
+fn parse_trigger(ctx: &Ctx<'_>, raw: &Spanned<RawTrigger>, services: &[Service]) -> Result<Trigger, SpecError> {
+    let t = raw.get_ref();
+    let url = |v: &Spanned<String>, key: &str| {
+        v.get_ref().parse::<boxer_runtime::s3::S3Url>().map_err(|m| ctx.error(v.span(), format!("trigger.{key}"), m))
+    };
+    let input = url(&t.input, "input")?;
+    let output = url(&t.output, "output")?;
+    if input.bucket == output.bucket && (input.contains(&output.prefix) || output.contains(&input.prefix)) {
+        return Err(ctx.error(
+            t.output.span(),
+            "trigger.output",
+            format!(
+                "{output} overlaps the input {input}: every result would invoke the function again; \
+                 use another bucket or a prefix outside the input"
+            ),
+        ));
+    }
+    let service = match &t.service {
+        Some(name) => {
+            if !services.iter().any(|s| s.name == *name.get_ref()) {
+                return Err(ctx.error(
+                    name.span(),
+                    "trigger.service",
+                    format!("there is no service {:?}", name.get_ref()),
+                ));
+            }
+            name.get_ref().clone()
+        }
+        None => match services {
+            [only] => only.name.clone(),
+            _ => {
+                return Err(ctx.error(
+                    raw.span(),
+                    "trigger",
+                    "the spec has several services: say which one processes each object (service = \"NAME\")",
+                ));
+            }
+        },
+    };
+    Ok(Trigger { input, output, service })
 }
 
 /// The service a target name (`db-0`, `db`, `db-0.<cluster>.boxer`) of
@@ -824,6 +899,7 @@ image = "public.ecr.aws/docker/library/python:3.12"
                 ephemeral_storage: Some(1024),
                 files: Some(dir.join("app")),
                 image: Some("public.ecr.aws/docker/library/python:3.12".into()),
+                trigger: None,
             }
         );
         let plain =

@@ -17,7 +17,7 @@ use super::aws::{self, AwsArgs};
 use super::function::{Action, Code, FunctionSettings, Functions, Progress};
 use super::image::{self, Ecr};
 use super::package::{self, RUNTIME_DIR_ENV, RuntimeBinaries};
-use super::{Architecture, elf};
+use super::{Architecture, elf, trigger};
 use crate::spec::{self, Spec};
 use crate::state;
 
@@ -166,6 +166,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<i32> {
 
     let functions = Functions::new(aws_sdk_lambda::Client::new(&config), target.clone());
     let progress = Spinner::default();
+    let sdk = config;
     let (action, config) = functions
         .deploy(&settings, &code, &progress)
         .await
@@ -198,7 +199,20 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<i32> {
         (Code::Image(uri), _) => println!("code:      image {uri}"),
         _ => {}
     }
+    if let Some(t) = &spec.lambda.trigger {
+        progress.step(&format!("pointing new objects under {} at {}", t.input, settings.name));
+        let arn = config.function_arn().unwrap_or_default();
+        trigger::configure(&sdk, own_s3_endpoint(&args), t, &settings.name, arn)
+            .await
+            .with_context(|| format!("configuring [trigger] of {}", spec.path.display()))?;
+        println!("trigger:   new objects under {} -> {} ({}) -> {}", t.input, settings.name, t.service, t.output);
+    }
     Ok(0)
+}
+
+/// Whether S3 requests go to an endpoint of one's own (path-style).
+fn own_s3_endpoint(args: &DeployArgs) -> bool {
+    args.aws.endpoint_url.is_some() || boxer_runtime::s3::own_endpoint_in_env()
 }
 
 /// What was prepared on this machine.
@@ -215,11 +229,23 @@ fn binaries(args: &DeployArgs, arch: Architecture) -> anyhow::Result<RuntimeBina
 }
 
 fn user_files(spec: &Spec) -> anyhow::Result<Vec<package::UserFile>> {
-    match &spec.lambda.files {
-        Some(dir) => Ok(package::collect_files(dir)
-            .with_context(|| format!("packing [lambda] files of {}", spec.path.display()))?),
-        None => Ok(vec![]),
+    let mut files = match &spec.lambda.files {
+        Some(dir) => {
+            package::collect_files(dir).with_context(|| format!("packing [lambda] files of {}", spec.path.display()))?
+        }
+        None => vec![],
+    };
+    if let Some(t) = &spec.lambda.trigger {
+        anyhow::ensure!(
+            !files.iter().any(|f| f.path == trigger::TRIGGER_FILE),
+            "[lambda] files has a {} of its own: Boxer writes that file for [trigger]; rename yours",
+            trigger::TRIGGER_FILE
+        );
+        let dir = crate::state::cluster_dir(&spec.name).join("lambda");
+        files.push(trigger::package_file(spec, t, &dir)?);
+        files.sort_by(|a, b| a.path.cmp(&b.path));
     }
+    Ok(files)
 }
 
 fn prepare_zip(args: &DeployArgs, spec: &Spec, arch: Architecture) -> anyhow::Result<Vec<u8>> {
@@ -332,6 +358,13 @@ async fn delete(args: &DeployArgs, spec: &Spec) -> anyhow::Result<i32> {
     let config = args.aws.checked_config().await?;
     let target = aws::target(&config);
     let functions = Functions::new(aws_sdk_lambda::Client::new(&config), target.clone());
+    if let Some(t) = &spec.lambda.trigger {
+        match trigger::remove(&config, own_s3_endpoint(args), t, &name).await {
+            Ok(true) => println!("removed the event notification of bucket {} for {name}", t.input.bucket),
+            Ok(false) => {}
+            Err(e) => eprintln!("warning: {e:#}"),
+        }
+    }
     let existed = functions.delete(&name).await?;
     let _ = std::fs::remove_file(zip_path(&spec.name));
     if existed {

@@ -24,6 +24,7 @@ pub mod function;
 pub mod image;
 pub mod invoke;
 pub mod package;
+pub mod trigger;
 
 /// Lambda's limit on a function name (the name alone, not an ARN).
 pub const MAX_FUNCTION_NAME_LEN: usize = 64;
