@@ -128,11 +128,13 @@ enum Command {
     ///
     ///   boxer put photos/ s3://my-input/batch-1/
     ///   boxer map --input s3://my-input/batch-1/ --output s3://my-output/thumbs/ \
-    ///       -n 8 --retries 1 -- convert {} -resize 64x64 '$BOXER_OUTPUT_DIR/thumb.jpg'
+    ///       -n 8 --retries 1 -- sh -c 'convert "$BOXER_INPUT" -resize 64x64 \
+    ///       "$BOXER_OUTPUT_DIR/$(basename "$BOXER_INPUT")"'
     ///   boxer get s3://my-output/thumbs/ thumbs/
     ///
     /// Each node downloads its object ({} and $BOXER_INPUT are its local
-    /// path), runs the command, and when it succeeds uploads every file the
+    /// path; the command runs without a shell, hence `sh -c` for variables),
+    /// runs it, and when it succeeds uploads every file the
     /// command wrote to $BOXER_OUTPUT_DIR under the output prefix (the
     /// command names its results: give them names that differ per item).
     /// BOXER_RANK, BOXER_SIZE and BOXER_ATTEMPT number the item, the items

@@ -401,21 +401,10 @@ impl<P: Provider> Run<'_, P> {
         env.insert(SIZE_ENV.to_owned(), total.to_string());
         env.insert(ATTEMPT_ENV.to_owned(), item.attempts.to_string());
         env.extend(self.node_aws_env.iter().cloned());
-        let service = Service {
-            name,
-            command: std::iter::once(self.program.clone()).chain(map_item.to_args()).collect(),
-            replicas: u32::try_from(total).unwrap_or(u32::MAX),
-            env,
-            workdir: self.workdir.clone(),
-            wait_for: vec![],
-            wait_timeout: None,
-            expose: vec![],
-            forward: vec![],
-            main: false,
-            nat: None,
-            isolate: false,
-            private: vec![],
-        };
+        let command = std::iter::once(self.program.clone()).chain(map_item.to_args()).collect();
+        let mut service = Service::plain(&name, u32::try_from(total).unwrap_or(u32::MAX), command);
+        service.env = env;
+        service.workdir = self.workdir.clone();
         let index = u32::try_from(i).context("too many items")?;
         self.provider.launch(join, &service, index).await?;
         Ok(boxer_proto::names::replica_name(&service.name, index))

@@ -156,6 +156,29 @@ impl Spec {
     }
 }
 
+impl Service {
+    /// A service made by a command rather than a spec (`boxer bench`,
+    /// `boxer map`): `replicas` nodes of `command`, not isolated, nothing
+    /// else set.
+    pub fn plain(name: &str, replicas: u32, command: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            command,
+            replicas,
+            env: BTreeMap::new(),
+            workdir: PathBuf::new(),
+            wait_for: vec![],
+            wait_timeout: None,
+            expose: vec![],
+            forward: vec![],
+            main: false,
+            nat: None,
+            isolate: false,
+            private: vec![],
+        }
+    }
+}
+
 /// A spec error at a place in the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct SpecError {

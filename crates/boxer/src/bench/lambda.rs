@@ -618,21 +618,7 @@ fn worker(args: &[&str]) -> Vec<String> {
 
 /// A service of a bench cluster (the working directory is the function's).
 fn service(name: &str, replicas: u32, command: Vec<String>) -> Service {
-    Service {
-        name: name.to_owned(),
-        command,
-        replicas,
-        env: Default::default(),
-        workdir: PathBuf::new(),
-        wait_for: vec![],
-        wait_timeout: None,
-        expose: vec![],
-        forward: vec![],
-        main: false,
-        nat: None,
-        isolate: false,
-        private: vec![],
-    }
+    Service::plain(name, replicas, command)
 }
 
 /// Longest the client may measure once it started: 4 bulk runs, the

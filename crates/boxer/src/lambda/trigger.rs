@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use aws_config::SdkConfig;
+use aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput as NotificationsOutput;
 use aws_sdk_s3::types::{
     Event, FilterRule, FilterRuleName, LambdaFunctionConfiguration, NotificationConfiguration,
     NotificationConfigurationFilter, S3KeyFilter,
@@ -100,6 +101,17 @@ pub async fn configure(
         ours = ours.filter(filter.build());
     }
     lambdas.push(ours.build().context("building the notification")?);
+    put_notifications(&s3, bucket, &current, lambdas).await
+}
+
+/// Writes the bucket's notifications: `lambdas`, and the queue, topic and
+/// EventBridge ones of `current` as they were.
+async fn put_notifications(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    current: &NotificationsOutput,
+    lambdas: Vec<LambdaFunctionConfiguration>,
+) -> anyhow::Result<()> {
     let config = NotificationConfiguration::builder()
         .set_lambda_function_configurations(Some(lambdas))
         .set_queue_configurations(Some(current.queue_configurations().to_vec()))
@@ -111,25 +123,20 @@ pub async fn configure(
         .notification_configuration(config)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("setting the event notification of bucket {bucket}: {}", explain(&e)))?;
+        .map_err(|e| anyhow::anyhow!("writing the event notifications of bucket {bucket}: {}", explain(&e)))?;
     Ok(())
 }
 
 /// The bucket's notification configuration. An empty one that does not
 /// parse counts as empty: moto answers `<GetBucketNotificationResponse/>`
 /// where S3 answers `<NotificationConfiguration/>`.
-async fn current_notifications(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-) -> anyhow::Result<
-    aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput,
-> {
+async fn current_notifications(s3: &aws_sdk_s3::Client, bucket: &str) -> anyhow::Result<NotificationsOutput> {
     match s3.get_bucket_notification_configuration().bucket(bucket).send().await {
         Ok(current) => Ok(current),
         Err(aws_sdk_s3::error::SdkError::ServiceError(e))
             if e.raw().status().is_success() && e.raw().body().bytes().is_some_and(is_empty_xml) =>
         {
-            Ok(aws_sdk_s3::operation::get_bucket_notification_configuration::GetBucketNotificationConfigurationOutput::builder().build())
+            Ok(NotificationsOutput::builder().build())
         }
         Err(e) => anyhow::bail!("reading the event notifications of bucket {bucket}: {}", explain(&e)),
     }
@@ -157,20 +164,8 @@ pub async fn remove(sdk: &SdkConfig, own_endpoint: bool, trigger: &Trigger, func
     if !lambdas.iter().any(|c| c.id() == Some(id.as_str())) {
         return Ok(false);
     }
-    let config = NotificationConfiguration::builder()
-        .set_lambda_function_configurations(Some(
-            lambdas.iter().filter(|c| c.id() != Some(id.as_str())).cloned().collect(),
-        ))
-        .set_queue_configurations(Some(current.queue_configurations().to_vec()))
-        .set_topic_configurations(Some(current.topic_configurations().to_vec()))
-        .set_event_bridge_configuration(current.event_bridge_configuration().cloned())
-        .build();
-    s3.put_bucket_notification_configuration()
-        .bucket(bucket)
-        .notification_configuration(config)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("removing the event notification of bucket {bucket}: {}", explain(&e)))?;
+    let kept = lambdas.iter().filter(|c| c.id() != Some(id.as_str())).cloned().collect();
+    put_notifications(&s3, bucket, &current, kept).await?;
     Ok(true)
 }
 
