@@ -461,6 +461,12 @@ main = true
     let vm_text = std::fs::read_to_string(&vm_out).unwrap_or_default();
     assert!(vm_text.contains("vm reached web-0"), "vm-0 stdout:\n{vm_text}\nstderr:\n{}", vm_proc.stderr_text());
     assert!(vm_code.is_some(), "vm-0 was killed instead of ending: {}", vm_proc.stderr_text());
+    // `boxer status` lists the hand-started node beside the spec's.
+    let (code, status, err) = lab.run_boxer(&["status", "lambda-hybrid"]).expect("boxer status runs");
+    assert_eq!(code, 0, "{err}");
+    let vm_line = status.lines().find(|l| l.starts_with("vm-0")).unwrap_or_default();
+    assert!(vm_line.contains("100.96."), "vm-0 not in boxer status:\n{status}");
+    assert!(status.contains("joined by hand"), "{status}");
 }
 
 /// UDP request/reply between two functions: the datagrams carry each

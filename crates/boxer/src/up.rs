@@ -404,6 +404,18 @@ struct ClusterView {
     /// Where to keep the nodes' output when the rendezvous is not ours (an
     /// embedded rendezvous keeps it itself), so `boxer logs` works alike.
     keep_output: Option<PathBuf>,
+    /// Members the spec does not have: hybrid nodes started by hand
+    /// (`boxer join-command`), `boxer port-forward`. Shown by `boxer
+    /// status`; they never decide when the cluster ends.
+    others: BTreeMap<String, OtherMember>,
+}
+
+/// A member that is not one of the spec's nodes.
+#[derive(Debug, Clone)]
+struct OtherMember {
+    member: Member,
+    exit: Option<i32>,
+    left: bool,
 }
 
 impl ClusterView {
@@ -439,7 +451,7 @@ impl ClusterView {
                 }
             }
         }
-        Self { nodes, depended_on, failing: None, keep_output: None }
+        Self { nodes, depended_on, failing: None, keep_output: None, others: BTreeMap::new() }
     }
 
     fn names(&self) -> Vec<String> {
@@ -573,10 +585,20 @@ impl ClusterView {
                 MemberChange::Joined(m) => {
                     if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
                         n.member = Some(m.clone());
+                    } else {
+                        self.others
+                            .insert(m.replica_name(), OtherMember { member: m.clone(), exit: None, left: false });
+                    }
+                    return true;
+                }
+                MemberChange::Left { node_id } => {
+                    let other = self.others.values_mut().find(|o| o.member.node_id == *node_id && !o.left);
+                    if let Some(o) = other {
+                        o.left = true;
                         return true;
                     }
+                    return self.member_left(*node_id, printer, progress);
                 }
-                MemberChange::Left { node_id } => return self.member_left(*node_id, printer, progress),
                 _ => {}
             },
             // Sent again to a watcher that fell behind: events may be missing.
@@ -591,10 +613,16 @@ impl ClusterView {
                     }
                 });
                 if let Some(dir) = &self.keep_output
-                    && self.nodes.contains_key(node)
+                    && (self.nodes.contains_key(node) || self.others.contains_key(node))
                 {
                     keep_lines(&dir.join(format!("{node}.log")), lines.iter().map(|l| l.text.as_str()));
                 }
+            }
+            ServerMessage::Exited { node, status } if self.others.contains_key(node) => {
+                if let Some(o) = self.others.get_mut(node) {
+                    o.exit = Some(status.code);
+                }
+                return true;
             }
             ServerMessage::Exited { node, status } if self.nodes.get(node).is_some_and(|n| n.exit.is_none()) => {
                 progress.suspend(|| printer.note(node, &format!("exited with code {}", status.code)));
@@ -647,6 +675,12 @@ impl ClusterView {
             if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
                 n.member = Some(m.clone());
             }
+        }
+        for o in self.others.values_mut() {
+            o.left |= !snapshot.members.iter().any(|m| m.node_id == o.member.node_id);
+        }
+        for m in snapshot.members.iter().filter(|m| !self.nodes.contains_key(&m.replica_name())) {
+            self.others.insert(m.replica_name(), OtherMember { member: m.clone(), exit: None, left: false });
         }
         diff
     }
@@ -730,6 +764,20 @@ impl ClusterView {
                     .collect(),
                 note: n.note.clone(),
             })
+            .chain(self.others.iter().map(|(name, o)| NodeStatus {
+                name: name.clone(),
+                id: Some(o.member.node_id.to_string()),
+                overlay_ip: Some(o.member.overlay_ip.to_string()),
+                state: match (o.exit, o.left) {
+                    (Some(code), _) => format!("exited {code}"),
+                    (None, true) => "left".into(),
+                    (None, false) => "running".into(),
+                },
+                output: output_dir.join(format!("{name}.log")).display().to_string(),
+                runtime_log: "on its own host (not started by boxer up)".into(),
+                paths: vec![],
+                note: Some("not in the spec: joined by hand".into()),
+            }))
             .collect()
     }
 }
@@ -1460,6 +1508,25 @@ mod tests {
         let (name, code) = view.failed_dependency().unwrap();
         view.failing = Some((name, code));
         assert_eq!(view.failure_summary().unwrap(), "node db-0 failed with exit code 1 (service(s) web wait for it)");
+    }
+
+    #[test]
+    fn members_not_in_the_spec_are_listed_and_never_end_the_cluster() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let mut view = view();
+        let event = |change| ServerMessage::Event(boxer_proto::membership::MembershipEvent { seq: 1, change });
+        assert!(view.apply(&event(MemberChange::Joined(member("vm-0", 7))), &printer, &hidden));
+        assert_eq!(state_of(&view, "vm-0"), "running");
+        let provider = LocalProviderStub;
+        let row = view.status(Path::new("/o"), &provider).into_iter().find(|n| n.name == "vm-0").unwrap();
+        assert_eq!(row.overlay_ip.as_deref(), Some("100.96.0.7"));
+        assert!(row.note.unwrap().contains("joined by hand"));
+        let exited = ServerMessage::Exited { node: "vm-0".into(), status: ExitStatus { code: 3 } };
+        assert!(view.apply(&exited, &printer, &hidden));
+        assert_eq!(state_of(&view, "vm-0"), "exited 3");
+        assert!(view.failure_summary().is_none(), "a hand-started node does not fail the cluster");
+        assert!(view.apply(&event(MemberChange::Left { node_id: boxer_proto::NodeId(7) }), &printer, &hidden));
+        assert!(!view.nodes.contains_key("vm-0"));
     }
 
     #[test]
