@@ -111,6 +111,50 @@ fn the_exit_code_is_the_failing_main_service_s() {
     assert_eq!(out.status.code(), Some(3), "stdout:\n{stdout}\nstderr:\n{stderr}");
 }
 
+/// `restart = "on-failure"`: a node that fails is replaced by a new one
+/// with the same name and overlay address, and a peer that keeps asking
+/// for it by name reaches the new one; the failure does not end the cluster.
+#[test]
+fn a_failed_node_is_replaced_under_its_name_and_address() {
+    let run = Run::new("up-restart");
+    let spec = run.spec(
+        r#"
+[cluster]
+name = "restart"
+
+[services.kv]
+# Generation 1 serves for 3 s and fails; generation 2 serves until the end.
+command = ["sh", "-c", """
+n=$(($(cat gen 2>/dev/null || echo 0) + 1)); echo $n > gen; mkdir -p www$n; echo $n > www$n/gen
+echo "kv generation $n at $(python3 -c "import socket; print(socket.gethostbyname('kv-0'))")"
+cd www$n
+if [ $n = 1 ]; then timeout 3 python3 -m http.server 8000; exit 3; fi
+exec python3 -m http.server 8000"""]
+restart = "on-failure"
+isolate = false
+
+[services.client]
+command = ["sh", "-c", "until [ \"$(curl -sf http://kv-0:8000/gen)\" = 2 ]; do sleep 0.3; done; echo client reached generation 2"]
+main = true
+isolate = false
+"#,
+    );
+    let out = run.up(&spec);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("client-0 | client reached generation 2"), "{stdout}");
+    let at = |generation: u32| {
+        boxer_e2e::up::output_of(&stdout, "kv-0")
+            .into_iter()
+            .find_map(|l| l.strip_prefix(&format!("kv generation {generation} at ")).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no generation {generation}:\n{stdout}"))
+    };
+    assert!(at(1).starts_with("100.96."), "{stdout}");
+    assert_eq!(at(1), at(2), "the replacement has its predecessor's address:\n{stdout}");
+    let all = format!("{stdout}{stderr}");
+    assert!(all.contains("ended with code 3: replacing it (restart 1 of 10)"), "{all}");
+}
+
 #[test]
 fn spec_errors_name_the_file_line_and_key_and_start_nothing() {
     let run = Run::new("up-spec");

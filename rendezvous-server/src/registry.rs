@@ -183,6 +183,12 @@ struct Cluster {
     /// Members whose connection was lost, with the time they are removed
     /// unless they rejoin.
     away: HashMap<NodeId, Away>,
+    /// The id each replica name had when its member was removed: a new
+    /// node under that name (a replacement) gets it back, with its overlay
+    /// address, so that peers reaching it by name or by a cached address
+    /// find the new one. Kept in memory only: after a rendezvous restart a
+    /// replacement gets a new address.
+    retired: HashMap<String, u32>,
 }
 
 /// Punch requests queued for one member's session; more are dropped.
@@ -338,6 +344,7 @@ impl Cluster {
             disco_key,
             mailboxes: HashMap::new(),
             away: HashMap::new(),
+            retired: HashMap::new(),
         }
     }
 
@@ -346,7 +353,8 @@ impl Cluster {
         self.mailboxes.remove(&node_id);
         self.states.remove(&node_id);
         self.away.remove(&node_id);
-        if self.members.contains_key(&node_id) {
+        if let Some(m) = self.members.get(&node_id) {
+            self.retired.insert(m.replica_name(), node_id.0);
             self.publish(MemberChange::Left { node_id });
         }
     }
@@ -513,14 +521,20 @@ impl Registry {
                 format!("this certificate already belongs to {} ({})", m.replica_name(), m.node_id),
             ));
         }
-        let id = cluster.next_id;
+        // A replacement takes its predecessor's id and address back.
+        let reused = cluster.retired.get(&replica).copied().filter(|id| !cluster.members.contains_key(&NodeId(*id)));
+        let id = reused.unwrap_or(cluster.next_id);
         let overlay_ip = cluster.address_of(id).ok_or_else(|| {
             Refusal::new(
                 CloseCode::Capacity,
                 format!("cluster {cluster_name:?} has used every address of {}", cluster.info.network),
             )
         })?;
-        cluster.next_id += 1;
+        if reused.is_some() {
+            cluster.retired.remove(&replica);
+        } else {
+            cluster.next_id += 1;
+        }
         let node_id = NodeId(id);
         let mut listening = req.listening;
         listening.sort_unstable();
@@ -889,9 +903,12 @@ mod tests {
         assert_eq!(ev.change, MemberChange::Left { node_id: NodeId(1) });
         assert!(feed_a.events.try_recv().is_err(), "second leave is a no-op");
 
-        // The replica name is free again, with a new id and address.
+        // The replica name is free again; a new node under it (a
+        // replacement) gets its id and address back; other names get new ones.
         let (c, _) = r.join(join_req("demo", "web", 0), Fingerprint([3; 32]), addr()).unwrap();
-        assert_eq!(c.node_id, NodeId(3));
+        assert_eq!((c.node_id, c.overlay_ip), (NodeId(1), a.overlay_ip));
+        let (d, _) = r.join(join_req("demo", "web", 5), Fingerprint([4; 32]), addr()).unwrap();
+        assert_eq!(d.node_id, NodeId(3));
     }
 
     #[test]

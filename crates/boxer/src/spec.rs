@@ -17,6 +17,7 @@
 //! main = true                     # the cluster ends when its main services exit
 //! private = ["/var/lib/zookeeper"] # local nodes: an empty writable copy of each, per node
 //! isolate = true                  # local nodes: own /tmp, process table, hostname (default)
+//! restart = "on-failure"          # replace an ended node (same name and address): never|on-failure|always
 //!
 //! [services.api]                  # a Go or static program: the shim cannot serve it,
 //! command = ["./api-server"]      # so its ports are listed (explicit mode)
@@ -140,6 +141,8 @@ pub struct Service {
     /// Local nodes run as machines of their own: private `/tmp`, `/var/tmp`
     /// and `/dev/shm`, own process table and hostname (default: yes).
     pub isolate: bool,
+    /// Whether `boxer up` replaces a node of this service that ended.
+    pub restart: Restart,
     /// Further directories each local node gets an empty writable copy of.
     pub private: Vec<PathBuf>,
 }
@@ -175,6 +178,31 @@ impl Service {
             nat: None,
             isolate: false,
             private: vec![],
+            restart: Restart::Never,
+        }
+    }
+}
+
+/// When `boxer up` replaces a node that ended: a new node with the same
+/// name and overlay address, so peers that reconnect by name reach it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Restart {
+    /// Never (the default): an ended node stays ended.
+    #[default]
+    Never,
+    /// When it exits with a code other than 0 (or never started).
+    OnFailure,
+    /// Whenever it ends while the cluster runs.
+    Always,
+}
+
+impl Restart {
+    /// Whether a node that ended with `code` is replaced.
+    pub fn applies(self, code: i32) -> bool {
+        match self {
+            Self::Never => false,
+            Self::OnFailure => code != 0,
+            Self::Always => true,
         }
     }
 }
@@ -255,6 +283,7 @@ struct RawService {
     expose: Option<Vec<Spanned<i64>>>,
     forward: Option<Vec<Spanned<String>>>,
     main: Option<bool>,
+    restart: Option<Spanned<String>>,
     nat: Option<NatKind>,
     isolate: Option<bool>,
     private: Option<Vec<Spanned<String>>>,
@@ -472,6 +501,29 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             }
             private.push(dir);
         }
+        let restart = match &s.restart {
+            None => Restart::Never,
+            Some(r) => match r.get_ref().as_str() {
+                "never" => Restart::Never,
+                "on-failure" => Restart::OnFailure,
+                "always" => Restart::Always,
+                other => {
+                    return Err(ctx.error(
+                        r.span(),
+                        format!("{key}.restart"),
+                        format!("restart must be \"never\", \"on-failure\" or \"always\", not {other:?}"),
+                    ));
+                }
+            },
+        };
+        if restart != Restart::Never && s.main == Some(true) {
+            let span = s.restart.as_ref().map_or(0..0, Spanned::span);
+            return Err(ctx.error(
+                span,
+                format!("{key}.restart"),
+                "a main service ends the cluster when its nodes end, so it cannot restart them: remove `main` or `restart`",
+            ));
+        }
         services.push(Service {
             name: sname.get_ref().clone(),
             command,
@@ -486,6 +538,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             nat: s.nat,
             isolate,
             private,
+            restart,
         });
     }
     let mut lambda = match &raw.lambda {
@@ -731,6 +784,7 @@ pub fn single(name: &str, replicas: u32, command: Vec<String>, workdir: PathBuf)
             nat: None,
             isolate: true,
             private: vec![],
+            restart: Restart::Never,
         }],
         lambda: LambdaSpec::default(),
     })

@@ -31,7 +31,7 @@ use crate::lab::{LabNet, NatKind, NatOptions};
 use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
 use crate::printer::Printer;
 use crate::provider::{Join, LocalProvider, NodeExit, Provider};
-use crate::spec::Spec;
+use crate::spec::{Restart, Spec};
 use crate::state::{self, NodeStatus, PathStatus, Status};
 
 /// How long after a node's provider reports its end we wait for its exit
@@ -390,7 +390,30 @@ struct NodeState {
     /// The provider lost track of it after it joined: leaving the cluster
     /// without an exit report then ends it.
     left_unreported: bool,
+    /// Its service's restart policy, and how often it was replaced.
+    restart: Restart,
+    restarts: u32,
+    /// The provider reported this instance's end (the process is gone,
+    /// the invocation returned): a replacement may take its name.
+    provider_ended: bool,
+    /// When its exit was recorded.
+    exited_at: Option<Instant>,
 }
+
+impl NodeState {
+    /// Whether its recorded exit will be followed by a replacement.
+    fn restart_pending(&self) -> bool {
+        self.exit.is_some_and(|code| self.restart.applies(code)) && self.restarts < MAX_RESTARTS
+    }
+}
+
+/// Most replacements of one node in one run: a node that keeps failing
+/// this often will not start working by itself.
+pub const MAX_RESTARTS: u32 = 10;
+
+/// Time between a node's end and its replacement: room for its departure
+/// to reach every peer, and no tight loop for a program failing at once.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// The cluster's nodes and what their ends mean for the run.
 struct ClusterView {
@@ -433,6 +456,10 @@ impl ClusterView {
                     paths: vec![],
                     note: None,
                     left_unreported: false,
+                    restart: s.restart,
+                    restarts: 0,
+                    provider_ended: false,
+                    exited_at: None,
                 };
                 (format!("{}-{i}", s.name), state)
             })
@@ -468,7 +495,34 @@ impl ClusterView {
     }
 
     fn mains_done(&self) -> bool {
-        self.nodes.values().filter(|n| n.main).all(|n| n.exit.is_some())
+        self.nodes.values().filter(|n| n.main).all(|n| n.exit.is_some() && !n.restart_pending())
+    }
+
+    /// Nodes whose end is final on both sides (exit recorded, provider
+    /// done) for [`RESTART_DELAY`] and whose policy replaces them.
+    fn due_restarts(&self) -> Vec<(String, i32)> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.restart_pending() && n.provider_ended)
+            .filter(|(_, n)| n.exited_at.is_some_and(|at| at.elapsed() >= RESTART_DELAY))
+            .map(|(name, n)| (name.clone(), n.exit.unwrap_or(1)))
+            .collect()
+    }
+
+    /// Forgets node `node`'s ended instance before its replacement starts.
+    fn reset_for_restart(&mut self, node: &str) -> u32 {
+        let Some(n) = self.nodes.get_mut(node) else { return 0 };
+        n.member = None;
+        n.waiting = None;
+        n.exit = None;
+        n.provider_exit = None;
+        n.provider_ended = false;
+        n.exited_at = None;
+        n.paths.clear();
+        n.note = None;
+        n.left_unreported = false;
+        n.restarts += 1;
+        n.restarts
     }
 
     /// A failed node that other services wait for.
@@ -477,6 +531,7 @@ impl ClusterView {
             .iter()
             .find(|(name, n)| {
                 n.exit.is_some_and(|c| c != 0)
+                    && !n.restart_pending()
                     && name.rsplit_once('-').is_some_and(|(service, _)| self.depended_on.contains_key(service))
             })
             .map(|(name, n)| (name.clone(), n.exit.unwrap_or(1)))
@@ -565,7 +620,8 @@ impl ClusterView {
             && n.exit.is_none()
         {
             n.exit = Some(code);
-            if n.main && code != 0 && self.failing.is_none() {
+            n.exited_at = Some(Instant::now());
+            if n.main && code != 0 && !n.restart_pending() && self.failing.is_none() {
                 self.failing = Some((node.to_owned(), code));
             }
         }
@@ -693,6 +749,7 @@ impl ClusterView {
             progress.suspend(|| exit.notes.iter().for_each(|l| printer.note(&exit.node, l)));
         }
         let Some(n) = self.nodes.get_mut(&exit.node) else { return };
+        n.provider_ended = true;
         if exit.failed_to_start && n.exit.is_none() && n.member.is_some() {
             // The provider lost track of a node that did join (e.g. the
             // invoke's connection broke): its exit report or its leaving
@@ -908,6 +965,21 @@ async fn run<P: Provider>(
                 started.elapsed()
             );
             status.state = "running".into();
+            write_status(&mut status, &view, &provider);
+        }
+        for (node, code) in view.due_restarts() {
+            let Some((service, index)) = spec.nodes().find(|(s, i)| format!("{}-{i}", s.name) == node) else {
+                continue;
+            };
+            let k = view.reset_for_restart(&node);
+            progress.suspend(|| {
+                printer.note(&node, &format!("ended with code {code}: replacing it (restart {k} of {MAX_RESTARTS})"))
+            });
+            if let Err(e) = provider.launch(&join, service, index).await {
+                progress.suspend(|| printer.note(&node, &format!("the replacement did not start: {e:#}")));
+                view.record_exit(&node, 1);
+                view.provider_exit(NodeExit::failed(&node, format!("{e:#}")), &printer, &progress);
+            }
             write_status(&mut status, &view, &provider);
         }
         if view.mains_done() {

@@ -395,21 +395,10 @@ fn machine() -> String {
 /// isolated (so the runtime's pid is the process whose CPU and memory are
 /// measured, and the worker's parent).
 fn service(name: &str, replicas: u32, nat: NatKind, command: Vec<String>, dir: &Path) -> Service {
-    Service {
-        name: name.to_owned(),
-        command,
-        replicas,
-        env: Default::default(),
-        workdir: dir.to_owned(),
-        wait_for: vec![],
-        wait_timeout: None,
-        expose: vec![],
-        forward: vec![],
-        main: false,
-        nat: Some(nat),
-        isolate: false,
-        private: vec![],
-    }
+    let mut s = Service::plain(name, replicas, command);
+    s.workdir = dir.to_owned();
+    s.nat = Some(nat);
+    s
 }
 
 impl Bench {

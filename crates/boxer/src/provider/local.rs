@@ -92,7 +92,12 @@ impl Provider for LocalProvider {
         let dir = self.state_dir.join("nodes").join(&node);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let log_path = self.runtime_log_path(&node);
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        // Appended to: a replaced node's log keeps its predecessors'.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = tokio::process::Command::new(&self.runtime);
         cmd.arg("--rendezvous")
             .arg(join.rendezvous.to_string())
