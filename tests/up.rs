@@ -2,6 +2,7 @@
 //! and its output is checked. `boxer up` puts each cluster in its own network
 //! namespace with only loopback (`--net shared`, the default).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -153,6 +154,54 @@ isolate = false
     assert_eq!(at(1), at(2), "the replacement has its predecessor's address:\n{stdout}");
     let all = format!("{stdout}{stderr}");
     assert!(all.contains("ended with code 3: replacing it (restart 1 of 10)"), "{all}");
+}
+
+/// The Boxer paper's recovery: a 3-node ZooKeeper ensemble (Debian's
+/// `zookeeper`) behind NATs whose leader crashes. The two others elect a
+/// new leader and a client's writes go on; `restart = "on-failure"`
+/// replaces the crashed node under its name and address, and it rejoins
+/// the ensemble. The client prints both times (docs/benchmarks.md).
+#[test]
+fn a_zookeeper_leader_is_replaced_and_the_ensemble_recovers() {
+    if !Path::new("/usr/share/zookeeper/bin/zkServer.sh").exists() {
+        panic!(
+            "needs Debian's zookeeper (apt-get install zookeeper) and kazoo (pip install kazoo); .ci/run installs both"
+        );
+    }
+    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs");
+    let run = Run::new("up-zookeeper");
+    let spec = run.spec(&format!(
+        r#"
+[cluster]
+name = "zk"
+
+[services.zk]
+command = ["{node}"]
+replicas = 3
+restart = "on-failure"
+
+[services.client]
+command = ["python3", "{client}"]
+main = true
+"#,
+        node = programs.join("zk_node.sh").display(),
+        client = programs.join("zk_client.py").display()
+    ));
+    let out = run.up(&spec);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let line = boxer_e2e::up::output_of(&stdout, "client-0")
+        .into_iter()
+        .find(|l| l.starts_with("zk-recovery "))
+        .unwrap_or_else(|| panic!("no recovery line:\n{stdout}\n{stderr}"))
+        .to_owned();
+    eprintln!("{line}");
+    let leader = line.split_whitespace().find_map(|w| w.strip_prefix("leader=")).expect("leader named");
+    let all = format!("{stdout}{stderr}");
+    let leader_lines = boxer_e2e::up::output_of(&stdout, leader);
+    assert!(leader_lines.contains(&"crashing on request"), "{stdout}");
+    assert_eq!(leader_lines.iter().filter(|l| l.starts_with("zookeeper server ")).count(), 2, "{stdout}");
+    assert!(all.contains("ended with code 137: replacing it (restart 1 of 10)"), "{all}");
 }
 
 #[test]
