@@ -204,6 +204,99 @@ main = true
     assert!(all.contains("ended with code 137: replacing it (restart 1 of 10)"), "{all}");
 }
 
+/// `boxer scale` on a running cluster with traffic flowing: web 2 -> 6 ->
+/// 3. The new replicas join, `web` resolves to all of them and each is
+/// reached; scaling down stops the highest indexes; the client's
+/// connections to web-0 and web-1 carry pings every 0.1 s throughout and
+/// never break; `boxer status` shows each shape.
+#[test]
+fn scale_grows_and_shrinks_a_running_cluster_without_breaking_connections() {
+    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs");
+    let run = Run::new("up-scale");
+    let spec = run.spec(&format!(
+        r#"
+[cluster]
+name = "scale"
+
+[services.web]
+command = ["python3", "{server}"]
+replicas = 2
+
+[services.client]
+command = ["python3", "{client}"]
+main = true
+"#,
+        server = programs.join("echo_server.py").display(),
+        client = programs.join("scale_client.py").display()
+    ));
+    let shared = spec.parent().expect("spec dir").to_owned();
+    let spec_arg = spec.display().to_string();
+    let mut up = run.spawn(&["up", &spec_arg]);
+    let _stop = boxer_e2e::up::StopOnDrop(up.id());
+    let status = |want: &str| {
+        let out = run.boxer().args(["status", "scale"]).output().expect("boxer status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.contains(want), text)
+    };
+    wait_until(Duration::from_secs(60), "the client to connect", || {
+        if run.output().contains("client: connected to web-0 and web-1") { Ok(()) } else { Err(run.output()) }
+    })
+    .expect("cluster running");
+    let scale = |to: &str| {
+        let out = run.boxer().args(["scale", "--cluster", "scale", to]).output().expect("boxer scale");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "boxer scale {to}:\n{stdout}\n{stderr}\n{}", run.output());
+        stdout
+    };
+    let check = |n: usize| {
+        std::fs::write(shared.join(format!("check-{n}")), "").unwrap();
+        let checked = shared.join(format!("checked-{n}"));
+        wait_until(Duration::from_secs(30), "the client's check", || {
+            std::fs::read_to_string(&checked).map_err(|_| run.output())
+        })
+        .expect("checked")
+    };
+
+    let out = scale("web=6");
+    assert!(out.contains("web: 2 -> 6 (web-2, web-3, web-4, web-5 starting)") && out.contains("new shape"), "{out}");
+    let (has, shape) = status("web-5");
+    assert!(has && shape.matches("\nweb-").count() == 6, "{shape}");
+    let reached = check(6);
+    assert_eq!(reached.split_whitespace().filter(|a| a.starts_with("100.96.")).count(), 6, "{reached}");
+
+    let out = scale("web=3");
+    assert!(out.contains("web: 6 -> 3 (web-3, web-4, web-5 stopping)") && out.contains("new shape"), "{out}");
+    let (_, shape) = status("web-2");
+    assert_eq!(shape.matches("\nweb-").count(), 3, "{shape}");
+    assert!(!shape.contains("web-3"), "{shape}");
+    let reached = check(3);
+    assert_eq!(reached.split_whitespace().count(), 3, "{reached}");
+
+    // Bad requests change nothing.
+    let out = run.boxer().args(["scale", "--cluster", "scale", "nosuch=2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("there is no service \"nosuch\""), "{:?}", text(&out));
+    let out = run.boxer().args(["scale", "--cluster", "scale", "web=0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses it: {:?}", text(&out));
+
+    std::fs::write(shared.join("done"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "boxer up did not end:\n{}", run.output());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = run.output();
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("client: kept connections unbroken after"), "{output}");
+    for removed in ["web-3", "web-4", "web-5"] {
+        let lines = boxer_e2e::up::output_of(&output, removed);
+        assert!(lines.contains(&"removed (scaled down)"), "{output}");
+    }
+}
+
 #[test]
 fn spec_errors_name_the_file_line_and_key_and_start_nothing() {
     let run = Run::new("up-spec");

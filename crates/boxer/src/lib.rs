@@ -1,6 +1,7 @@
 //! The `boxer` command line, as a library for tests.
 
 pub mod bench;
+pub mod control;
 pub mod interrupt;
 pub mod lab;
 pub mod lambda;

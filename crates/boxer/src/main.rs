@@ -96,6 +96,27 @@ enum Command {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// Change the number of nodes of services of a running cluster.
+    ///
+    ///   boxer scale web=6            # web-2 ... web-5 join; `web` resolves to all six
+    ///   boxer scale web=3 db=1       # web-5, web-4, web-3 stop (highest first)
+    ///
+    /// New nodes start at once and are waited for until they joined;
+    /// removed nodes get SIGTERM, their grace to end, and leave. Nodes that
+    /// stay keep their connections. `boxer status` shows the new shape.
+    /// Scaling down works with local nodes only.
+    #[command(verbatim_doc_comment)]
+    Scale {
+        /// SERVICE=N, one or more.
+        #[arg(required = true, value_name = "SERVICE=N", value_parser = boxer::control::parse_change)]
+        changes: Vec<(String, u32)>,
+        /// Cluster name (default: the most recent).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Longest to wait for the new shape, in seconds.
+        #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+        timeout: u64,
+    },
     /// Stop a running cluster (the `boxer up` that runs it tears it down).
     Down {
         /// Cluster name (default: the most recent).
@@ -530,6 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { cluster } => status(cluster)?,
         Command::Logs { node, cluster, follow } => logs(node, cluster, follow).await?,
         Command::Down { cluster } => down(cluster).await?,
+        Command::Scale { changes, cluster, timeout } => return scale(changes, cluster, timeout).await,
         Command::JoinLine { cluster, service, index, command } => join_command(cluster, &service, index, &command)?,
         Command::Deploy { args } => return boxer::lambda::deploy::run(args).await,
         Command::Put { args } => {
@@ -854,6 +876,51 @@ fn join_command(cluster: Option<String>, service: &str, index: u32, command: &[S
 fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
     if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', "'\\''")) }
+}
+
+/// `boxer scale`: asks the cluster's `boxer up` for the new shape, then
+/// waits until `status.json` shows it (new nodes joined, removed ones
+/// gone); exit 1 when it did not within `timeout`.
+async fn scale(changes: Vec<(String, u32)>, cluster: Option<String>, timeout: u64) -> anyhow::Result<i32> {
+    let cluster = pick_cluster(cluster)?;
+    let dir = state::cluster_dir(&cluster);
+    anyhow::ensure!(state::running_pid(&dir).is_some(), "cluster {cluster} is not running ({})", looked_in(&dir));
+    let request = boxer::control::ScaleRequest { replicas: changes.iter().cloned().collect() };
+    let answer = boxer::control::scale(&dir, &request).await.with_context(|| format!("scaling cluster {cluster}"))?;
+    for line in &answer.lines {
+        println!("{line}");
+    }
+    if !answer.ok {
+        return Ok(1);
+    }
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(timeout);
+    loop {
+        let status =
+            state::Status::read(&dir).with_context(|| format!("reading {}", dir.join("status.json").display()))?;
+        let mut waiting = Vec::new();
+        for (service, n) in &changes {
+            let nodes: Vec<_> = status
+                .nodes
+                .iter()
+                .filter(|node| node.name.rsplit_once('-').is_some_and(|(s, _)| s == service))
+                .filter(|node| node.note.as_deref() != Some(up::OTHER_MEMBER_NOTE))
+                .collect();
+            let joined = nodes.iter().filter(|node| node.id.is_some()).count();
+            if nodes.len() != *n as usize || joined < *n as usize {
+                waiting.push(format!("{service}: {joined} joined of {} (want {n})", nodes.len()));
+            }
+        }
+        if waiting.is_empty() {
+            println!("cluster {cluster}: new shape in {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(0);
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("cluster {cluster}: not there after {timeout} s: {}", waiting.join("; "));
+            return Ok(1);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 async fn down(cluster: Option<String>) -> anyhow::Result<()> {

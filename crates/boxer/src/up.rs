@@ -27,6 +27,7 @@ use rendezvous::RendezvousError;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::control::{self, ScaleAnswer, ScaleRequest};
 use crate::lab::{LabNet, NatKind, NatOptions};
 use crate::lambda::invoke::{LambdaOptions, LambdaProvider};
 use crate::printer::Printer;
@@ -398,12 +399,34 @@ struct NodeState {
     provider_ended: bool,
     /// When its exit was recorded.
     exited_at: Option<Instant>,
+    /// Stopped by `boxer scale` down: its end is neither a failure nor a
+    /// reason to restart, and it leaves the view once it ended.
+    retiring: bool,
 }
 
 impl NodeState {
+    /// A node of `service` that has not started yet.
+    fn new(service: &crate::spec::Service, any_main: bool) -> Self {
+        Self {
+            member: None,
+            waiting: None,
+            exit: None,
+            provider_exit: None,
+            main: service.main || !any_main,
+            paths: vec![],
+            note: None,
+            left_unreported: false,
+            restart: service.restart,
+            restarts: 0,
+            provider_ended: false,
+            exited_at: None,
+            retiring: false,
+        }
+    }
+
     /// Whether its recorded exit will be followed by a replacement.
     fn restart_pending(&self) -> bool {
-        self.exit.is_some_and(|code| self.restart.applies(code)) && self.restarts < MAX_RESTARTS
+        !self.retiring && self.exit.is_some_and(|code| self.restart.applies(code)) && self.restarts < MAX_RESTARTS
     }
 }
 
@@ -431,7 +454,12 @@ struct ClusterView {
     /// (`boxer join-command`), `boxer port-forward`. Shown by `boxer
     /// status`; they never decide when the cluster ends.
     others: BTreeMap<String, OtherMember>,
+    /// Whether the spec has a main service (else every node is main).
+    any_main: bool,
 }
+
+/// The note `boxer status` shows on a member the spec does not have.
+pub const OTHER_MEMBER_NOTE: &str = "not in the spec: joined by hand";
 
 /// A member that is not one of the spec's nodes.
 #[derive(Debug, Clone)]
@@ -447,20 +475,7 @@ impl ClusterView {
         let nodes = spec
             .nodes()
             .map(|(s, i)| {
-                let state = NodeState {
-                    member: None,
-                    waiting: None,
-                    exit: None,
-                    provider_exit: None,
-                    main: s.main || !any_main,
-                    paths: vec![],
-                    note: None,
-                    left_unreported: false,
-                    restart: s.restart,
-                    restarts: 0,
-                    provider_ended: false,
-                    exited_at: None,
-                };
+                let state = NodeState::new(s, any_main);
                 (format!("{}-{i}", s.name), state)
             })
             .collect();
@@ -478,7 +493,7 @@ impl ClusterView {
                 }
             }
         }
-        Self { nodes, depended_on, failing: None, keep_output: None, others: BTreeMap::new() }
+        Self { nodes, depended_on, failing: None, keep_output: None, others: BTreeMap::new(), any_main }
     }
 
     fn names(&self) -> Vec<String> {
@@ -509,6 +524,32 @@ impl ClusterView {
             .collect()
     }
 
+    /// Adds node `name` of `service` (`boxer scale` up).
+    fn add_node(&mut self, name: String, service: &crate::spec::Service) {
+        self.nodes.insert(name, NodeState::new(service, self.any_main));
+    }
+
+    /// Marks node `name` as stopped by `boxer scale` down.
+    fn retire(&mut self, name: &str) {
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.retiring = true;
+        }
+    }
+
+    /// Drops retired nodes that ended on both sides; their names.
+    fn drop_retired(&mut self) -> Vec<String> {
+        let gone: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.retiring && n.exit.is_some() && n.provider_ended)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.nodes.remove(name);
+        }
+        gone
+    }
+
     /// Forgets node `node`'s ended instance before its replacement starts.
     fn reset_for_restart(&mut self, node: &str) -> u32 {
         let Some(n) = self.nodes.get_mut(node) else { return 0 };
@@ -531,6 +572,7 @@ impl ClusterView {
             .iter()
             .find(|(name, n)| {
                 n.exit.is_some_and(|c| c != 0)
+                    && !n.retiring
                     && !n.restart_pending()
                     && name.rsplit_once('-').is_some_and(|(service, _)| self.depended_on.contains_key(service))
             })
@@ -621,7 +663,7 @@ impl ClusterView {
         {
             n.exit = Some(code);
             n.exited_at = Some(Instant::now());
-            if n.main && code != 0 && !n.restart_pending() && self.failing.is_none() {
+            if n.main && code != 0 && !n.retiring && !n.restart_pending() && self.failing.is_none() {
                 self.failing = Some((node.to_owned(), code));
             }
         }
@@ -833,7 +875,7 @@ impl ClusterView {
                 output: output_dir.join(format!("{name}.log")).display().to_string(),
                 runtime_log: "on its own host (not started by boxer up)".into(),
                 paths: vec![],
-                note: Some("not in the spec: joined by hand".into()),
+                note: Some(OTHER_MEMBER_NOTE.into()),
             }))
             .collect()
     }
@@ -908,6 +950,16 @@ async fn run<P: Provider>(
     .write(dir)
     .with_context(|| format!("writing {}", dir.join("join.json").display()))?;
 
+    // `boxer scale` reaches this run here; the shape it changes is this.
+    let mut spec_now = spec.clone();
+    let control = match control::listen(dir) {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            eprintln!("note: boxer scale cannot reach this cluster: {e:#}");
+            None
+        }
+    };
+
     let progress = ProgressBar::new(view.nodes.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{spinner} {prefix}: {pos}/{len} nodes joined {wide_msg}")
@@ -968,7 +1020,7 @@ async fn run<P: Provider>(
             write_status(&mut status, &view, &provider);
         }
         for (node, code) in view.due_restarts() {
-            let Some((service, index)) = spec.nodes().find(|(s, i)| format!("{}-{i}", s.name) == node) else {
+            let Some((service, index)) = spec_now.nodes().find(|(s, i)| format!("{}-{i}", s.name) == node) else {
                 continue;
             };
             let k = view.reset_for_restart(&node);
@@ -1037,14 +1089,35 @@ async fn run<P: Provider>(
                 provider.exited(&exit.node);
                 view.provider_exit(exit, &printer, &progress);
             }
+            Ok((mut stream, _)) = async {
+                match &control {
+                    Some(listener) => listener.accept().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let answer = match control::read_request(&mut stream).await {
+                    Ok(request) => {
+                        scale(&mut spec_now, &request, &mut view, &mut provider, &join, &printer, &progress).await
+                    }
+                    Err(e) => ScaleAnswer { ok: false, lines: vec![format!("{e:#}")] },
+                };
+                control::answer(&mut stream, &answer).await;
+                progress.set_length(view.nodes.len() as u64);
+            }
             _ = tick.tick() => {}
             _ = interrupt.recv() => { interrupted = true; break Ok(()); }
             _ = terminate.recv() => { interrupted = true; break Ok(()); }
         }
         view.note_waits(&printer, &progress);
         view.settle_unreported(&printer, &progress);
+        for name in view.drop_retired() {
+            progress.suspend(|| printer.note(&name, "removed (scaled down)"));
+        }
         write_status(&mut status, &view, &provider);
     };
+    if control.is_some() {
+        let _ = std::fs::remove_file(control::socket_path(dir));
+    }
     progress.finish_and_clear();
     if interrupted {
         eprintln!("stopping cluster {} (interrupted)", spec.name);
@@ -1075,6 +1148,77 @@ async fn run<P: Provider>(
         eprintln!("cluster {}: {failure}", spec.name);
     }
     Ok(code)
+}
+
+/// Carries out a `boxer scale` request: new replicas are launched at once
+/// (the highest indexes), removed ones are stopped (highest indexes first:
+/// SIGTERM, their grace, leave) and leave the view once ended. Every
+/// service and count is checked before anything changes.
+async fn scale<P: Provider>(
+    spec: &mut Spec,
+    request: &ScaleRequest,
+    view: &mut ClusterView,
+    provider: &mut P,
+    join: &Join,
+    printer: &Printer,
+    progress: &ProgressBar,
+) -> ScaleAnswer {
+    let refuse = |line: String| ScaleAnswer { ok: false, lines: vec![line] };
+    if request.replicas.is_empty() {
+        return refuse("nothing to scale: give SERVICE=N".into());
+    }
+    for (name, &n) in &request.replicas {
+        let Some(service) = spec.services.iter().find(|s| s.name == *name) else {
+            let known: Vec<&str> = spec.services.iter().map(|s| s.name.as_str()).collect();
+            return refuse(format!("there is no service {name:?} (services: {})", known.join(", ")));
+        };
+        if n == 0 || n > crate::spec::MAX_REPLICAS {
+            return refuse(format!("{name}={n}: replicas must be 1 to {}", crate::spec::MAX_REPLICAS));
+        }
+        if n < service.replicas && !provider.stops_single_nodes() {
+            return refuse(format!(
+                "{name}={n}: the {} provider cannot stop one node (scaling down on Lambda is not built yet)",
+                provider.kind()
+            ));
+        }
+    }
+    let mut lines = Vec::new();
+    for (name, &n) in &request.replicas {
+        let Some(i) = spec.services.iter().position(|s| s.name == *name) else { continue };
+        let old = spec.services[i].replicas;
+        spec.services[i].replicas = n;
+        let service = spec.services[i].clone();
+        let names = |range: std::ops::Range<u32>| {
+            range.map(|k| boxer_proto::names::replica_name(name, k)).collect::<Vec<_>>().join(", ")
+        };
+        match n.cmp(&old) {
+            std::cmp::Ordering::Equal => lines.push(format!("{name}: {n} replica(s), unchanged")),
+            std::cmp::Ordering::Greater => {
+                for index in old..n {
+                    let node = boxer_proto::names::replica_name(name, index);
+                    view.add_node(node.clone(), &service);
+                    if let Err(e) = provider.launch(join, &service, index).await {
+                        progress.suspend(|| printer.note(&node, &format!("did not start: {e:#}")));
+                        view.provider_exit(NodeExit::failed(&node, format!("{e:#}")), printer, progress);
+                    }
+                }
+                lines.push(format!("{name}: {old} -> {n} ({} starting)", names(old..n)));
+            }
+            std::cmp::Ordering::Less => {
+                for index in (n..old).rev() {
+                    let node = boxer_proto::names::replica_name(name, index);
+                    let ended = view.nodes.get(&node).is_some_and(|s| s.exit.is_some());
+                    view.retire(&node);
+                    if !ended && let Err(e) = provider.stop_node(&node) {
+                        progress.suspend(|| printer.note(&node, &format!("could not be stopped: {e:#}")));
+                    }
+                }
+                lines.push(format!("{name}: {old} -> {n} ({} stopping)", names(n..old)));
+            }
+        }
+    }
+    progress.suspend(|| lines.iter().for_each(|l| eprintln!("cluster {}: scale: {l}", spec.name)));
+    ScaleAnswer { ok: true, lines }
 }
 
 /// Stops every node still running (signals, or deleting the cluster for
@@ -1472,6 +1616,12 @@ mod tests {
     struct LocalProviderStub;
 
     impl Provider for LocalProviderStub {
+        fn stop_node(&mut self, _: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn stops_single_nodes(&self) -> bool {
+            true
+        }
         fn kind(&self) -> &'static str {
             "stub"
         }

@@ -295,6 +295,17 @@ impl Provider for LambdaProvider {
         }
     }
 
+    fn stop_node(&mut self, node: &str) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "{node} cannot be stopped alone: a Lambda node stops when its program ends or its cluster is deleted \
+             (scaling down on Lambda is not built yet)"
+        )
+    }
+
+    fn stops_single_nodes(&self) -> bool {
+        false
+    }
+
     fn stops_through_rendezvous(&self) -> bool {
         true
     }

@@ -192,6 +192,18 @@ impl Provider for LocalProvider {
         }
     }
 
+    fn stop_node(&mut self, node: &str) -> anyhow::Result<()> {
+        let pid = self.pids.get(node).with_context(|| format!("node {node} is not running"))?;
+        // SAFETY: kill(2) on our own child: its runtime stops the program
+        // (SIGTERM, grace, SIGKILL), reports its exit and leaves.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+        Ok(())
+    }
+
+    fn stops_single_nodes(&self) -> bool {
+        true
+    }
+
     fn stops_through_rendezvous(&self) -> bool {
         false
     }

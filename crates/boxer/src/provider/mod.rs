@@ -96,6 +96,13 @@ pub trait Provider {
     /// first) do nothing here.
     fn stop_all(&mut self, force: bool);
 
+    /// Asks one running node to stop (SIGTERM, its grace, then leave), for
+    /// `boxer scale` down; an error when this provider cannot.
+    fn stop_node(&mut self, node: &str) -> anyhow::Result<()>;
+
+    /// Whether [`Provider::stop_node`] can stop a node.
+    fn stops_single_nodes(&self) -> bool;
+
     /// Whether deleting the cluster on the rendezvous is what stops nodes
     /// (Lambda: there is no process to signal).
     fn stops_through_rendezvous(&self) -> bool;
