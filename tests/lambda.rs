@@ -16,8 +16,9 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 11] = [
+const FUNCTIONS: [&str; 12] = [
     "boxer-redis-bench",
+    "boxer-lambda-scale",
     "boxer-map",
     "boxer-lambda-trigger",
     "boxer-bench",
@@ -57,8 +58,9 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 11] = [
+    let cases: [Case; 12] = [
         ("redis-benchmark across two function instances", redis_bench),
+        ("boxer scale grows a cluster of functions", scale),
         ("boxer map over S3 objects, with retries", map),
         ("S3-triggered: new objects invoke the function", trigger),
         ("boxer bench --provider lambda", bench),
@@ -377,6 +379,72 @@ output = "s3://trig-out/up/"
         assert_eq!(text, format!("OBJECT {i}\n"));
     }
     assert_eq!(std::fs::read_dir(&results).expect("results").count(), 10, "{got}");
+}
+
+/// `boxer scale` on functions with traffic flowing: web 2 -> 6 adds four
+/// invocations that join, resolve under `web` and are reached, while the
+/// client's connections to web-0 and web-1 keep carrying pings; shrinking
+/// is refused with the reason (a function cannot be stopped alone yet).
+fn scale(lab: &LambdaLab) {
+    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs");
+    let shared = lab.dir.path().join("scale-shared");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).expect("chmod");
+    let spec = spec(
+        lab,
+        "lambda-scale",
+        &format!(
+            r#"
+[cluster]
+name = "lambda-scale"
+
+[services.web]
+command = ["python3", "{server}"]
+replicas = 2
+
+[services.client]
+command = ["python3", "{client}", "{shared}"]
+main = true
+"#,
+            server = programs.join("echo_server.py").display(),
+            client = programs.join("scale_client.py").display(),
+            shared = shared.display()
+        ),
+    );
+    deploy(lab, &spec, "lambda-scale", &[]);
+    let flags = lab.up_flags();
+    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8")];
+    args.extend(flags.iter().map(String::as_str));
+    let mut cmd = lab.boxer(&args);
+    let (out, log) = (lab.dir.path().join("scale-up.out"), lab.dir.path().join("scale-up.log"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("file"))
+        .stderr(std::fs::File::create(&log).expect("file"));
+    let child = lab.lab.rendezvous().spawn_command_sync(cmd).expect("boxer up starts");
+    let mut up = Proc { child, name: "boxer up".into(), stderr: log };
+    let output = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_until(Duration::from_secs(90), "the client to connect", || {
+        if output().contains("client: connected to web-0 and web-1") { Ok(()) } else { Err(up.stderr_text()) }
+    })
+    .expect("cluster running");
+    let (code, stdout, err) = lab.run_boxer(&["scale", "--cluster", "lambda-scale", "web=6"]).expect("boxer scale");
+    assert_eq!(code, 0, "{stdout}\n{err}\n{}\n{}", up.stderr_text(), lab.logs());
+    assert!(stdout.contains("web: 2 -> 6") && stdout.contains("new shape"), "{stdout}");
+    std::fs::write(shared.join("check-6"), "").expect("check");
+    let checked = shared.join("checked-6");
+    let reached = wait_until(Duration::from_secs(60), "the client's check", || {
+        std::fs::read_to_string(&checked).map_err(|_| output())
+    })
+    .expect("checked");
+    assert_eq!(reached.split_whitespace().filter(|a| a.starts_with("100.96.")).count(), 6, "{reached}");
+    let (code, stdout, _) = lab.run_boxer(&["scale", "--cluster", "lambda-scale", "web=3"]).expect("boxer scale");
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("cannot stop one node"), "{stdout}");
+    std::fs::write(shared.join("done"), "").expect("done");
+    let code = up.wait_exit(Duration::from_secs(90)).expect("boxer up ends");
+    let text = output();
+    assert_eq!(code, Some(0), "{text}\n{}", up.stderr_text());
+    assert!(text.contains("client: kept connections unbroken after"), "{text}");
 }
 
 /// A hybrid node: `boxer-runtime` started by hand (the line `boxer

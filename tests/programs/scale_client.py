@@ -3,7 +3,8 @@ first two replicas of `web` and pings them every 0.1 s, while the test
 scales web 2 -> 6 -> 3. On `check-N` (a file the test writes in the shared
 working directory) it resolves `web`, opens a new connection to every
 replica it lists and writes `checked-N` with what it found. On `done` it
-exits 0 if no ping on the kept connections failed, 1 otherwise.
+exits 0 if no ping on the kept connections failed, 1 otherwise. The
+directory of those files is the first argument (default: the working one).
 """
 import os
 import socket
@@ -20,6 +21,8 @@ def connect(host):
     sys.exit(f"cannot reach {host}")
 
 
+if len(sys.argv) > 1:
+    os.chdir(sys.argv[1])
 kept = {h: connect(h) for h in ("web-0", "web-1")}
 pings = 0
 print("client: connected to web-0 and web-1", flush=True)
