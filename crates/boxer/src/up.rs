@@ -1175,6 +1175,14 @@ async fn scale<P: Provider>(
         if n == 0 || n > crate::spec::MAX_REPLICAS {
             return refuse(format!("{name}={n}: replicas must be 1 to {}", crate::spec::MAX_REPLICAS));
         }
+        // A name still held by a node that is stopping cannot be reused yet:
+        // its end would be taken for the new node's.
+        if let Some(busy) = (service.replicas..n)
+            .map(|k| boxer_proto::names::replica_name(name, k))
+            .find(|node| view.nodes.get(node).is_some_and(|s| s.retiring))
+        {
+            return refuse(format!("{name}={n}: {busy} is still stopping from the last scale; try again in a moment"));
+        }
         if n < service.replicas && !provider.stops_single_nodes() {
             return refuse(format!(
                 "{name}={n}: the {} provider cannot stop one node (scaling down on Lambda is not built yet)",
@@ -1730,6 +1738,52 @@ mod tests {
         let (name, code) = view.failed_dependency().unwrap();
         view.failing = Some((name, code));
         assert_eq!(view.failure_summary().unwrap(), "node db-0 failed with exit code 1 (service(s) web wait for it)");
+    }
+
+    #[tokio::test]
+    async fn scaling_checks_first_retires_the_highest_and_waits_for_stopping_names() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let mut spec = crate::spec::parse(
+            Path::new("/x/boxer.toml"),
+            "[cluster]\nname = \"c\"\n[services.web]\ncommand = [\"x\"]\nreplicas = 2\nrestart = \"always\"\n",
+        )
+        .unwrap();
+        let mut view = ClusterView::new(&spec);
+        let join = Join {
+            rendezvous: "127.0.0.1:1".parse().unwrap(),
+            fingerprint: String::new(),
+            cluster: "c".into(),
+            token: String::new(),
+        };
+        let mut provider = LocalProviderStub;
+        let ask =
+            |pairs: &[(&str, u32)]| ScaleRequest { replicas: pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect() };
+        let refused =
+            scale(&mut spec, &ask(&[("web", 4), ("nosuch", 1)]), &mut view, &mut provider, &join, &printer, &hidden)
+                .await;
+        assert!(!refused.ok && refused.lines[0].contains("no service \"nosuch\""), "{refused:?}");
+        assert_eq!((spec.services[0].replicas, view.nodes.len()), (2, 2), "nothing changed");
+
+        let grown = scale(&mut spec, &ask(&[("web", 4)]), &mut view, &mut provider, &join, &printer, &hidden).await;
+        assert!(grown.ok && grown.lines[0] == "web: 2 -> 4 (web-2, web-3 starting)", "{grown:?}");
+        let shrunk = scale(&mut spec, &ask(&[("web", 2)]), &mut view, &mut provider, &join, &printer, &hidden).await;
+        assert!(shrunk.ok && shrunk.lines[0] == "web: 4 -> 2 (web-2, web-3 stopping)", "{shrunk:?}");
+        let busy = scale(&mut spec, &ask(&[("web", 3)]), &mut view, &mut provider, &join, &printer, &hidden).await;
+        assert!(!busy.ok && busy.lines[0].contains("web-2 is still stopping"), "{busy:?}");
+        // Their ends: no restart (restart = "always"), no failure, then gone.
+        for node in ["web-2", "web-3"] {
+            view.record_exit(node, 143);
+            view.provider_exit(
+                NodeExit { node: node.into(), code: 143, notes: vec![], detail: vec![], failed_to_start: false },
+                &printer,
+                &hidden,
+            );
+        }
+        assert!(view.due_restarts().is_empty() && view.failing.is_none());
+        assert_eq!(view.drop_retired(), ["web-2", "web-3"]);
+        let again = scale(&mut spec, &ask(&[("web", 3)]), &mut view, &mut provider, &join, &printer, &hidden).await;
+        assert!(again.ok, "{again:?}");
+        assert_eq!(view.names(), ["web-0", "web-1", "web-2"]);
     }
 
     #[test]
