@@ -112,6 +112,18 @@ fn the_exit_code_is_the_failing_main_service_s() {
     assert_eq!(out.status.code(), Some(3), "stdout:\n{stdout}\nstderr:\n{stderr}");
 }
 
+/// Copies test programs beside `spec`, into the nodes' working directory:
+/// an isolated node gets an empty `/tmp` of its own, and the checkout may
+/// be under `/tmp` (the working directory stays visible, other paths there
+/// do not).
+fn with_programs(spec: &Path, programs: &[&str]) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs");
+    let to = spec.parent().expect("spec dir");
+    for p in programs {
+        std::fs::copy(from.join(p), to.join(p)).unwrap_or_else(|e| panic!("copying {p}: {e}"));
+    }
+}
+
 /// `restart = "on-failure"`: a node that fails is replaced by a new one
 /// with the same name and overlay address, and a peer that keeps asking
 /// for it by name reaches the new one; the failure does not end the cluster.
@@ -168,25 +180,23 @@ fn a_zookeeper_leader_is_replaced_and_the_ensemble_recovers() {
             "needs Debian's zookeeper (apt-get install zookeeper) and kazoo (pip install kazoo); .ci/run installs both"
         );
     }
-    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs");
     let run = Run::new("up-zookeeper");
-    let spec = run.spec(&format!(
+    let spec = run.spec(
         r#"
 [cluster]
 name = "zk"
 
 [services.zk]
-command = ["{node}"]
+command = ["sh", "zk_node.sh"]
 replicas = 3
 restart = "on-failure"
 
 [services.client]
-command = ["python3", "{client}"]
+command = ["python3", "zk_client.py"]
 main = true
 "#,
-        node = programs.join("zk_node.sh").display(),
-        client = programs.join("zk_client.py").display()
-    ));
+    );
+    with_programs(&spec, &["zk_node.sh", "zk_client.py"]);
     let out = run.up(&spec);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -211,24 +221,22 @@ main = true
 /// never break; `boxer status` shows each shape.
 #[test]
 fn scale_grows_and_shrinks_a_running_cluster_without_breaking_connections() {
-    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs");
     let run = Run::new("up-scale");
-    let spec = run.spec(&format!(
+    let spec = run.spec(
         r#"
 [cluster]
 name = "scale"
 
 [services.web]
-command = ["python3", "{server}"]
+command = ["python3", "echo_server.py"]
 replicas = 2
 
 [services.client]
-command = ["python3", "{client}"]
+command = ["python3", "scale_client.py"]
 main = true
 "#,
-        server = programs.join("echo_server.py").display(),
-        client = programs.join("scale_client.py").display()
-    ));
+    );
+    with_programs(&spec, &["echo_server.py", "scale_client.py"]);
     let shared = spec.parent().expect("spec dir").to_owned();
     let spec_arg = spec.display().to_string();
     let mut up = run.spawn(&["up", &spec_arg]);
