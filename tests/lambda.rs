@@ -60,7 +60,7 @@ fn lambda_lab() {
     type Case = (&'static str, fn(&LambdaLab));
     let cases: [Case; 12] = [
         ("redis-benchmark across two function instances", redis_bench),
-        ("boxer scale grows a cluster of functions", scale),
+        ("boxer scale grows and shrinks a cluster of functions", scale),
         ("boxer map over S3 objects, with retries", map),
         ("S3-triggered: new objects invoke the function", trigger),
         ("boxer bench --provider lambda", bench),
@@ -437,14 +437,32 @@ main = true
     })
     .expect("checked");
     assert_eq!(reached.split_whitespace().filter(|a| a.starts_with("100.96.")).count(), 6, "{reached}");
-    let (code, stdout, _) = lab.run_boxer(&["scale", "--cluster", "lambda-scale", "web=3"]).expect("boxer scale");
-    assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("cannot stop one node"), "{stdout}");
+    // Down: the three highest invocations are told to stop through the
+    // rendezvous (no process to signal) and return; the kept ones go on.
+    let shrink_started = Instant::now();
+    let (code, stdout, err) = lab.run_boxer(&["scale", "--cluster", "lambda-scale", "web=3"]).expect("boxer scale");
+    assert_eq!(code, 0, "{stdout}\n{err}\n{}\n{}", up.stderr_text(), lab.logs());
+    assert!(stdout.contains("web: 6 -> 3 (web-3, web-4, web-5 stopping)") && stdout.contains("new shape"), "{stdout}");
+    eprintln!("   6 -> 3: the new shape after {:.2?}", shrink_started.elapsed());
+    std::fs::write(shared.join("check-3"), "").expect("check");
+    let reached = wait_until(Duration::from_secs(60), "the client's second check", || {
+        std::fs::read_to_string(shared.join("checked-3")).map_err(|_| output())
+    })
+    .expect("checked");
+    assert_eq!(reached.split_whitespace().count(), 3, "{reached}");
+    let (code, status, err) = lab.run_boxer(&["status", "lambda-scale"]).expect("boxer status runs");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status.matches("\nweb-").count(), 3, "{status}");
     std::fs::write(shared.join("done"), "").expect("done");
     let code = up.wait_exit(Duration::from_secs(90)).expect("boxer up ends");
     let text = output();
     assert_eq!(code, Some(0), "{text}\n{}", up.stderr_text());
     assert!(text.contains("client: kept connections unbroken after"), "{text}");
+    let notes = up.stderr_text();
+    for removed in ["web-3", "web-4", "web-5"] {
+        let lines = boxer_e2e::up::output_of(&notes, removed);
+        assert!(lines.contains(&"removed (scaled down)"), "{removed}:\n{text}\n{notes}");
+    }
 }
 
 /// A hybrid node: `boxer-runtime` started by hand (the line `boxer

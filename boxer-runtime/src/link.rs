@@ -434,6 +434,10 @@ async fn feed_loop(
                 shared.pathfinder().check_alive(peer);
             }
             ServerMessage::BarrierReached { request_id } => shared.barrier_reached(request_id),
+            ServerMessage::Stop => {
+                info!("the cluster's owner asked this node to stop");
+                shared.request_stop();
+            }
             other => return NodeError::Feed(format!("unexpected message {other:?}")),
         }
     }

@@ -80,6 +80,7 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
                 return Err(anyhow::anyhow!("{e}")).context(format!("node {name} stopped"));
             }
             (_, what) = stops.recv() => tracing::info!("{what}, leaving the cluster"),
+            () = node.stop_requested() => tracing::info!("asked to stop by the cluster's owner, leaving the cluster"),
         }
         node.shutdown().await;
         return Ok(0);
@@ -97,6 +98,13 @@ pub async fn run(mut run: LocalRun) -> anyhow::Result<i32> {
             },
             (code, what) = stops.recv() => {
                 tracing::info!("{what} while waiting");
+                node.shutdown().await;
+                return Ok(code);
+            }
+            () = node.stop_requested() => {
+                tracing::info!("asked to stop by the cluster's owner while waiting");
+                let code = 128 + libc::SIGTERM;
+                node.report_exit(code).await;
                 node.shutdown().await;
                 return Ok(code);
             }

@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     /// Set once the program's exit is reported: the rendezvous then closes
     /// the connection, and the link must not reconnect.
     pub(crate) leaving: std::sync::atomic::AtomicBool,
+    /// Set when the rendezvous told the node to stop (`ServerMessage::Stop`).
+    stop_requested: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -119,6 +121,12 @@ impl Shared {
             self.barriers.lock().expect("barrier lock").1.iter().map(|(&id, (b, _))| (id, b.clone())).collect();
         waits.sort_by_key(|(id, _)| *id);
         waits
+    }
+
+    /// The rendezvous told the node to stop: its program is stopped as on
+    /// SIGTERM ([`Node::stop_requested`]).
+    pub(crate) fn request_stop(&self) {
+        self.stop_requested.send_replace(true);
     }
 
     /// Wakes the waiter of barrier `request_id`.
@@ -287,6 +295,7 @@ impl Node {
             udp,
             to_rendezvous,
             barriers: Mutex::default(),
+            stop_requested: watch::Sender::new(false),
             leaving: Default::default(),
         });
         let (failed_tx, failed) = watch::channel(None);
@@ -479,6 +488,16 @@ impl Node {
         tokio::select! {
             r = membership.wait_for(ready) => r.map(|_| ()).map_err(|_| NodeError::Stopped),
             _ = failed.wait_for(Option::is_some) => Err(NodeError::Stopped),
+        }
+    }
+
+    /// Resolves once the cluster's owner asked this node to stop
+    /// (`boxer scale` down through the rendezvous); at once if it did
+    /// already. Never resolves otherwise.
+    pub async fn stop_requested(&self) {
+        let mut asked = self.shared.stop_requested.subscribe();
+        if asked.wait_for(|&a| a).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 

@@ -204,6 +204,7 @@ pub async fn run(
             Ok(StopCause::ClusterStopped)
         }
         cause = stop => Ok(cause),
+        () = node.stop_requested() => Ok(StopCause::Requested),
     };
     let mut killed_after_grace = false;
     let (status, stopped) = match stopped {

@@ -215,6 +215,8 @@ struct MailboxSenders {
     punch: mpsc::Sender<NodeId>,
     away: mpsc::Sender<NodeId>,
     relay: mpsc::Sender<RelayPacket>,
+    /// An admin asked the member to stop ([`Registry::stop_member`]).
+    stop: mpsc::Sender<()>,
     /// The session this mailbox belongs to.
     session: u64,
     /// Dropped when a newer session of the member replaces this one.
@@ -233,6 +235,8 @@ pub struct Mailbox {
     pub away: mpsc::Receiver<NodeId>,
     /// Packets relayed from peers.
     pub relay: mpsc::Receiver<RelayPacket>,
+    /// Tell the member to stop ([`boxer_proto::control::ServerMessage::Stop`]).
+    pub stop: mpsc::Receiver<()>,
     /// Identifies the session to [`Registry::leave`].
     pub session: u64,
     /// Resolves (with an error) when a newer session of the same member
@@ -710,9 +714,36 @@ impl Registry {
         let (punch, punch_rx) = mpsc::channel(PUNCH_QUEUE);
         let (relay, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let (away, away_rx) = mpsc::channel(PUNCH_QUEUE);
+        // One pending stop is enough: asking twice changes nothing.
+        let (stop, stop_rx) = mpsc::channel(1);
         let (current, superseded) = oneshot::channel();
-        c.mailboxes.insert(node_id, MailboxSenders { punch, away, relay, session, _current: current });
-        Some(Mailbox { punch: punch_rx, away: away_rx, relay: relay_rx, session, superseded })
+        c.mailboxes.insert(node_id, MailboxSenders { punch, away, relay, stop, session, _current: current });
+        Some(Mailbox { punch: punch_rx, away: away_rx, relay: relay_rx, stop: stop_rx, session, superseded })
+    }
+
+    /// Tells member `node` (`<service>-<index>`) of `cluster` to stop
+    /// (admin). Returns its id once its session has the request; asking a
+    /// member that is already stopping again is not an error.
+    pub fn stop_member(&self, admin_token: &str, cluster: &str, node: &str) -> Result<NodeId, Refusal> {
+        self.check_admin(admin_token)?;
+        let c = self
+            .clusters
+            .get(cluster)
+            .ok_or_else(|| Refusal::new(CloseCode::UnknownCluster, format!("no cluster named {cluster:?}")))?;
+        let member = c.members.values().find(|m| m.replica_name() == node).ok_or_else(|| {
+            Refusal::new(CloseCode::NotAMember, format!("cluster {cluster:?} has no member {node:?}"))
+        })?;
+        let Some(mailbox) = c.mailboxes.get(&member.node_id) else {
+            return Err(Refusal::new(
+                CloseCode::Conflict,
+                format!("{node} lost its connection to the rendezvous; it can be told to stop once it is back"),
+            ));
+        };
+        match mailbox.stop.try_send(()) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Ok(member.node_id),
+            // Its session is ending: it is leaving already.
+            Err(mpsc::error::TrySendError::Closed(())) => Ok(member.node_id),
+        }
     }
 
     /// Tells `from` and `to` to punch each other now. Both must be members
@@ -998,6 +1029,29 @@ mod tests {
         r.delete_cluster(ADMIN, "demo").unwrap();
         assert!(*feed.deleted.borrow());
         assert!(r.clusters().is_empty());
+    }
+
+    #[test]
+    fn an_admin_can_stop_one_member_and_nobody_else_can() {
+        let (mut r, _) = registry_with("demo", None);
+        let (a, _) = r.join(join_req("demo", "web", 0), Fingerprint([1; 32]), addr()).unwrap();
+        let (b, _) = r.join(join_req("demo", "web", 1), Fingerprint([2; 32]), addr()).unwrap();
+        let mut ma = r.open_mailbox("demo", a.node_id).unwrap();
+        let mut mb = r.open_mailbox("demo", b.node_id).unwrap();
+        assert_eq!(r.stop_member("wrong", "demo", "web-1").unwrap_err().code, CloseCode::Unauthorized);
+        assert_eq!(r.stop_member(ADMIN, "nope", "web-1").unwrap_err().code, CloseCode::UnknownCluster);
+        let e = r.stop_member(ADMIN, "demo", "web-7").unwrap_err();
+        assert_eq!(e.code, CloseCode::NotAMember);
+        assert!(e.reason.contains("web-7"), "{}", e.reason);
+        assert_eq!(r.stop_member(ADMIN, "demo", "web-1").unwrap(), b.node_id);
+        assert_eq!(r.stop_member(ADMIN, "demo", "web-1").unwrap(), b.node_id, "asking twice is fine");
+        assert!(mb.stop.try_recv().is_ok());
+        assert!(mb.stop.try_recv().is_err(), "one stop queued, not two");
+        assert!(ma.stop.try_recv().is_err(), "the other member is left alone");
+        // A member whose connection was lost cannot be told until it is back.
+        let session = ma.session;
+        r.leave("demo", a.node_id, session, Departure::Lost, Instant::now());
+        assert_eq!(r.stop_member(ADMIN, "demo", "web-0").unwrap_err().code, CloseCode::Conflict);
     }
 
     #[test]

@@ -208,6 +208,16 @@ pub async fn serve(registry: Shared, logs: LogStore, saved: Saved, limits: Limit
                 Err(r) => refuse(&conn, &r),
             }
         }
+        Request::StopMember(req) => {
+            let told = lock(&registry).stop_member(&req.admin_token, &req.cluster, &req.node);
+            match told {
+                Ok(node) => {
+                    info!(cluster = %req.cluster, %node, name = %req.node, "member told to stop");
+                    answer_and_wait(&conn, send, ServerMessage::MemberStopping { node: req.node }).await;
+                }
+                Err(r) => refuse(&conn, &r),
+            }
+        }
     }
 }
 
@@ -280,7 +290,14 @@ impl MemberSession<'_> {
         mut log: crate::logstore::NodeLog,
     ) {
         let Self { registry, conn, req, node, limits } = self;
-        let Mailbox { punch: mut punches, away: mut aways, relay: relay_inbox, session: _, mut superseded } = mailbox;
+        let Mailbox {
+            punch: mut punches,
+            away: mut aways,
+            relay: relay_inbox,
+            stop: mut stops,
+            session: _,
+            mut superseded,
+        } = mailbox;
         let relay = tokio::spawn(
             relay::serve(registry.clone(), conn.clone(), req.cluster.clone(), node, relay_inbox, limits)
                 .in_current_span(),
@@ -424,6 +441,13 @@ impl MemberSession<'_> {
                 }
                 Some(peer) = aways.recv() => {
                     if frame::write(&mut send, &ServerMessage::Away { peer }).await.is_err() {
+                        break;
+                    }
+                }
+                // The member stops its program and reports its exit on
+                // this session, which then ends as any exit does.
+                Some(()) = stops.recv() => {
+                    if frame::write(&mut send, &ServerMessage::Stop).await.is_err() {
                         break;
                     }
                 }

@@ -138,6 +138,23 @@ pub async fn handle(
                 instance.terminated = true;
                 Some(format!("the runtime was terminated while {name} waited for its wait_for targets"))
             }
+            () = node.stop_requested() => {
+                // Scaled down before its program started: an ordinary
+                // stop, reported as SIGTERM would end it.
+                info!("{name}: asked to stop while waiting for its wait_for targets");
+                let exit_code = 128 + libc::SIGTERM;
+                node.report_exit(exit_code).await;
+                node.shutdown().await;
+                return Ok(NodeReport {
+                    node: name.clone(),
+                    exit_code,
+                    run_ms: 0,
+                    stopped: Some(StopCause::Requested),
+                    killed_after_grace: false,
+                    last_output: vec![],
+                    host: instance.host.facts.clone(),
+                });
+            }
         };
         if let Some(failure) = failure {
             node.shutdown().await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use boxer_proto::control::{
     ClusterInfo, CreateClusterRequest, DeleteClusterRequest, JoinRequest, Joined, NodeMessage, Request, ServerMessage,
-    WatchRequest,
+    StopMemberRequest, WatchRequest,
 };
 use boxer_proto::hello::HelloError;
 use boxer_proto::membership::MembershipSnapshot;
@@ -257,6 +257,23 @@ pub async fn delete_cluster(
     session.conn.close(0u32.into(), b"done");
     match answer {
         ServerMessage::ClusterDeleted { .. } => Ok(()),
+        other => Err(RendezvousError::Unexpected { addr: rendezvous.addr, what: format!("{other:?}") }),
+    }
+}
+
+/// Tells one member to stop (admin): its program gets SIGTERM and its grace,
+/// then it reports its exit and leaves. Returns once the member was told,
+/// not when it is gone (that shows in the membership).
+pub async fn stop_member(
+    endpoint: &NodeEndpoint,
+    rendezvous: RendezvousAddr,
+    request: StopMemberRequest,
+) -> Result<(), RendezvousError> {
+    let mut session = Session::open(endpoint, rendezvous, &Request::StopMember(request)).await?;
+    let answer = session.answer().await?;
+    session.conn.close(0u32.into(), b"done");
+    match answer {
+        ServerMessage::MemberStopping { .. } => Ok(()),
         other => Err(RendezvousError::Unexpected { addr: rendezvous.addr, what: format!("{other:?}") }),
     }
 }

@@ -10,7 +10,8 @@
 //!   addresses, barrier waits, output, its [`NodeState`]). Closing the
 //!   connection is leaving.
 //! * [`Request::Watch`]: a snapshot, then events, read-only (CLI subscribers).
-//! * [`Request::CreateCluster`] / [`Request::DeleteCluster`]: one answer.
+//! * [`Request::CreateCluster`] / [`Request::DeleteCluster`] /
+//!   [`Request::StopMember`]: one answer.
 //!
 //! Refusals are not messages: the server closes the connection with a
 //! [`CloseCode`] and a human-readable reason.
@@ -32,6 +33,10 @@ pub enum Request {
     CreateCluster(CreateClusterRequest),
     /// Delete a cluster and disconnect its members (admin).
     DeleteCluster(DeleteClusterRequest),
+    /// Ask one member to stop its program and leave (admin): `boxer scale`
+    /// down where no process can be signalled (Lambda). New in protocol
+    /// version 6, as the last variant.
+    StopMember(StopMemberRequest),
 }
 
 /// Admission request of a node. Its public identity is the certificate it
@@ -251,6 +256,19 @@ pub struct DeleteClusterRequest {
     pub name: String,
 }
 
+/// Admin request to stop one member: the member gets [`ServerMessage::Stop`]
+/// and stops as on SIGTERM (its program gets SIGTERM and its grace, its exit
+/// is reported, it leaves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopMemberRequest {
+    /// The rendezvous' admin token.
+    pub admin_token: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// The member's `<service>-<index>` name.
+    pub node: String,
+}
+
 /// Default overlay network of a cluster: inside the carrier-grade NAT range
 /// 100.64.0.0/10, which no cloud function or home network routes publicly.
 pub const DEFAULT_OVERLAY: &str = "100.96.0.0/12";
@@ -409,6 +427,15 @@ pub enum ServerMessage {
     Away {
         /// The away member.
         peer: NodeId,
+    },
+    /// To a member: stop as on SIGTERM. The program gets SIGTERM and its
+    /// grace, the exit is reported, the member leaves (an admin's
+    /// [`Request::StopMember`]). New in protocol version 6.
+    Stop,
+    /// Answer to [`Request::StopMember`]: the member was told to stop.
+    MemberStopping {
+        /// The member's `<service>-<index>` name.
+        node: String,
     },
 }
 

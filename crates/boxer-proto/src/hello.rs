@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 /// requests and peer datagrams), `Unknown`/`Denied` shim answers. 4: per-pair
 /// probe keys (`disco_public` in joins and membership). 5: rejoining after a
 /// lost rendezvous connection (`JoinRequest::rejoin`), `NodeMessage::PeerLost`.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: stopping one member (`Request::StopMember`, `ServerMessage::Stop`,
+/// `ServerMessage::MemberStopping`), for `boxer scale` down on Lambda.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Magic bytes that open every stream, so that a stray client gets "not a Boxer
 /// peer" instead of a confusing decode error.

@@ -117,6 +117,8 @@ pub enum StopCause {
     ClusterStopped,
     /// The runtime itself got SIGTERM (Lambda shutting the instance down).
     Terminated,
+    /// The cluster's owner stopped this one node (`boxer scale` down).
+    Requested,
 }
 
 /// What the runtime found about the host it runs on: what a first run on a

@@ -18,7 +18,7 @@ use boxer_net::rendezvous::{self, RendezvousAddr};
 use boxer_net::{Identity, NodeEndpoint};
 use boxer_proto::control::{
     ClusterInfo, CreateClusterRequest, DeleteClusterRequest, NodeState as ReportedState, PathReport, ServerMessage,
-    WatchRequest,
+    StopMemberRequest, WatchRequest,
 };
 use boxer_proto::membership::{MemberChange, MembershipSnapshot};
 use boxer_proto::{Fingerprint, FrameError, Member, NodeId};
@@ -350,6 +350,21 @@ impl ClusterRendezvous {
         }
     }
 
+    /// Tells member `node` to stop (its program gets SIGTERM and its grace,
+    /// then it reports its exit and leaves): `boxer scale` down where no
+    /// process can be signalled.
+    async fn stop_member(&self, node: &str) -> anyhow::Result<()> {
+        let request = StopMemberRequest {
+            admin_token: self.admin_token.clone(),
+            cluster: self.cluster.clone(),
+            node: node.to_owned(),
+        };
+        tokio::time::timeout(STOP_REQUEST_TIMEOUT, rendezvous::stop_member(&self.endpoint, self.addr, request))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within {STOP_REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("asking rendezvous {} to stop {node}", self.addr.addr))
+    }
+
     /// Deletes the cluster and stops an embedded rendezvous.
     pub(crate) async fn close(&self) {
         self.delete_cluster().await;
@@ -402,6 +417,9 @@ struct NodeState {
     /// Stopped by `boxer scale` down: its end is neither a failure nor a
     /// reason to restart, and it leaves the view once it ended.
     retiring: bool,
+    /// When the rendezvous was last asked to stop it (providers that stop
+    /// nodes through the rendezvous).
+    stop_asked: Option<Instant>,
 }
 
 impl NodeState {
@@ -421,6 +439,7 @@ impl NodeState {
             provider_ended: false,
             exited_at: None,
             retiring: false,
+            stop_asked: None,
         }
     }
 
@@ -429,6 +448,15 @@ impl NodeState {
         !self.retiring && self.exit.is_some_and(|code| self.restart.applies(code)) && self.restarts < MAX_RESTARTS
     }
 }
+
+/// How long the rendezvous may take to answer a stop request (it answers
+/// at once; more means it is unreachable, and the next try comes later).
+const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time between asks to stop a retiring node that has not ended: the first
+/// ask may have failed (the node was between connections to the
+/// rendezvous), and asking again is harmless.
+const STOP_RETRY: Duration = Duration::from_secs(5);
 
 /// Most replacements of one node in one run: a node that keeps failing
 /// this often will not start working by itself.
@@ -534,6 +562,22 @@ impl ClusterView {
         if let Some(n) = self.nodes.get_mut(name) {
             n.retiring = true;
         }
+    }
+
+    /// Retiring nodes that are members, have not ended, and were not asked
+    /// to stop within [`STOP_RETRY`]: ask the rendezvous to stop them now
+    /// (marked as asked at `now`). A node scaled down before it joined is
+    /// asked once it joins.
+    fn stops_due(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        for (name, n) in &mut self.nodes {
+            let asked_lately = n.stop_asked.is_some_and(|at| now.saturating_duration_since(at) < STOP_RETRY);
+            if n.retiring && n.member.is_some() && n.exit.is_none() && !n.provider_ended && !asked_lately {
+                n.stop_asked = Some(now);
+                due.push(name.clone());
+            }
+        }
+        due
     }
 
     /// Drops retired nodes that ended on both sides; their names.
@@ -1034,6 +1078,14 @@ async fn run<P: Provider>(
             }
             write_status(&mut status, &view, &provider);
         }
+        if provider.stops_through_rendezvous() {
+            for node in view.stops_due(Instant::now()) {
+                if let Err(e) = rendezvous.stop_member(&node).await {
+                    progress
+                        .suspend(|| printer.note(&node, &format!("could not be stopped yet ({e:#}); trying again")));
+                }
+            }
+        }
         if view.mains_done() {
             break Ok(());
         }
@@ -1183,12 +1235,6 @@ async fn scale<P: Provider>(
         {
             return refuse(format!("{name}={n}: {busy} is still stopping from the last scale; try again in a moment"));
         }
-        if n < service.replicas && !provider.stops_single_nodes() {
-            return refuse(format!(
-                "{name}={n}: the {} provider cannot stop one node (scaling down on Lambda is not built yet)",
-                provider.kind()
-            ));
-        }
     }
     let mut lines = Vec::new();
     for (name, &n) in &request.replicas {
@@ -1217,7 +1263,13 @@ async fn scale<P: Provider>(
                     let node = boxer_proto::names::replica_name(name, index);
                     let ended = view.nodes.get(&node).is_some_and(|s| s.exit.is_some());
                     view.retire(&node);
-                    if !ended && let Err(e) = provider.stop_node(&node) {
+                    // Nodes stopped through the rendezvous are asked by the
+                    // main loop ([`ClusterView::stops_due`]), also those
+                    // that have not joined yet.
+                    if !ended
+                        && !provider.stops_through_rendezvous()
+                        && let Err(e) = provider.stop_node(&node)
+                    {
                         progress.suspend(|| printer.note(&node, &format!("could not be stopped: {e:#}")));
                     }
                 }
@@ -1627,9 +1679,6 @@ mod tests {
         fn stop_node(&mut self, _: &str) -> anyhow::Result<()> {
             Ok(())
         }
-        fn stops_single_nodes(&self) -> bool {
-            true
-        }
         fn kind(&self) -> &'static str {
             "stub"
         }
@@ -1770,6 +1819,16 @@ mod tests {
         assert!(shrunk.ok && shrunk.lines[0] == "web: 4 -> 2 (web-2, web-3 stopping)", "{shrunk:?}");
         let busy = scale(&mut spec, &ask(&[("web", 3)]), &mut view, &mut provider, &join, &printer, &hidden).await;
         assert!(!busy.ok && busy.lines[0].contains("web-2 is still stopping"), "{busy:?}");
+        // Through the rendezvous: a retiring member is asked, again only
+        // after STOP_RETRY; one not joined yet is asked once it joins.
+        joined(&mut view, "web-3", 4);
+        let now = Instant::now();
+        assert_eq!(view.stops_due(now), ["web-3"]);
+        assert!(view.stops_due(now + Duration::from_secs(1)).is_empty());
+        assert_eq!(view.stops_due(now + STOP_RETRY), ["web-3"]);
+        joined(&mut view, "web-2", 3);
+        assert_eq!(view.stops_due(now + STOP_RETRY), ["web-2"]);
+        assert!(!view.stops_due(now + STOP_RETRY * 3).contains(&"web-0".to_string()), "kept nodes are left alone");
         // Their ends: no restart (restart = "always"), no failure, then gone.
         for node in ["web-2", "web-3"] {
             view.record_exit(node, 143);

@@ -296,14 +296,7 @@ impl Provider for LambdaProvider {
     }
 
     fn stop_node(&mut self, node: &str) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "{node} cannot be stopped alone: a Lambda node stops when its program ends or its cluster is deleted \
-             (scaling down on Lambda is not built yet)"
-        )
-    }
-
-    fn stops_single_nodes(&self) -> bool {
-        false
+        anyhow::bail!("{node} has no process here to signal: a Lambda node is told to stop through the rendezvous")
     }
 
     fn stops_through_rendezvous(&self) -> bool {
@@ -410,6 +403,7 @@ fn interpret(node: &str, function_error: Option<&str>, payload: &[u8]) -> NodeEx
                 )),
                 Some(StopCause::ClusterStopped) => detail.push("stopped with the cluster".into()),
                 Some(StopCause::Terminated) => notes.push("stopped: Lambda shut the instance down".into()),
+                Some(StopCause::Requested) => detail.push("stopped by boxer scale".into()),
                 None => {}
             }
             detail.extend(report.last_output.iter().rev().take(3).rev().cloned());

@@ -200,10 +200,6 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
-    fn stops_single_nodes(&self) -> bool {
-        true
-    }
-
     fn stops_through_rendezvous(&self) -> bool {
         false
     }

@@ -97,11 +97,10 @@ pub trait Provider {
     fn stop_all(&mut self, force: bool);
 
     /// Asks one running node to stop (SIGTERM, its grace, then leave), for
-    /// `boxer scale` down; an error when this provider cannot.
+    /// `boxer scale` down. Not called for providers that
+    /// [stop through the rendezvous](Provider::stops_through_rendezvous):
+    /// `boxer up` asks the rendezvous to tell such a node instead.
     fn stop_node(&mut self, node: &str) -> anyhow::Result<()>;
-
-    /// Whether [`Provider::stop_node`] can stop a node.
-    fn stops_single_nodes(&self) -> bool;
 
     /// Whether deleting the cluster on the rendezvous is what stops nodes
     /// (Lambda: there is no process to signal).
