@@ -16,9 +16,10 @@ use boxer_e2e::*;
 isolate_this_test_binary!();
 
 /// Functions the lab's emulator routes (one per cluster deployed below).
-const FUNCTIONS: [&str; 12] = [
+const FUNCTIONS: [&str; 13] = [
     "boxer-redis-bench",
     "boxer-lambda-scale",
+    "boxer-lambda-replace",
     "boxer-map",
     "boxer-lambda-trigger",
     "boxer-bench",
@@ -58,9 +59,10 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
     type Case = (&'static str, fn(&LambdaLab));
-    let cases: [Case; 12] = [
+    let cases: [Case; 13] = [
         ("redis-benchmark across two function instances", redis_bench),
         ("boxer scale grows and shrinks a cluster of functions", scale),
+        ("a node is replaced before its deadline, same name and address", replace_before_deadline),
         ("boxer map over S3 objects, with retries", map),
         ("S3-triggered: new objects invoke the function", trigger),
         ("boxer bench --provider lambda", bench),
@@ -462,6 +464,52 @@ main = true
     for removed in ["web-3", "web-4", "web-5"] {
         let lines = boxer_e2e::up::output_of(&notes, removed);
         assert!(lines.contains(&"removed (scaled down)"), "{removed}:\n{text}\n{notes}");
+    }
+}
+
+/// `lambda.replace_before_deadline`: web-0's function times out after 20 s;
+/// 13 s before that a second instance is invoked, boots while the first
+/// serves, and joins under web-0's name and address once the first was told
+/// to stop. The client, reconnecting by name, sees one short outage and one
+/// address.
+fn replace_before_deadline(lab: &LambdaLab) {
+    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs");
+    let spec = spec(
+        lab,
+        "lambda-replace",
+        &format!(
+            r#"
+[cluster]
+name = "lambda-replace"
+
+[lambda]
+timeout = 20
+replace_before_deadline = 13
+
+[services.web]
+command = ["python3", "{server}"]
+restart = "always"
+
+[services.client]
+command = ["python3", "{client}", "10"]
+wait_for = ["web-0:7000"]
+main = true
+"#,
+            server = programs.join("echo_server.py").display(),
+            client = programs.join("handover_client.py").display(),
+        ),
+    );
+    deploy(lab, &spec, "lambda-replace", &[]);
+    let (code, out, err) = up(lab, &spec);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}\n{}", lab.logs());
+    let web = boxer_e2e::up::output_of(&err, "web-0");
+    assert!(web.iter().any(|l| l.contains("starting its replacement")), "{err}");
+    assert!(web.iter().any(|l| l.starts_with("replaced before its deadline (replacement 1)")), "{err}");
+    assert!(!web.iter().any(|l| l.contains("replacing it (restart")), "no restart after a deadline: {err}");
+    let summary = out.lines().find(|l| l.contains("reconnect(s), longest outage")).unwrap_or_default();
+    assert!(summary.contains("1 reconnect(s)"), "one handover, one reconnect: {out}");
+    for line in out.lines().chain(err.lines()).filter(|l| l.contains("reconnect") || l.contains("replaced before")) {
+        eprintln!("   {line}");
     }
 }
 

@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use boxer_net::rendezvous::RendezvousError;
+use boxer_proto::control::CloseCode;
 use boxer_proto::lambda::{
     ERROR_BAD_COMMAND, ERROR_JOIN_REFUSED, ERROR_RUNTIME, ERROR_UNREACHABLE, ErrorBody, NodeReport, StopCause,
+    TAKEOVER_RETRY_MS, TAKEOVER_WAIT_SECS,
 };
 use tokio::signal::unix::Signal;
 use tokio::time::Instant;
@@ -237,6 +239,9 @@ async fn join(request: &NodeRequest, run_dir: PathBuf) -> Result<Node, ErrorBody
         shared_namespace: false,
     };
     let addr = request.rendezvous.addr;
+    if event.takes_over {
+        return take_over(config, addr).await;
+    }
     match tokio::time::timeout(JOIN_TIMEOUT, Node::start(config)).await {
         Ok(Ok(node)) => Ok(node),
         Ok(Err(e)) => Err(join_error(&e, addr)),
@@ -246,6 +251,48 @@ async fn join(request: &NodeRequest, run_dir: PathBuf) -> Result<Node, ErrorBody
                 "rendezvous {addr} did not answer within {JOIN_TIMEOUT:?} (is it running, and reachable from Lambda?)"
             ),
         )),
+    }
+}
+
+/// Joins in place of a predecessor that is still a member under the same
+/// name: asks again every [`TAKEOVER_RETRY_MS`] while the rendezvous refuses
+/// the name as taken, for up to [`TAKEOVER_WAIT_SECS`].
+async fn take_over(config: NodeConfig, addr: SocketAddr) -> Result<Node, ErrorBody> {
+    let name = boxer_proto::names::replica_name(&config.service, config.index);
+    let wait = Duration::from_secs(TAKEOVER_WAIT_SECS);
+    let started = Instant::now();
+    let mut refused = 0u32;
+    loop {
+        match tokio::time::timeout(JOIN_TIMEOUT, Node::start(config.clone())).await {
+            Ok(Ok(node)) => {
+                info!(node = %name, after = ?started.elapsed(), refused, "took over from the previous instance");
+                return Ok(node);
+            }
+            Ok(Err(NodeError::Rendezvous(RendezvousError::Refused { code, .. })))
+                if code == CloseCode::Conflict.code() as u64 && started.elapsed() < wait =>
+            {
+                if refused == 0 {
+                    info!(node = %name, "the previous instance still holds the name; waiting for it to leave");
+                }
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(TAKEOVER_RETRY_MS)).await;
+            }
+            Ok(Err(NodeError::Rendezvous(RendezvousError::Refused { code, reason })))
+                if code == CloseCode::Conflict.code() as u64 =>
+            {
+                return Err(error(
+                    ERROR_JOIN_REFUSED,
+                    format!("{name}: the previous instance did not leave within {wait:?}: {reason}"),
+                ));
+            }
+            Ok(Err(e)) => return Err(join_error(&e, addr)),
+            Err(_) => {
+                return Err(error(
+                    ERROR_UNREACHABLE,
+                    format!("rendezvous {addr} did not answer within {JOIN_TIMEOUT:?}"),
+                ));
+            }
+        }
     }
 }
 

@@ -93,7 +93,27 @@ pub struct NodeEvent {
     /// gives none that is plausible.
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// This node replaces an instance of the same name that is still a
+    /// member (`lambda.replace_before_deadline`): while the rendezvous
+    /// refuses the name as taken, the runtime asks again every
+    /// [`TAKEOVER_RETRY_MS`] for up to [`TAKEOVER_WAIT_SECS`], so that it
+    /// joins, with its predecessor's address, the moment that one leaves.
+    /// Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub takes_over: bool,
 }
+
+/// How often a [`NodeEvent::takes_over`] node asks to join while its name
+/// is taken: the gap its peers see is at most this on top of the
+/// predecessor's stop, and a refused join costs the rendezvous one
+/// handshake.
+pub const TAKEOVER_RETRY_MS: u64 = 50;
+
+/// How long a [`NodeEvent::takes_over`] node waits for its name: its
+/// predecessor is told to stop a moment after this node was invoked and
+/// then has its grace (at most [`DEFAULT_GRACE_SECS`] from `boxer up`) to
+/// end; far longer means the handover failed.
+pub const TAKEOVER_WAIT_SECS: u64 = 60;
 
 fn default_grace() -> u64 {
     DEFAULT_GRACE_SECS

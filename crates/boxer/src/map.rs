@@ -580,6 +580,7 @@ mod tests {
             notes: vec![],
             detail: detail.iter().map(|s| s.to_string()).collect(),
             failed_to_start: false,
+            instance: 0,
         };
         assert_eq!(why(&exit(EXIT_NO_INPUT, &[])), "the input could not be downloaded");
         assert_eq!(why(&exit(3, &["x", "boom", " "])), "exit code 3; boom");

@@ -33,6 +33,8 @@
 //! ephemeral_storage = 512         # MB of /tmp, 512 to 10240
 //! files = "app"                   # directory packed with the function (relative to this file)
 //! image = "public.ecr.aws/docker/library/redis:7"   # deploy as a container image on this base
+//! replace_before_deadline = 60   # seconds: nodes of services with `restart` are replaced
+//!                                 # this long before the function's timeout ends them
 //!
 //! [trigger]                       # optional: S3 invokes the function per new object (SCAR)
 //! input = "s3://my-input/batch/"  # objects created under this prefix...
@@ -97,6 +99,11 @@ pub struct LambdaSpec {
     pub image: Option<String>,
     /// The `[trigger]` table: S3 invokes the function for new objects.
     pub trigger: Option<Trigger>,
+    /// Seconds before an invocation's timeout at which `boxer up` starts a
+    /// node's replacement (services with `restart` only): the new instance
+    /// boots while the old one serves, then takes its name and address the
+    /// moment the old one has stopped.
+    pub replace_before_deadline: Option<u32>,
 }
 
 /// The `[trigger]` table: every object created under `input` invokes the
@@ -262,6 +269,7 @@ struct RawLambda {
     ephemeral_storage: Option<Spanned<i64>>,
     files: Option<Spanned<String>>,
     image: Option<Spanned<String>>,
+    replace_before_deadline: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -548,6 +556,15 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
     if let Some(t) = &raw.trigger {
         lambda.trigger = Some(parse_trigger(&ctx, t, &services)?);
     }
+    if let Some(v) = raw.lambda.as_ref().and_then(|l| l.replace_before_deadline.as_ref())
+        && services.iter().all(|s| s.restart == Restart::Never)
+    {
+        return Err(ctx.error(
+            v.span(),
+            "lambda.replace_before_deadline",
+            "it replaces nodes of services with `restart = \"on-failure\"` or `\"always\"`, and no service has one",
+        ));
+    }
     let spec = Spec { path: path.to_owned(), name, network, services, lambda };
     check_wait_for(&spec, &ctx, &spans)?;
     check_forward(&spec, &ctx, &forward_spans)?;
@@ -604,16 +621,29 @@ fn parse_lambda(ctx: &Ctx<'_>, raw: &RawLambda, base: &Path) -> Result<LambdaSpe
         }
         None => None,
     };
+    let timeout = range(&raw.timeout, "timeout", lambda::TIMEOUT_SECS, "seconds")?;
+    let replace_before_deadline =
+        range(&raw.replace_before_deadline, "replace_before_deadline", 1..=*lambda::TIMEOUT_SECS.end() - 1, "seconds")?;
+    if let (Some(r), Some(t), Some(v)) = (replace_before_deadline, timeout, &raw.replace_before_deadline)
+        && r >= t
+    {
+        return Err(ctx.error(
+            v.span(),
+            "lambda.replace_before_deadline",
+            format!("{r} s is not shorter than lambda.timeout ({t} s): every node would be replaced at once"),
+        ));
+    }
     Ok(LambdaSpec {
         function,
         role,
         memory: range(&raw.memory, "memory", lambda::MEMORY_MB, "MB")?,
-        timeout: range(&raw.timeout, "timeout", lambda::TIMEOUT_SECS, "seconds")?,
+        timeout,
         architecture,
         ephemeral_storage: range(&raw.ephemeral_storage, "ephemeral_storage", lambda::EPHEMERAL_STORAGE_MB, "MB")?,
         files,
         image,
         trigger: None,
+        replace_before_deadline,
     })
 }
 
@@ -952,6 +982,7 @@ forward = ["5432=db-1:5432", "0.0.0.0:7000=db:7000", "127.0.0.2:8080=api-0:8080"
 name = "c"
 [services.a]
 command = ["x"]
+restart = "always"
 [lambda]
 function = "my_fn-1"
 role = "arn:aws:iam::123456789012:role/boxer"
@@ -961,6 +992,7 @@ architecture = "arm64"
 ephemeral_storage = 1024
 files = "app"
 image = "public.ecr.aws/docker/library/python:3.12"
+replace_before_deadline = 20
 "#,
         )
         .unwrap();
@@ -977,6 +1009,7 @@ image = "public.ecr.aws/docker/library/python:3.12"
                 files: Some(dir.join("app")),
                 image: Some("public.ecr.aws/docker/library/python:3.12".into()),
                 trigger: None,
+                replace_before_deadline: Some(20),
             }
         );
         let plain =
@@ -1006,6 +1039,13 @@ image = "public.ecr.aws/docker/library/python:3.12"
         assert!(e.starts_with("/x/boxer.toml:6:9: lambda.files: /x/nope is not a directory"), "{e}");
         let e = err(&format!("{base}image = \"\"\n"));
         assert!(e.starts_with("/x/boxer.toml:6:9: lambda.image:"), "{e}");
+        let e = err(&format!("{base}replace_before_deadline = 30\n"));
+        assert!(e.starts_with("/x/boxer.toml:6:27: lambda.replace_before_deadline:") && e.contains("`restart"), "{e}");
+        let with_restart = base.replace("[lambda]", "restart = \"on-failure\"\n[lambda]");
+        let e = err(&format!("{with_restart}timeout = 30\nreplace_before_deadline = 30\n"));
+        assert!(e.contains("lambda.replace_before_deadline: 30 s is not shorter than lambda.timeout (30 s)"), "{e}");
+        let e = err(&format!("{with_restart}replace_before_deadline = 0\n"));
+        assert!(e.contains("replace_before_deadline must be 1 to 899 seconds, not 0"), "{e}");
         let e = err(&format!("{base}memroy = 128\n"));
         assert!(e.starts_with("/x/boxer.toml:6:1") && e.contains("unknown field `memroy`"), "{e}");
         let e = err(&format!("{base}memory = \"big\"\n"));

@@ -236,6 +236,16 @@ async fn start(spec: &Spec, options: &UpOptions, dir: &Path) -> anyhow::Result<i
         }
         ProviderChoice::Lambda(lambda) => {
             let (provider, exits) = LambdaProvider::new(lambda.clone(), spec, dir).await?;
+            if let Some(before) = spec.lambda.replace_before_deadline {
+                let timeout = provider.function_timeout();
+                anyhow::ensure!(
+                    u64::from(before) < timeout.as_secs(),
+                    "lambda.replace_before_deadline in {} is {before} s, but the function's timeout is {} s: \
+                     every node would be replaced at once (lower it, or deploy with a longer timeout)",
+                    spec.path.display(),
+                    timeout.as_secs()
+                );
+            }
             let rendezvous = ClusterRendezvous::start(spec, options, dir, None).await?;
             run(spec, options, dir, started, rendezvous, None, provider, exits).await
         }
@@ -420,6 +430,44 @@ struct NodeState {
     /// When the rendezvous was last asked to stop it (providers that stop
     /// nodes through the rendezvous).
     stop_asked: Option<Instant>,
+    /// When its current instance was launched, and how long that one took
+    /// to join (a replacement is given as long to boot).
+    launched_at: Instant,
+    start_time: Option<Duration>,
+    /// When its current instance joined.
+    joined_at: Option<Instant>,
+    /// Its replacement before the deadline, while under way.
+    handover: Option<Handover>,
+    /// The provider's number of its current instance once a takeover made
+    /// it ([`NodeExit::instance`]): the end of any other instance is an
+    /// earlier one's, already replaced.
+    current_instance: Option<u64>,
+    /// How often it was replaced before its deadline.
+    handovers: u32,
+    /// Its replacement before the deadline could not be started: it is
+    /// replaced after its deadline instead (its `restart`).
+    no_handover: bool,
+}
+
+/// A node being replaced before its deadline (`lambda.replace_before_deadline`):
+/// its successor was launched while it still serves. The successor boots,
+/// waits for the name; the old instance is told to stop; the successor
+/// joins the moment it left, with the same name and address.
+#[derive(Debug, Clone)]
+struct Handover {
+    /// The successor's [`NodeExit::instance`].
+    successor: u64,
+    /// When the successor was launched.
+    launched: Instant,
+    /// When to tell the old instance to stop: once the successor has had
+    /// as long to boot as the node's last start took.
+    stop_old_at: Instant,
+    /// The old instance's exit code, once it reported one.
+    old_exit: Option<i32>,
+    /// The old instance's invocation returned.
+    old_returned: bool,
+    /// The successor joined in the old one's place.
+    successor_joined: bool,
 }
 
 impl NodeState {
@@ -440,6 +488,13 @@ impl NodeState {
             exited_at: None,
             retiring: false,
             stop_asked: None,
+            launched_at: Instant::now(),
+            start_time: None,
+            joined_at: None,
+            handover: None,
+            current_instance: None,
+            handovers: 0,
+            no_handover: false,
         }
     }
 
@@ -457,6 +512,16 @@ const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// ask may have failed (the node was between connections to the
 /// rendezvous), and asking again is harmless.
 const STOP_RETRY: Duration = Duration::from_secs(5);
+
+/// How long a replacement before the deadline gets to boot before the old
+/// instance is told to stop, when the node's own start was not measured;
+/// and the bounds on a measured one. The old instance's stop takes its
+/// grace anyway, so an overestimate costs nothing but overlap, and a
+/// successor that is not ready yet only widens the gap by its remaining
+/// boot.
+const HANDOVER_BOOT_DEFAULT: Duration = Duration::from_secs(2);
+const HANDOVER_BOOT_MIN: Duration = Duration::from_millis(200);
+const HANDOVER_BOOT_MAX: Duration = Duration::from_secs(10);
 
 /// Most replacements of one node in one run: a node that keeps failing
 /// this often will not start working by itself.
@@ -606,8 +671,88 @@ impl ClusterView {
         n.paths.clear();
         n.note = None;
         n.left_unreported = false;
+        n.launched_at = Instant::now();
+        n.joined_at = None;
+        n.handover = None;
+        n.current_instance = None;
+        n.stop_asked = None;
         n.restarts += 1;
         n.restarts
+    }
+
+    /// Nodes due for replacement before their deadline: running, joined
+    /// `lifetime - before` ago or more, of a service with `restart`, not
+    /// being replaced or stopped already.
+    fn handovers_due(&self, lifetime: Duration, before: Duration, now: Instant) -> Vec<String> {
+        let Some(run_for) = lifetime.checked_sub(before) else { return vec![] };
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.restart != Restart::Never && !n.retiring && !n.no_handover)
+            .filter(|(_, n)| n.exit.is_none() && n.handover.is_none())
+            .filter(|(_, n)| n.member.is_some() && n.joined_at.is_some_and(|at| now >= at + run_for))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Node `name`'s successor (the provider's instance `successor`) was
+    /// launched at `now`.
+    fn handover_started(&mut self, name: &str, successor: u64, now: Instant) {
+        let Some(n) = self.nodes.get_mut(name) else { return };
+        let boot = n.start_time.unwrap_or(HANDOVER_BOOT_DEFAULT).clamp(HANDOVER_BOOT_MIN, HANDOVER_BOOT_MAX);
+        n.handover = Some(Handover {
+            successor,
+            launched: now,
+            stop_old_at: now + boot,
+            old_exit: None,
+            old_returned: false,
+            successor_joined: false,
+        });
+        n.stop_asked = None;
+    }
+
+    /// Node `name`'s successor could not be launched: no more tries.
+    fn handover_failed(&mut self, name: &str) {
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.no_handover = true;
+        }
+    }
+
+    /// Old instances whose successor has had its time to boot and that
+    /// were not asked to stop within [`STOP_RETRY`]: tell them now.
+    fn handover_stops_due(&mut self, now: Instant) -> Vec<String> {
+        let mut due = Vec::new();
+        for (name, n) in &mut self.nodes {
+            let Some(h) = &n.handover else { continue };
+            let asked_lately = n.stop_asked.is_some_and(|at| now.saturating_duration_since(at) < STOP_RETRY);
+            if now >= h.stop_old_at && h.old_exit.is_none() && !h.successor_joined && !asked_lately {
+                n.stop_asked = Some(now);
+                due.push(name.clone());
+            }
+        }
+        due
+    }
+
+    /// Ends node `name`'s handover once the old instance is gone and the
+    /// successor joined; the successor is then the node.
+    fn finish_handover(&mut self, name: &str, printer: &Printer, progress: &ProgressBar) {
+        let Some(n) = self.nodes.get_mut(name) else { return };
+        let Some(h) = &n.handover else { return };
+        if !(h.successor_joined && h.old_returned) {
+            return;
+        }
+        // What peers saw: from the old instance's stop to the new one's join.
+        let gap = n.stop_asked.zip(n.joined_at).map(|(asked, joined)| joined.saturating_duration_since(asked));
+        n.current_instance = Some(h.successor);
+        n.handover = None;
+        n.handovers += 1;
+        n.stop_asked = None;
+        let ip = n.member.as_ref().map(|m| m.overlay_ip.to_string()).unwrap_or_default();
+        let line = format!(
+            "replaced before its deadline (replacement {}): the new instance serves at {ip}{}",
+            n.handovers,
+            gap.map(|g| format!(", {:.2} s after the old one was told to stop", g.as_secs_f64())).unwrap_or_default()
+        );
+        progress.suspend(|| printer.note(name, &line));
     }
 
     /// A failed node that other services wait for.
@@ -725,8 +870,21 @@ impl ClusterView {
             }
             ServerMessage::Event(event) => match &event.change {
                 MemberChange::Joined(m) => {
-                    if let Some(n) = self.nodes.get_mut(&m.replica_name()) {
+                    let name = m.replica_name();
+                    if let Some(n) = self.nodes.get_mut(&name) {
+                        let now = Instant::now();
+                        if let Some(h) = &mut n.handover {
+                            // The old instance is a member until it left:
+                            // a join under its name is the successor's.
+                            h.successor_joined = true;
+                            n.start_time = Some(now.saturating_duration_since(h.launched));
+                            n.joined_at = Some(now);
+                        } else if n.joined_at.is_none() {
+                            n.start_time = Some(now.saturating_duration_since(n.launched_at));
+                            n.joined_at = Some(now);
+                        }
                         n.member = Some(m.clone());
+                        self.finish_handover(&name, printer, progress);
                     } else {
                         self.others
                             .insert(m.replica_name(), OtherMember { member: m.clone(), exit: None, left: false });
@@ -764,6 +922,22 @@ impl ClusterView {
                 if let Some(o) = self.others.get_mut(node) {
                     o.exit = Some(status.code);
                 }
+                return true;
+            }
+            ServerMessage::Exited { node, status }
+                if self
+                    .nodes
+                    .get(node)
+                    .and_then(|n| n.handover.as_ref())
+                    .is_some_and(|h| h.old_exit.is_none() && !h.successor_joined) =>
+            {
+                // The instance being replaced: its end is the handover's
+                // middle, not the node's.
+                if let Some(h) = self.nodes.get_mut(node).and_then(|n| n.handover.as_mut()) {
+                    h.old_exit = Some(status.code);
+                }
+                let line = format!("the replaced instance exited with code {}", status.code);
+                progress.suspend(|| printer.note(node, &line));
                 return true;
             }
             ServerMessage::Exited { node, status } if self.nodes.get(node).is_some_and(|n| n.exit.is_none()) => {
@@ -831,6 +1005,9 @@ impl ClusterView {
     /// program ran is settled at once, others wait for the rendezvous' exit
     /// report for [`REPORT_WAIT`].
     fn provider_exit(&mut self, exit: NodeExit, printer: &Printer, progress: &ProgressBar) {
+        if self.takeover_exit(&exit, printer, progress) {
+            return;
+        }
         if !exit.notes.is_empty() {
             progress.suspend(|| exit.notes.iter().for_each(|l| printer.note(&exit.node, l)));
         }
@@ -852,6 +1029,42 @@ impl ClusterView {
             self.record_exit(&node, code);
         } else {
             n.provider_exit = Some((exit, Instant::now()));
+        }
+    }
+
+    /// The provider's report of an instance's end while the node is being
+    /// replaced, or of an instance already replaced; `true` when that is
+    /// what `exit` is (and it was dealt with here).
+    fn takeover_exit(&mut self, exit: &NodeExit, printer: &Printer, progress: &ProgressBar) -> bool {
+        let Some(n) = self.nodes.get_mut(&exit.node) else { return false };
+        let Some(h) = &mut n.handover else {
+            // Ends of instances that a takeover made obsolete.
+            return n.current_instance.is_some_and(|current| exit.instance != current);
+        };
+        if exit.instance != h.successor {
+            // The old instance's invocation returned.
+            h.old_returned = true;
+            h.old_exit.get_or_insert(exit.code);
+            self.finish_handover(&exit.node, printer, progress);
+            return true;
+        }
+        // The successor ended before the handover was done.
+        let h = n.handover.take().expect("matched above");
+        progress.suspend(|| {
+            exit.detail.iter().for_each(|l| printer.note(&exit.node, l));
+            printer.note(&exit.node, "its replacement ended before taking over");
+        });
+        match h.old_exit {
+            // The old instance keeps serving until its deadline; its end
+            // is handled as usual then (restart).
+            None => true,
+            // Both are gone: the node ended as the old instance did.
+            Some(code) => {
+                n.provider_ended = h.old_returned;
+                n.current_instance = Some(h.successor);
+                self.record_exit(&exit.node, code);
+                true
+            }
         }
     }
 
@@ -905,7 +1118,11 @@ impl ClusterView {
                         rtt_us: p.rtt_us,
                     })
                     .collect(),
-                note: n.note.clone(),
+                note: n.note.clone().or_else(|| match (&n.handover, n.handovers) {
+                    (Some(_), _) => Some("being replaced before its deadline".into()),
+                    (None, 0) => None,
+                    (None, k) => Some(format!("replaced {k} time(s) before its deadline")),
+                }),
             })
             .chain(self.others.iter().map(|(name, o)| NodeStatus {
                 name: name.clone(),
@@ -996,6 +1213,7 @@ async fn run<P: Provider>(
 
     // `boxer scale` reaches this run here; the shape it changes is this.
     let mut spec_now = spec.clone();
+    let replace_before = spec.lambda.replace_before_deadline.map(|s| Duration::from_secs(u64::from(s)));
     let control = match control::listen(dir) {
         Ok(listener) => Some(listener),
         Err(e) => {
@@ -1077,6 +1295,31 @@ async fn run<P: Provider>(
                 view.provider_exit(NodeExit::failed(&node, format!("{e:#}")), &printer, &progress);
             }
             write_status(&mut status, &view, &provider);
+        }
+        if let (Some(lifetime), Some(before)) = (provider.lifetime(), replace_before) {
+            for node in view.handovers_due(lifetime, before, Instant::now()) {
+                let Some((service, index)) = spec_now.nodes().find(|(s, i)| format!("{}-{i}", s.name) == node) else {
+                    continue;
+                };
+                match provider.launch_takeover(&join, service, index).await {
+                    Ok(successor) => {
+                        view.handover_started(&node, successor, Instant::now());
+                        let line = format!("{} s before its deadline: starting its replacement", before.as_secs());
+                        progress.suspend(|| printer.note(&node, &line));
+                    }
+                    Err(e) => {
+                        // Not tried again: the node is replaced after its deadline instead.
+                        progress.suspend(|| printer.note(&node, &format!("its replacement did not start: {e:#}")));
+                        view.handover_failed(&node);
+                    }
+                }
+            }
+            for node in view.handover_stops_due(Instant::now()) {
+                if let Err(e) = rendezvous.stop_member(&node).await {
+                    progress
+                        .suspend(|| printer.note(&node, &format!("could not be stopped yet ({e:#}); trying again")));
+                }
+            }
         }
         if provider.stops_through_rendezvous() {
             for node in view.stops_due(Instant::now()) {
@@ -1833,7 +2076,14 @@ mod tests {
         for node in ["web-2", "web-3"] {
             view.record_exit(node, 143);
             view.provider_exit(
-                NodeExit { node: node.into(), code: 143, notes: vec![], detail: vec![], failed_to_start: false },
+                NodeExit {
+                    node: node.into(),
+                    code: 143,
+                    notes: vec![],
+                    detail: vec![],
+                    failed_to_start: false,
+                    instance: 0,
+                },
                 &printer,
                 &hidden,
             );
@@ -1843,6 +2093,90 @@ mod tests {
         let again = scale(&mut spec, &ask(&[("web", 3)]), &mut view, &mut provider, &join, &printer, &hidden).await;
         assert!(again.ok, "{again:?}");
         assert_eq!(view.names(), ["web-0", "web-1", "web-2"]);
+    }
+
+    #[test]
+    fn a_node_is_replaced_before_its_deadline_by_a_successor_that_takes_its_place() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let spec = crate::spec::parse(
+            Path::new("/x/boxer.toml"),
+            "[cluster]\nname = \"c\"\n[services.web]\ncommand = [\"x\"]\nrestart = \"always\"\n\
+             [services.once]\ncommand = [\"x\"]\n",
+        )
+        .unwrap();
+        let mut view = ClusterView::new(&spec);
+        let event = |change| ServerMessage::Event(boxer_proto::membership::MembershipEvent { seq: 1, change });
+        let exited = |code| ServerMessage::Exited { node: "web-0".into(), status: ExitStatus { code } };
+        let ended = |instance, code| NodeExit {
+            node: "web-0".into(),
+            code,
+            notes: vec![],
+            detail: vec![],
+            failed_to_start: false,
+            instance,
+        };
+        view.apply(&event(MemberChange::Joined(member("web-0", 1))), &printer, &hidden);
+        view.apply(&event(MemberChange::Joined(member("once-0", 2))), &printer, &hidden);
+        let joined = view.nodes["web-0"].joined_at.unwrap();
+        let (lifetime, before) = (Duration::from_secs(10), Duration::from_secs(4));
+        assert!(view.handovers_due(lifetime, before, joined + Duration::from_secs(5)).is_empty());
+        // Only the service with `restart`.
+        let now = joined + Duration::from_secs(6);
+        assert_eq!(view.handovers_due(lifetime, before, now), ["web-0"]);
+        view.handover_started("web-0", 7, now);
+        assert!(view.handovers_due(lifetime, before, now).is_empty(), "one handover at a time");
+        assert!(view.handover_stops_due(now).is_empty(), "the successor boots first");
+        let boot = view.nodes["web-0"].handover.as_ref().unwrap().stop_old_at - now;
+        assert!((HANDOVER_BOOT_MIN..=HANDOVER_BOOT_MAX).contains(&boot), "{boot:?}");
+        assert_eq!(view.handover_stops_due(now + boot), ["web-0"]);
+        assert!(view.handover_stops_due(now + boot).is_empty(), "asked once per STOP_RETRY");
+
+        // The old instance stops: its exit and its invocation's end are the
+        // handover's, not the node's.
+        view.apply(&exited(143), &printer, &hidden);
+        view.provider_exit(ended(1, 143), &printer, &hidden);
+        let n = &view.nodes["web-0"];
+        assert!(n.exit.is_none() && !n.provider_ended && view.due_restarts().is_empty());
+        view.apply(&event(MemberChange::Left { node_id: boxer_proto::NodeId(1) }), &printer, &hidden);
+        // The successor joins under the same name (and, from the rendezvous, address).
+        view.apply(&event(MemberChange::Joined(member("web-0", 1))), &printer, &hidden);
+        let n = &view.nodes["web-0"];
+        assert!(n.handover.is_none() && n.handovers == 1 && n.current_instance == Some(7));
+        let provider = LocalProviderStub;
+        let row = view.status(Path::new("/o"), &provider).into_iter().find(|r| r.name == "web-0").unwrap();
+        assert_eq!(
+            (row.state.as_str(), row.note.as_deref()),
+            ("running", Some("replaced 1 time(s) before its deadline"))
+        );
+        // A stale end of an older instance changes nothing; the successor's does.
+        view.provider_exit(ended(1, 1), &printer, &hidden);
+        assert!(!view.nodes["web-0"].provider_ended);
+        view.apply(&exited(0), &printer, &hidden);
+        view.provider_exit(ended(7, 0), &printer, &hidden);
+        let n = &view.nodes["web-0"];
+        assert!(n.exit == Some(0) && n.provider_ended);
+    }
+
+    #[test]
+    fn a_successor_that_fails_leaves_the_old_instance_serving() {
+        let (printer, hidden) = (Printer::new(vec![]), ProgressBar::hidden());
+        let spec = crate::spec::parse(
+            Path::new("/x/boxer.toml"),
+            "[cluster]\nname = \"c\"\n[services.web]\ncommand = [\"x\"]\nrestart = \"always\"\n",
+        )
+        .unwrap();
+        let mut view = ClusterView::new(&spec);
+        joined(&mut view, "web-0", 1);
+        view.handover_started("web-0", 9, Instant::now());
+        let failed = NodeExit { instance: 9, ..NodeExit::failed("web-0", "throttled".into()) };
+        view.provider_exit(failed, &printer, &hidden);
+        let n = &view.nodes["web-0"];
+        assert!(n.handover.is_none() && n.exit.is_none() && !n.provider_ended, "the old one still serves");
+        // Its own end later is the node's, as without a handover.
+        view.provider_exit(NodeExit { instance: 1, ..NodeExit::failed("web-0", "gone".into()) }, &printer, &hidden);
+        assert!(view.nodes["web-0"].provider_ended);
+        view.handover_failed("web-0");
+        assert!(view.handovers_due(Duration::from_secs(1), Duration::ZERO, Instant::now()).is_empty());
     }
 
     #[test]

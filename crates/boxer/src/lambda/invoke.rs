@@ -96,6 +96,21 @@ struct Tally {
     hosts: BTreeMap<String, Vec<String>>,
 }
 
+impl Tally {
+    /// Counts one returned invocation of `node`. A node invoked again
+    /// (restarted, replaced before its deadline) is counted again, as
+    /// `node (2)`, `node (3)`: each invocation is billed.
+    fn add_billed(&mut self, node: &str, billed: Billed) {
+        let mut key = node.to_owned();
+        let mut k = 1;
+        while self.billed.contains_key(&key) {
+            k += 1;
+            key = format!("{node} ({k})");
+        }
+        self.billed.insert(key, billed);
+    }
+}
+
 /// A node's billed time.
 #[derive(Debug, Clone, Copy)]
 struct Billed {
@@ -111,6 +126,9 @@ pub struct LambdaProvider {
     function: Function,
     workdir: Option<String>,
     running: usize,
+    /// Invocations sent so far: the number of the next is one more
+    /// ([`NodeExit::instance`]).
+    launches: u64,
     total: usize,
     /// Where each node's answer is kept (`<state>/lambda/reports`).
     reports: PathBuf,
@@ -185,6 +203,7 @@ impl LambdaProvider {
             function: Function { name, memory_mb, timeout, price_per_gb_second: price },
             workdir,
             running: 0,
+            launches: 0,
             total: spec.node_count(),
             reports,
             tally: Arc::default(),
@@ -199,7 +218,7 @@ impl LambdaProvider {
     }
 
     /// The event that starts replica `index` of `service`.
-    fn event(&self, join: &Join, service: &Service, index: u32) -> NodeEvent {
+    fn event(&self, join: &Join, service: &Service, index: u32, takes_over: bool) -> NodeEvent {
         NodeEvent {
             version: EVENT_VERSION,
             rendezvous: join.rendezvous.to_string(),
@@ -217,26 +236,17 @@ impl LambdaProvider {
             workdir: self.workdir.clone(),
             grace_secs: grace_for(self.function.timeout),
             timeout_secs: Some(self.function.timeout.as_secs()),
+            takes_over,
         }
     }
-}
 
-/// The program's grace: the usual one, but at most a quarter of the
-/// function's timeout so that a short function still runs its program
-/// most of the time.
-fn grace_for(timeout: Duration) -> u64 {
-    DEFAULT_GRACE_SECS.min(timeout.as_secs() / 4).max(1)
-}
-
-impl Provider for LambdaProvider {
-    fn kind(&self) -> &'static str {
-        "lambda"
-    }
-
-    async fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()> {
-        let event = self.event(join, service, index);
+    /// Invokes the function with `event` in the background; the end comes
+    /// on the exits channel, with the instance number returned here.
+    fn invoke(&mut self, event: NodeEvent) -> anyhow::Result<u64> {
         let payload = serde_json::to_vec(&event).context("encoding the node's event")?;
         let node = event.node_name();
+        self.launches += 1;
+        let instance = self.launches;
         let (client, function, tally, exits) =
             (self.client.clone(), self.function.name.clone(), self.tally.clone(), self.exits.clone());
         let report_file = self.reports.join(format!("{node}.json"));
@@ -250,10 +260,8 @@ impl Provider for LambdaProvider {
                 let exit = match result {
                     Ok(out) => {
                         let billed = out.log_result().and_then(billed_from_log);
-                        tally.lock().expect("tally").billed.insert(
-                            node.clone(),
-                            Billed { duration: billed.unwrap_or(elapsed), reported: billed.is_some() },
-                        );
+                        let billed = Billed { duration: billed.unwrap_or(elapsed), reported: billed.is_some() };
+                        tally.lock().expect("tally").add_billed(&node, billed);
                         {
                             let payload = out.payload().map(Blob::as_ref).unwrap_or_default();
                             if let Err(e) = std::fs::write(&report_file, payload) {
@@ -270,12 +278,38 @@ impl Provider for LambdaProvider {
                     }
                     Err(why) => NodeExit::failed(&node, why),
                 };
+                let exit = NodeExit { instance, ..exit };
                 tracing::debug!(code = exit.code, "invocation returned after {elapsed:?}");
                 let _ = exits.send(exit);
             },
             span,
         ));
-        Ok(())
+        Ok(instance)
+    }
+}
+
+/// The program's grace: the usual one, but at most a quarter of the
+/// function's timeout so that a short function still runs its program
+/// most of the time.
+fn grace_for(timeout: Duration) -> u64 {
+    DEFAULT_GRACE_SECS.min(timeout.as_secs() / 4).max(1)
+}
+
+impl Provider for LambdaProvider {
+    fn kind(&self) -> &'static str {
+        "lambda"
+    }
+
+    async fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()> {
+        self.invoke(self.event(join, service, index, false)).map(|_| ())
+    }
+
+    async fn launch_takeover(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<u64> {
+        self.invoke(self.event(join, service, index, true))
+    }
+
+    fn lifetime(&self) -> Option<Duration> {
+        Some(self.function.timeout)
     }
 
     fn exited(&mut self, _node: &str) {
@@ -407,7 +441,14 @@ fn interpret(node: &str, function_error: Option<&str>, payload: &[u8]) -> NodeEx
                 None => {}
             }
             detail.extend(report.last_output.iter().rev().take(3).rev().cloned());
-            NodeExit { node: node.to_owned(), code: report.exit_code, notes, detail, failed_to_start: false }
+            NodeExit {
+                node: node.to_owned(),
+                code: report.exit_code,
+                notes,
+                detail,
+                failed_to_start: false,
+                instance: 0,
+            }
         }
         Err(e) => NodeExit::failed(node, format!("the function's answer is not a Boxer node report ({e}): {}", text())),
     }

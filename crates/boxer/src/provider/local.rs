@@ -171,7 +171,7 @@ impl Provider for LocalProvider {
             let mut detail: Vec<String> = tail.lines().rev().take(LOG_TAIL_LINES).map(str::to_owned).collect();
             detail.reverse();
             detail.insert(0, format!("runtime exited with code {code} (log: {})", log_path.display()));
-            let _ = exits.send(NodeExit { node, code, notes: vec![], detail, failed_to_start: false });
+            let _ = exits.send(NodeExit { node, code, notes: vec![], detail, failed_to_start: false, instance: 0 });
         });
         Ok(())
     }

@@ -47,12 +47,16 @@ pub struct NodeExit {
     /// Whether the node failed before its program ran (join refused,
     /// invoke failed): shown even when the exit code is 0.
     pub failed_to_start: bool,
+    /// Which launch of the node ended, for providers that can run two
+    /// instances of one node at once ([`Provider::launch_takeover`]): the
+    /// number that call returned. 0 where there is only ever one.
+    pub instance: u64,
 }
 
 impl NodeExit {
     /// A node that failed before its program ran, for `why`.
     pub fn failed(node: &str, why: String) -> Self {
-        Self { node: node.to_owned(), code: 1, notes: vec![], detail: vec![why], failed_to_start: true }
+        Self { node: node.to_owned(), code: 1, notes: vec![], detail: vec![why], failed_to_start: true, instance: 0 }
     }
 }
 
@@ -84,6 +88,22 @@ pub trait Provider {
     /// Starts replica `index` of `service`. Returns once the start is under
     /// way; the end comes later as a [`NodeExit`] on the provider's channel.
     async fn launch(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<()>;
+
+    /// Starts a second instance of replica `index` of `service` while the
+    /// first still runs (`lambda.replace_before_deadline`): it boots, waits
+    /// for the name, and joins in the first one's place once that one has
+    /// stopped. Returns the [`NodeExit::instance`] its end will carry. Only
+    /// for providers whose nodes have a [`Provider::lifetime`].
+    async fn launch_takeover(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<u64> {
+        let _ = (join, service, index);
+        anyhow::bail!("the {} provider does not replace nodes before a deadline", self.kind())
+    }
+
+    /// The longest a node can run (Lambda: the function's timeout); `None`
+    /// when nothing ends nodes on a clock.
+    fn lifetime(&self) -> Option<Duration> {
+        None
+    }
 
     /// Forgets a node whose [`NodeExit`] arrived.
     fn exited(&mut self, node: &str);
