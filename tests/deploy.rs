@@ -350,6 +350,72 @@ name=$(basename "$BOXER_INPUT" .txt | tr ' ' _)
     assert!(err.contains("no objects under s3://map-in/none/") && err.contains("boxer put"), "{err}");
 }
 
+/// `boxer map` over local files, without S3: `boxer map` joins the cluster
+/// as stage-0 and serves each node its file over the overlay; the results
+/// come back the same way into the output directory. Also a glob, and the
+/// errors for what cannot be mapped.
+#[test]
+fn map_stages_local_files_over_the_overlay() {
+    let setup = Setup::new();
+    let root = setup.dir.path();
+    let input = root.join("local-in");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    for i in 0..5 {
+        std::fs::write(input.join(format!("part {i}.txt")), format!("part {i}\n").repeat(i + 1)).unwrap();
+    }
+    std::fs::write(input.join("sub").join("deep.csv"), "a,b\n").unwrap();
+    let output = root.join("local-out");
+    // The input must come over the overlay: the node reads only the copy
+    // map-item fetched, which lives under its own scratch directory.
+    let script = r#"case "$BOXER_INPUT" in */input/*) ;; *) echo "input not staged: $BOXER_INPUT" >&2; exit 3;; esac
+if [ "$BOXER_INPUT_KEY" = "part 2.txt" ] && [ "$BOXER_ATTEMPT" = 1 ]; then echo not yet >&2; exit 5; fi
+result="$BOXER_OUTPUT_DIR/counts/$BOXER_INPUT_KEY.lines"
+mkdir -p "$(dirname "$result")"
+wc -l < "{}" | tr -d ' ' > "$result""#;
+    let dir_arg = input.display().to_string();
+    let out_arg = output.display().to_string();
+    let map = setup.run(&["map", "--input", &dir_arg, "--output", &out_arg, "-n", "3", "--", "sh", "-c", script]);
+    let (out, err) = text(&map);
+    assert!(map.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("retry   part 2.txt  (attempt 1 of 2 failed: exit code 5; not yet)"), "{out}");
+    assert!(out.contains("  done     6") && out.contains("  retried  1 item(s), 1 retries"), "{out}");
+    for i in 0..5 {
+        let got = std::fs::read_to_string(output.join("counts").join(format!("part {i}.txt.lines")))
+            .unwrap_or_else(|e| panic!("part {i}: {e}\n{out}\n{err}"));
+        assert_eq!(got.trim(), (i + 1).to_string());
+    }
+    // Keys are paths below the directory: $BOXER_INPUT_KEY is sub/deep.csv.
+    assert_eq!(std::fs::read_to_string(output.join("counts/sub/deep.csv.lines")).unwrap().trim(), "1");
+
+    // A glob, results beside the first ones; no partial files left.
+    let pattern = format!("{}/part [34].txt", input.display());
+    let glob_out = root.join("glob-out");
+    let glob_arg = glob_out.display().to_string();
+    let map = setup.run(&["map", "--input", &pattern, "--output", &glob_arg, "--", "sh", "-c", script]);
+    let (out, err) = text(&map);
+    assert!(map.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("  items    2") && out.contains("  done     2"), "{out}");
+    let mut names: Vec<String> = std::fs::read_dir(glob_out.join("counts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["part 3.txt.lines", "part 4.txt.lines"]);
+
+    // What cannot be mapped says so before any node starts.
+    let missing = root.join("nope").display().to_string();
+    let bad = setup.run(&["map", "--input", &missing, "--output", &out_arg, "--", "true"]);
+    let (_, err) = text(&bad);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(err.contains("no such file or directory") && err.contains("glob"), "{err}");
+    let nothing = format!("{}/*.none", input.display());
+    let bad = setup.run(&["map", "--input", &nothing, "--output", &out_arg, "--", "true"]);
+    assert!(text(&bad).1.contains("no files there"), "{:?}", text(&bad));
+    let bad = setup.run(&["map", "--input", &dir_arg, "--output", &out_arg, "--provider", "lambda", "--", "true"]);
+    let (_, err) = text(&bad);
+    assert!(err.contains("need --provider local"), "{err}");
+}
+
 #[test]
 fn deploy_without_credentials_says_how_to_get_them() {
     let dir = Scratch::new("deploy-nocreds");

@@ -26,6 +26,7 @@ mod outbound;
 pub mod output;
 pub mod registry;
 pub mod s3;
+pub mod stage;
 pub mod status;
 pub mod supervise;
 mod udp;

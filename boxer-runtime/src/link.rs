@@ -177,6 +177,10 @@ fn worth_reconnecting(e: &NodeError, leaving: bool) -> bool {
     }
     match e {
         NodeError::Rendezvous(RendezvousError::Refused { .. } | RendezvousError::Hello { .. }) => false,
+        // We closed it: the node is shutting down.
+        NodeError::Rendezvous(RendezvousError::Connection {
+            source: quinn::ConnectionError::LocallyClosed, ..
+        }) => false,
         NodeError::Rendezvous(_) | NodeError::Feed(_) => true,
         _ => false,
     }
@@ -487,5 +491,10 @@ mod tests {
         let deleted = NodeError::Rendezvous(RendezvousError::Refused { code: 10, reason: "deleted".into() });
         assert!(!worth_reconnecting(&deleted, false));
         assert!(!worth_reconnecting(&NodeError::Stopped, false));
+        let shut = NodeError::Rendezvous(RendezvousError::Connection {
+            addr: "192.0.2.1:4740".parse().unwrap(),
+            source: quinn::ConnectionError::LocallyClosed,
+        });
+        assert!(!worth_reconnecting(&shut, false), "a node shutting down does not reconnect");
     }
 }

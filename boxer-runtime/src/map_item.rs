@@ -18,6 +18,7 @@ use std::process::Stdio;
 use anyhow::Context;
 
 use crate::s3::{self, S3Url};
+use crate::stage;
 
 /// Exit code when the input object could not be downloaded (sysexits'
 /// `EX_NOINPUT`).
@@ -31,16 +32,48 @@ pub const EXIT_UPLOAD: i32 = 74;
 /// found").
 pub const EXIT_NOT_STARTED: i32 = 127;
 
+/// Where an item's input comes from or its results go: S3, or `boxer
+/// map`'s own node in the cluster for local files ([`crate::stage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// An object (input) or a prefix (results).
+    S3(S3Url),
+    /// An `http://stage-0:PORT/...` URL on the stage node, reached over
+    /// the overlay.
+    Stage(String),
+}
+
+impl std::str::FromStr for Place {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("http://") {
+            Ok(Place::Stage(s.to_owned()))
+        } else {
+            s.parse().map(Place::S3).map_err(|e| format!("{e} or a stage URL http://stage-0:PORT/..."))
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::S3(url) => url.fmt(f),
+            Place::Stage(url) => f.write_str(url),
+        }
+    }
+}
+
 /// What `boxer map` passes to one item.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "map-item", about = "One item of a `boxer map` job (run by the node; not for people)")]
 pub struct MapItemArgs {
-    /// The object to process: s3://BUCKET/KEY.
+    /// The object to process: s3://BUCKET/KEY, or a stage URL.
     #[arg(long, value_name = "s3://BUCKET/KEY")]
-    pub input: S3Url,
-    /// Where the command's results go: s3://BUCKET/PREFIX.
+    pub input: Place,
+    /// Where the command's results go: s3://BUCKET/PREFIX, or a stage URL.
     #[arg(long, value_name = "s3://BUCKET/PREFIX")]
-    pub output: S3Url,
+    pub output: Place,
     /// The command and its arguments; `{}` in an argument is the input's
     /// local path.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -48,6 +81,15 @@ pub struct MapItemArgs {
 }
 
 impl MapItemArgs {
+    /// `$BOXER_INPUT_KEY`: the input's key in S3, or its file name when
+    /// it is a local file staged by `boxer map`.
+    fn input_key(&self) -> String {
+        match &self.input {
+            Place::S3(url) => url.prefix.clone(),
+            Place::Stage(url) => stage::key_in(url),
+        }
+    }
+
     /// The arguments `boxer map` gives `bootstrap` for one item.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = vec!["map-item".to_owned(), "--input".to_owned(), self.input.to_string()];
@@ -86,11 +128,18 @@ pub async fn process(client: &aws_sdk_s3::Client, args: &MapItemArgs, scratch: &
 }
 
 async fn item(client: &aws_sdk_s3::Client, args: &MapItemArgs, scratch: &Path, env: &[(String, String)]) -> i32 {
-    let input = scratch.join("input").join(s3::file_name_of(&args.input.prefix));
+    let name = match &args.input {
+        Place::S3(url) => s3::file_name_of(&url.prefix),
+        Place::Stage(url) => stage::file_name_in(url),
+    };
+    let input = scratch.join("input").join(name);
     let output = scratch.join("output");
     let staged = async {
         tokio::fs::create_dir_all(&output).await.with_context(|| format!("creating {}", output.display()))?;
-        s3::download(client, &args.input.bucket, &args.input.prefix, &input).await
+        match &args.input {
+            Place::S3(url) => s3::download(client, &url.bucket, &url.prefix, &input).await,
+            Place::Stage(url) => stage::download(url, &input).await,
+        }
     };
     // Quiet on success: the command's own last line is what `boxer map`
     // shows when it fails.
@@ -129,7 +178,7 @@ fn command(args: &MapItemArgs, input: &Path, output: &Path) -> tokio::process::C
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .env("BOXER_INPUT", input)
-        .env("BOXER_INPUT_KEY", &args.input.prefix)
+        .env("BOXER_INPUT_KEY", args.input_key())
         .env("BOXER_OUTPUT_DIR", output)
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -137,10 +186,13 @@ fn command(args: &MapItemArgs, input: &Path, output: &Path) -> tokio::process::C
 }
 
 /// Uploads every file under `dir`; how many.
-async fn upload_results(client: &aws_sdk_s3::Client, dir: &Path, to: &S3Url) -> anyhow::Result<usize> {
+async fn upload_results(client: &aws_sdk_s3::Client, dir: &Path, to: &Place) -> anyhow::Result<usize> {
     let files = s3::files_under(dir)?;
     for (path, rel) in &files {
-        s3::upload(client, &to.bucket, &to.key_of(rel), path).await?;
+        match to {
+            Place::S3(to) => s3::upload(client, &to.bucket, &to.key_of(rel), path).await?,
+            Place::Stage(base) => stage::upload(base, rel, path).await?,
+        };
     }
     Ok(files.len())
 }

@@ -23,7 +23,7 @@ use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::map_item::{self, MapItemArgs};
+use crate::map_item::{self, MapItemArgs, Place};
 use crate::s3::{self, S3Url};
 
 /// The file, in the function's task root, that says what to run per object.
@@ -167,8 +167,8 @@ pub async fn handle(task_root: &Path, body: &[u8], served: u64) -> Result<Trigge
             continue;
         }
         let args = MapItemArgs {
-            input: S3Url { bucket: object.bucket.clone(), prefix: object.key.clone() },
-            output: output.clone(),
+            input: Place::S3(S3Url { bucket: object.bucket.clone(), prefix: object.key.clone() }),
+            output: Place::S3(output.clone()),
             command: config.command.clone(),
         };
         let scratch = std::env::temp_dir().join(format!("boxer-trigger-{served}-{n}"));

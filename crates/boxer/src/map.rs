@@ -12,15 +12,17 @@
 //! number the items.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use boxer_proto::Fingerprint;
 use boxer_proto::control::ServerMessage;
-use boxer_runtime::map_item::{EXIT_NO_INPUT, EXIT_NOT_STARTED, EXIT_UPLOAD, MapItemArgs};
+use boxer_runtime::map_item::{EXIT_NO_INPUT, EXIT_NOT_STARTED, EXIT_UPLOAD, MapItemArgs, Place};
 use boxer_runtime::s3::{self as s3_io, S3Url};
+use boxer_runtime::stage::{self, STAGE_SERVICE, Stage};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
@@ -70,17 +72,87 @@ pub enum MapProvider {
     Lambda,
 }
 
+/// Where the items come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inputs {
+    /// Every object under a prefix.
+    S3(S3Url),
+    /// Local files: a directory (every file under it), one file, or a
+    /// glob pattern. Staged to the nodes over the overlay.
+    Local(String),
+}
+
+impl std::str::FromStr for Inputs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("s3://") {
+            s.parse().map(Inputs::S3)
+        } else if s.is_empty() {
+            Err("expected s3://BUCKET/PREFIX, a directory, a file or a glob".into())
+        } else {
+            Ok(Inputs::Local(s.to_owned()))
+        }
+    }
+}
+
+impl std::fmt::Display for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Inputs::S3(url) => url.fmt(f),
+            Inputs::Local(spec) => f.write_str(spec),
+        }
+    }
+}
+
+/// Where the results go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outputs {
+    /// Under a prefix.
+    S3(S3Url),
+    /// Under a local directory (made if missing), sent over the overlay.
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for Outputs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("s3://") {
+            s.parse().map(Outputs::S3)
+        } else if s.is_empty() {
+            Err("expected s3://BUCKET/PREFIX or a directory".into())
+        } else {
+            Ok(Outputs::Dir(PathBuf::from(s)))
+        }
+    }
+}
+
+impl std::fmt::Display for Outputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outputs::S3(url) => url.fmt(f),
+            Outputs::Dir(dir) => write!(f, "{}", dir.display()),
+        }
+    }
+}
+
 /// `boxer map`'s options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MapArgs {
     /// The items: every object under s3://BUCKET/PREFIX (a prefix is a
-    /// folder: `in` takes `in/x` but not `inside/x`).
-    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
-    pub input: S3Url,
+    /// folder: `in` takes `in/x` but not `inside/x`); or, with the local
+    /// provider, local files: a directory (every file under it), a file, or
+    /// a quoted glob like 'data/*.csv'. Local files are served to the
+    /// nodes over the overlay by this command's own node, stage-0.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX|DIR|GLOB")]
+    pub input: Inputs,
     /// Where each item's results go: the files its command wrote to
-    /// $BOXER_OUTPUT_DIR, at their paths relative to it.
-    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
-    pub output: S3Url,
+    /// $BOXER_OUTPUT_DIR, at their paths relative to it; under
+    /// s3://BUCKET/PREFIX, or (local provider) in a local directory, sent
+    /// back over the overlay.
+    #[arg(long, value_name = "s3://BUCKET/PREFIX|DIR")]
+    pub output: Outputs,
     /// Items running at once (nodes at the same time).
     #[arg(short = 'n', long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_CONCURRENCY)))]
@@ -128,7 +200,10 @@ enum Outcome {
 /// One object to process.
 #[derive(Debug)]
 struct Item {
+    /// Its S3 key, or its local path as listed.
     key: String,
+    /// The local file (local inputs).
+    file: Option<PathBuf>,
     attempts: u32,
     started: Option<Instant>,
     /// Seconds of its successful (or last) attempt.
@@ -154,27 +229,47 @@ pub struct Tally {
 /// Runs `boxer map`; the exit code (0: every item done; 1: some failed;
 /// 130: interrupted).
 pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
-    let options = options(&args)?;
-    if args.output.bucket == args.input.bucket && args.input.contains(&args.output.prefix) {
-        eprintln!(
-            "note: {} is under {}: results written there are items of the next `boxer map` over it",
-            args.output, args.input
-        );
-    }
-    let client = crate::s3::client(&args.aws).await?;
-    let objects = s3_io::list(&client, &args.input).await?;
+    let staged = matches!(args.input, Inputs::Local(_)) || matches!(args.output, Outputs::Dir(_));
     anyhow::ensure!(
-        !objects.is_empty(),
-        "no objects under {}: upload the inputs first (boxer put FILES {})",
+        !staged || args.provider == MapProvider::Local,
+        "local files (--input {}, --output {}) need --provider local: upload the inputs with \
+         `boxer put FILES s3://BUCKET/PREFIX` and map over s3://, with the results to s3://",
         args.input,
-        args.input
+        args.output
     );
-    client
-        .head_bucket()
-        .bucket(&args.output.bucket)
-        .send()
-        .await
-        .map_err(|e| anyhow::anyhow!("output bucket {}: {}", args.output.bucket, s3_io::explain(&e)))?;
+    let options = options(&args)?;
+    if let (Inputs::S3(input), Outputs::S3(output)) = (&args.input, &args.output)
+        && output.bucket == input.bucket
+        && input.contains(&output.prefix)
+    {
+        eprintln!("note: {output} is under {input}: results written there are items of the next `boxer map` over it");
+    }
+    let items: Vec<Item> = match &args.input {
+        Inputs::S3(input) => {
+            let client = crate::s3::client(&args.aws).await?;
+            let objects = s3_io::list(&client, input).await?;
+            anyhow::ensure!(
+                !objects.is_empty(),
+                "no objects under {input}: upload the inputs first (boxer put FILES {input})"
+            );
+            objects.into_iter().map(|(key, _)| Item::new(key, None)).collect()
+        }
+        Inputs::Local(spec) => local_inputs(spec)?.into_iter().map(|(key, file)| Item::new(key, Some(file))).collect(),
+    };
+    match &args.output {
+        Outputs::S3(output) => {
+            let client = crate::s3::client(&args.aws).await?;
+            client
+                .head_bucket()
+                .bucket(&output.bucket)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("output bucket {}: {}", output.bucket, s3_io::explain(&e)))?;
+        }
+        Outputs::Dir(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating the output directory {}", dir.display()))?;
+        }
+    }
     let name = format!("map-{}", &::rendezvous::registry::random_token()[..8]);
     let spec = Spec {
         path: PathBuf::from("boxer map"),
@@ -185,10 +280,6 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
     };
     let dir = crate::state::cluster_dir(&name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating state directory {}", dir.display()))?;
-    let items: Vec<Item> = objects
-        .into_iter()
-        .map(|(key, _)| Item { key, attempts: 0, started: None, seconds: 0.0, outcome: None, why: String::new() })
-        .collect();
     let interrupt = Interrupt::new("interrupted again: exiting (items still running end by themselves)")?;
     let result = match &options.provider {
         ProviderChoice::Local => {
@@ -197,7 +288,24 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
             let rendezvous = ClusterRendezvous::start(&spec, &options, &dir, None).await?;
             let workdir = std::env::current_dir().context("reading the current directory")?;
             let node_aws_env = local_aws_env(&args.aws);
-            let run = Run { args: &args, program, workdir, items, provider, exits, interrupt, node_aws_env };
+            let stage = match staged {
+                true => {
+                    let inputs = items.iter().filter_map(|i| Some((i.key.clone(), i.file.clone()?))).collect();
+                    let output = match &args.output {
+                        Outputs::Dir(dir) => Some(dir.clone()),
+                        Outputs::S3(_) => None,
+                    };
+                    match StageNode::start(&rendezvous.join(), Stage { inputs, output }).await {
+                        Ok(stage) => Some(stage),
+                        Err(e) => {
+                            rendezvous.close().await;
+                            return Err(e);
+                        }
+                    }
+                }
+                false => None,
+            };
+            let run = Run { args: &args, program, workdir, items, provider, exits, interrupt, node_aws_env, stage };
             run.drive(&rendezvous).await
         }
         ProviderChoice::Lambda(lambda) => {
@@ -213,6 +321,7 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
                 exits,
                 interrupt,
                 node_aws_env: vec![],
+                stage: None,
             };
             run.drive(&rendezvous).await
         }
@@ -224,6 +333,105 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
         eprintln!("node logs and reports: {}", dir.display());
     }
     result
+}
+
+impl Item {
+    fn new(key: String, file: Option<PathBuf>) -> Self {
+        Self { key, file, attempts: 0, started: None, seconds: 0.0, outcome: None, why: String::new() }
+    }
+}
+
+/// The files `--input` names when it is not an S3 URL, with the key each is
+/// shown under: every file under a directory (key: the path below it), one
+/// file (its name), or what a glob pattern matches (the paths as matched).
+fn local_inputs(spec: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let path = Path::new(spec);
+    let mut files: Vec<(String, PathBuf)> = if path.is_dir() {
+        s3_io::files_under(path)?.into_iter().map(|(file, rel)| (rel, file)).collect()
+    } else if path.is_file() {
+        let name = path.file_name().map_or_else(|| spec.to_owned(), |n| n.to_string_lossy().into_owned());
+        vec![(name, path.to_owned())]
+    } else if spec.contains(['*', '?', '[']) {
+        let matches = glob::glob(spec).map_err(|e| anyhow::anyhow!("--input {spec:?}: not a valid pattern: {e}"))?;
+        // Keys are paths below the pattern's fixed part (`data/` of
+        // `data/*/x.csv`), as for a directory.
+        let base: PathBuf =
+            path.components().take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '['])).collect();
+        let mut files = Vec::new();
+        for found in matches {
+            let file = found.with_context(|| format!("--input {spec:?}: reading a match"))?;
+            if file.is_file() {
+                let key = file.strip_prefix(&base).unwrap_or(&file).to_string_lossy().into_owned();
+                files.push((key, file));
+            }
+        }
+        files
+    } else {
+        anyhow::bail!(
+            "--input {spec:?}: no such file or directory (give a directory, a file, a quoted glob like 'data/*.csv', \
+             or s3://BUCKET/PREFIX)"
+        );
+    };
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "--input {spec:?}: no files there");
+    // Absolute paths: the stage serves them whatever the working directory.
+    for (_, file) in &mut files {
+        *file = std::path::absolute(&*file).with_context(|| format!("resolving {}", file.display()))?;
+    }
+    Ok(files)
+}
+
+/// `boxer map`'s own node in its cluster, `stage-0`: serves the local input
+/// files and takes the results ([`boxer_runtime::stage`]) on a loopback
+/// port it exposes to the cluster.
+struct StageNode {
+    node: boxer_runtime::Node,
+    server: tokio::task::JoinHandle<()>,
+    /// `http://stage-0:PORT`, as the items reach it.
+    base: String,
+}
+
+impl StageNode {
+    async fn start(join: &Join, stage: Stage) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("listening for the stage on loopback")?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(boxer_runtime::stage::serve(listener, Arc::new(stage)));
+        let config = boxer_runtime::NodeConfig {
+            rendezvous: boxer_net::rendezvous::RendezvousAddr {
+                addr: join.rendezvous,
+                fingerprint: join.fingerprint.parse()?,
+            },
+            cluster: join.cluster.clone(),
+            join_token: join.token.clone(),
+            service: STAGE_SERVICE.into(),
+            index: 0,
+            bind: SocketAddr::from((
+                if join.rendezvous.ip().is_loopback() { Ipv4Addr::LOCALHOST } else { Ipv4Addr::UNSPECIFIED },
+                0,
+            )),
+            forwards: vec![],
+            expose: vec![port],
+            status_file: None,
+            run_dir: None,
+            shared_namespace: false,
+        };
+        let node = match boxer_runtime::Node::start(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                server.abort();
+                return Err(e).context(format!("joining cluster {} as the stage node", join.cluster));
+            }
+        };
+        let base = format!("http://{}:{port}", node.joined().names[0]);
+        Ok(Self { node, server, base })
+    }
+
+    async fn stop(self) {
+        self.node.shutdown().await;
+        self.server.abort();
+    }
 }
 
 /// What `--endpoint-url`, `--region` and `--profile` say, as the variables
@@ -286,6 +494,8 @@ struct Run<'a, P> {
     /// AWS settings of this command's flags that nodes need as well
     /// (local nodes only: a function has its own).
     node_aws_env: Vec<(String, String)>,
+    /// `boxer map`'s own node when local files are staged.
+    stage: Option<StageNode>,
 }
 
 impl<P: Provider> Run<'_, P> {
@@ -357,6 +567,10 @@ impl<P: Provider> Run<'_, P> {
         if interrupted {
             eprintln!("interrupted: stopping {} running item(s) (the cluster is deleted)", running.len());
         }
+        // The stage leaves before the cluster is deleted under it.
+        if let Some(stage) = self.stage.take() {
+            stage.stop().await;
+        }
         rendezvous.close().await;
         self.provider.stop_all(false);
         let deadline = tokio::time::Instant::now() + self.provider.stop_grace();
@@ -387,11 +601,17 @@ impl<P: Provider> Run<'_, P> {
         let item = &mut self.items[i];
         item.attempts += 1;
         item.started = Some(Instant::now());
-        let map_item = MapItemArgs {
-            input: S3Url { bucket: self.args.input.bucket.clone(), prefix: item.key.clone() },
-            output: self.args.output.clone(),
-            command: self.args.command.clone(),
+        let base = self.stage.as_ref().map_or("", |s| s.base.as_str());
+        let input = match (&self.args.input, &item.file) {
+            (Inputs::S3(url), _) => Place::S3(S3Url { bucket: url.bucket.clone(), prefix: item.key.clone() }),
+            (Inputs::Local(_), Some(_)) => Place::Stage(stage::input_url(base, i, &item.key)),
+            (Inputs::Local(_), None) => anyhow::bail!("item {} has no file", item.key),
         };
+        let output = match &self.args.output {
+            Outputs::S3(url) => Place::S3(url.clone()),
+            Outputs::Dir(_) => Place::Stage(stage::output_url(base)),
+        };
+        let map_item = MapItemArgs { input, output, command: self.args.command.clone() };
         let name = match item.attempts {
             1 => FIRST_ATTEMPT_SERVICE.to_owned(),
             n => format!("retry{}", n - 1),
@@ -558,7 +778,7 @@ mod tests {
     use super::*;
 
     fn item(attempts: u32, outcome: Option<Outcome>) -> Item {
-        Item { key: "k".into(), attempts, started: None, seconds: 0.0, outcome, why: String::new() }
+        Item { key: "k".into(), file: None, attempts, started: None, seconds: 0.0, outcome, why: String::new() }
     }
 
     #[test]
@@ -570,6 +790,29 @@ mod tests {
             item(0, None),
         ];
         assert_eq!(tally(&items), Tally { done: 2, failed: 1, retried_items: 2, retries: 3 });
+    }
+
+    #[test]
+    fn local_inputs_are_keyed_below_their_directory_or_pattern() {
+        let dir = std::env::temp_dir().join(format!("boxer-map-inputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("d/sub")).unwrap();
+        for f in ["d/b.csv", "d/a.txt", "d/sub/c.csv"] {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        let keys = |spec: &str| local_inputs(spec).unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let d = dir.join("d").display().to_string();
+        assert_eq!(keys(&d), ["a.txt", "b.csv", "sub/c.csv"]);
+        assert_eq!(keys(&format!("{d}/b.csv")), ["b.csv"]);
+        assert_eq!(keys(&format!("{d}/*/*.csv")), ["sub/c.csv"]);
+        assert_eq!(keys(&format!("{d}/[ab].*")), ["a.txt", "b.csv"]);
+        let (_, file) = &local_inputs(&format!("{d}/a.txt")).unwrap()[0];
+        assert!(file.is_absolute());
+        let e = local_inputs(&format!("{d}/*.none")).unwrap_err().to_string();
+        assert!(e.contains("no files there"), "{e}");
+        let e = local_inputs(&format!("{d}/[")).unwrap_err().to_string();
+        assert!(e.contains("not a valid pattern"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
