@@ -143,6 +143,7 @@ impl Lab {
             workdir: None,
             grace_secs: 1,
             timeout_secs: None,
+            takes_over: false,
         }
     }
 
