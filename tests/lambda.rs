@@ -506,8 +506,11 @@ main = true
     assert!(web.iter().any(|l| l.contains("starting its replacement")), "{err}");
     assert!(web.iter().any(|l| l.starts_with("replaced before its deadline (replacement 1)")), "{err}");
     assert!(!web.iter().any(|l| l.contains("replacing it (restart")), "no restart after a deadline: {err}");
+    // The client exits 0 only if it reconnected and web-0 kept its address.
+    // It may reconnect twice: a connection made after the old program died
+    // but before the old member left reaches the old runtime, which resets it.
     let summary = out.lines().find(|l| l.contains("reconnect(s), longest outage")).unwrap_or_default();
-    assert!(summary.contains("1 reconnect(s)"), "one handover, one reconnect: {out}");
+    assert!(summary.contains(" web-0 at 100.96."), "{out}");
     for line in out.lines().chain(err.lines()).filter(|l| l.contains("reconnect") || l.contains("replaced before")) {
         eprintln!("   {line}");
     }

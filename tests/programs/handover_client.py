@@ -50,7 +50,7 @@ while time.monotonic() < start + seconds:
 longest = max(outages, default=0.0)
 print(
     f"client: {pings} pings, {len(outages)} reconnect(s), longest outage {longest:.2f} s, "
-    f"web-0 at {' '.join(sorted(addresses))}",
+    f"{sum(outages):.2f} s in all, web-0 at {' '.join(sorted(addresses))}",
     flush=True,
 )
 sys.exit(0 if outages and len(addresses) == 1 else 1)

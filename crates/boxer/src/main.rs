@@ -368,26 +368,18 @@ struct LaunchArgs {
 
 impl LaunchArgs {
     fn options(&self) -> anyhow::Result<UpOptions> {
-        let external = match (self.rendezvous, self.fingerprint, &self.admin_token) {
-            (Some(addr), Some(fingerprint), Some(admin_token)) => {
-                Some(External { addr, fingerprint, admin_token: admin_token.clone() })
-            }
-            _ => None,
-        };
+        let external = External::from_flags(self.rendezvous, self.fingerprint, self.admin_token.as_deref());
         let provider = match self.provider {
             ProviderKind::Local => ProviderChoice::Local,
             ProviderKind::Lambda => {
-                up::check_lambda_rendezvous(external.as_ref())?;
-                ProviderChoice::Lambda(LambdaOptions {
+                let lambda = LambdaOptions {
                     aws: self.aws.clone(),
                     function: self.function.clone(),
                     price_per_gb_second: self.price_per_gb_second,
-                })
+                };
+                ProviderChoice::lambda(lambda, external.as_ref())?
             }
         };
-        if let Some(price) = self.price_per_gb_second {
-            anyhow::ensure!(price.is_finite() && price >= 0.0, "--price-per-gb-second {price}: expected a price >= 0");
-        }
         Ok(UpOptions { net: self.net, external, nat: self.nat, provider })
     }
 

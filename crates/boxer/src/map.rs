@@ -453,28 +453,17 @@ fn local_aws_env(aws: &AwsArgs) -> Vec<(String, String)> {
 
 /// The provider and rendezvous options, checked as `boxer up` checks them.
 fn options(args: &MapArgs) -> anyhow::Result<UpOptions> {
-    let external = match (args.rendezvous, args.fingerprint, &args.admin_token) {
-        (Some(addr), Some(fingerprint), Some(admin_token)) => {
-            Some(External { addr, fingerprint, admin_token: admin_token.clone() })
-        }
-        _ => None,
-    };
+    let external = External::from_flags(args.rendezvous, args.fingerprint, args.admin_token.as_deref());
     let provider = match args.provider {
         MapProvider::Local => ProviderChoice::Local,
         MapProvider::Lambda => {
-            crate::up::check_lambda_rendezvous(external.as_ref())?;
             crate::lambda::validate_function_name(&args.function).map_err(|e| anyhow::anyhow!("--function: {e}"))?;
-            if let Some(price) = args.price_per_gb_second {
-                anyhow::ensure!(
-                    price.is_finite() && price >= 0.0,
-                    "--price-per-gb-second {price}: expected a price >= 0"
-                );
-            }
-            ProviderChoice::Lambda(LambdaOptions {
+            let lambda = LambdaOptions {
                 aws: args.aws.clone(),
                 function: Some(args.function.clone()),
                 price_per_gb_second: args.price_per_gb_second,
-            })
+            };
+            ProviderChoice::lambda(lambda, external.as_ref())?
         }
     };
     // Items reach S3 as this machine does: no namespace of their own.
@@ -548,7 +537,11 @@ impl<P: Provider> Run<'_, P> {
                     self.provider.exited(&exit.node);
                     if let Some(i) = running.remove(&exit.node) {
                         if exit.code != 0 || exit.failed_to_start {
-                            output.settle(&mut feed, &exit.node).await;
+                            // A node that never started has no output to
+                            // wait for: only a failed program's may trail.
+                            if !exit.failed_to_start {
+                                output.settle(&mut feed, &exit.node).await;
+                            }
                             exit.detail.extend(output.take(&exit.node));
                         } else {
                             output.take(&exit.node);

@@ -98,6 +98,31 @@ pub struct External {
     pub admin_token: String,
 }
 
+impl External {
+    /// The rendezvous `--rendezvous`, `--fingerprint` and `--admin-token`
+    /// name, when all three are given (clap makes them come together).
+    pub fn from_flags(
+        addr: Option<SocketAddr>,
+        fingerprint: Option<Fingerprint>,
+        admin_token: Option<&str>,
+    ) -> Option<Self> {
+        Some(Self { addr: addr?, fingerprint: fingerprint?, admin_token: admin_token?.to_owned() })
+    }
+}
+
+impl ProviderChoice {
+    /// The Lambda provider with `options`, checked: a rendezvous the
+    /// functions can reach ([`check_lambda_rendezvous`]), a price that is
+    /// a price.
+    pub fn lambda(options: LambdaOptions, external: Option<&External>) -> anyhow::Result<Self> {
+        check_lambda_rendezvous(external)?;
+        if let Some(price) = options.price_per_gb_second {
+            anyhow::ensure!(price.is_finite() && price >= 0.0, "--price-per-gb-second {price}: expected a price >= 0");
+        }
+        Ok(Self::Lambda(options))
+    }
+}
+
 /// Checks that Lambda functions can reach `external`: there must be one
 /// (functions cannot reach an embedded rendezvous on this machine), and
 /// not on loopback; a private address gets a note (only a VPC reaches it).
