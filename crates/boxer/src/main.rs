@@ -104,7 +104,7 @@ enum Command {
     /// New nodes start at once and are waited for until they joined;
     /// removed nodes get SIGTERM, their grace to end, and leave. Nodes that
     /// stay keep their connections. `boxer status` shows the new shape.
-    /// Scaling down works with local nodes only.
+    /// On Lambda the rendezvous tells each removed function to stop.
     #[command(verbatim_doc_comment)]
     Scale {
         /// SERVICE=N, one or more.
@@ -144,8 +144,8 @@ enum Command {
         #[command(flatten)]
         args: boxer::s3::GetArgs,
     },
-    /// Run a command over every object under an S3 prefix, one node per
-    /// object, and collect its results in another (SCAR's fan-out).
+    /// Run a command over every object under an S3 prefix (or every local
+    /// file), one node per item, and collect its results (SCAR's fan-out).
     ///
     ///   boxer put photos/ s3://my-input/batch-1/
     ///   boxer map --input s3://my-input/batch-1/ --output s3://my-output/thumbs/ \
@@ -165,6 +165,12 @@ enum Command {
     /// --provider local runs the items as processes here; --provider lambda
     /// invokes a function `boxer deploy` made (examples/map/boxer.toml makes
     /// boxer-map) through a rendezvous the functions can reach.
+    ///
+    /// Local files, no S3 (local provider): the nodes fetch their inputs from
+    /// and send their results to boxer map's own node, stage-0, over the overlay.
+    ///
+    ///   boxer map --input data/ --output results/ -- sh -c 'wc -l < {} > "$BOXER_OUTPUT_DIR/$BOXER_INPUT_KEY"'
+    ///   boxer map --input 'logs/*.gz' --output counts/ -n 4 -- ./count.sh {}
     #[command(verbatim_doc_comment)]
     Map {
         #[command(flatten)]
