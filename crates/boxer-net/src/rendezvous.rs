@@ -231,16 +231,26 @@ pub async fn watch(
     }
 }
 
+/// Sends an admin `request` that has one answer, and closes the connection
+/// once it came.
+async fn one_answer(
+    endpoint: &NodeEndpoint,
+    rendezvous: RendezvousAddr,
+    request: &Request,
+) -> Result<ServerMessage, RendezvousError> {
+    let mut session = Session::open(endpoint, rendezvous, request).await?;
+    let answer = session.answer().await;
+    session.conn.close(0u32.into(), b"done");
+    answer
+}
+
 /// Creates a cluster (admin).
 pub async fn create_cluster(
     endpoint: &NodeEndpoint,
     rendezvous: RendezvousAddr,
     request: CreateClusterRequest,
 ) -> Result<ClusterInfo, RendezvousError> {
-    let mut session = Session::open(endpoint, rendezvous, &Request::CreateCluster(request)).await?;
-    let answer = session.answer().await?;
-    session.conn.close(0u32.into(), b"done");
-    match answer {
+    match one_answer(endpoint, rendezvous, &Request::CreateCluster(request)).await? {
         ServerMessage::ClusterCreated(info) => Ok(info),
         other => Err(RendezvousError::Unexpected { addr: rendezvous.addr, what: format!("{other:?}") }),
     }
@@ -252,10 +262,7 @@ pub async fn delete_cluster(
     rendezvous: RendezvousAddr,
     request: DeleteClusterRequest,
 ) -> Result<(), RendezvousError> {
-    let mut session = Session::open(endpoint, rendezvous, &Request::DeleteCluster(request)).await?;
-    let answer = session.answer().await?;
-    session.conn.close(0u32.into(), b"done");
-    match answer {
+    match one_answer(endpoint, rendezvous, &Request::DeleteCluster(request)).await? {
         ServerMessage::ClusterDeleted { .. } => Ok(()),
         other => Err(RendezvousError::Unexpected { addr: rendezvous.addr, what: format!("{other:?}") }),
     }
@@ -269,10 +276,7 @@ pub async fn stop_member(
     rendezvous: RendezvousAddr,
     request: StopMemberRequest,
 ) -> Result<(), RendezvousError> {
-    let mut session = Session::open(endpoint, rendezvous, &Request::StopMember(request)).await?;
-    let answer = session.answer().await?;
-    session.conn.close(0u32.into(), b"done");
-    match answer {
+    match one_answer(endpoint, rendezvous, &Request::StopMember(request)).await? {
         ServerMessage::MemberStopping { .. } => Ok(()),
         other => Err(RendezvousError::Unexpected { addr: rendezvous.addr, what: format!("{other:?}") }),
     }
