@@ -326,6 +326,49 @@ fn error(kind: &str, message: String) -> ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::udp::tests::{CLUSTER, Scratch, start_rendezvous};
+
+    /// The takeover join against a real rendezvous: refused while the
+    /// holder is a member, without piling up sockets (a function has 1024
+    /// descriptors), then admitted at once with the holder's address.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_waits_for_the_name_then_gets_its_address() {
+        let dir = Scratch(std::env::temp_dir().join(format!("boxer-takeover-test-{}", std::process::id())));
+        let (rendezvous, token) = start_rendezvous(&dir).await;
+        let config = || NodeConfig {
+            rendezvous,
+            cluster: CLUSTER.into(),
+            join_token: token.clone(),
+            service: "web".into(),
+            index: 0,
+            bind: (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            forwards: Vec::new(),
+            expose: Vec::new(),
+            status_file: None,
+            run_dir: None,
+            shared_namespace: false,
+        };
+        let holder = Node::start(config()).await.expect("holder joins");
+        let ip = holder.joined().overlay_ip;
+        let fds = || std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+        let before = fds();
+        let takeover = tokio::spawn(take_over(config(), rendezvous.addr));
+        let mut most = before;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            most = most.max(fds());
+        }
+        assert!(!takeover.is_finished(), "joined while the name was taken");
+        assert!(most < before + 64, "refused attempts pile up descriptors: {before} -> {most}");
+        holder.shutdown().await;
+        let node = tokio::time::timeout(Duration::from_secs(10), takeover)
+            .await
+            .expect("joined once the holder left")
+            .expect("task")
+            .expect("admitted");
+        assert_eq!(node.joined().overlay_ip, ip, "the holder's address");
+        node.shutdown().await;
+    }
 
     #[test]
     fn join_failures_are_told_apart() {

@@ -19,14 +19,15 @@ use super::flows::FlowKey;
 use crate::control;
 use crate::{Node, NodeConfig};
 
-const CLUSTER: &str = "udp";
+/// The cluster [`start_rendezvous`] creates.
+pub(crate) const CLUSTER: &str = "udp";
 const ADMIN: &str = "udp-test-admin";
 
 /// Generous bound for anything that should take milliseconds.
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A scratch directory removed on drop.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -34,7 +35,9 @@ impl Drop for Scratch {
     }
 }
 
-async fn start_rendezvous(dir: &Scratch) -> (RendezvousAddr, String) {
+/// An in-process rendezvous on loopback with cluster [`CLUSTER`]; its
+/// address and the cluster's join token.
+pub(crate) async fn start_rendezvous(dir: &Scratch) -> (RendezvousAddr, String) {
     let server = Rendezvous::bind(Config {
         listen: (Ipv4Addr::LOCALHOST, 0).into(),
         state_dir: dir.0.clone(),
