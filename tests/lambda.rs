@@ -55,6 +55,22 @@ fn up(lab: &LambdaLab, spec: &Path) -> (i32, String, String) {
     lab.run_boxer(&args).expect("boxer up runs")
 }
 
+/// Starts `boxer up` of `spec` in the lab without waiting for it; its
+/// stdout goes to `<name>-up.out` (returned) and its stderr to
+/// `<name>-up.log` (the [`Proc`]'s).
+fn up_in_background(lab: &LambdaLab, spec: &Path, name: &str) -> (Proc, PathBuf) {
+    let flags = lab.up_flags();
+    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8")];
+    args.extend(flags.iter().map(String::as_str));
+    let mut cmd = lab.boxer(&args);
+    let (out, log) = (lab.dir.path().join(format!("{name}-up.out")), lab.dir.path().join(format!("{name}-up.log")));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("file"))
+        .stderr(std::fs::File::create(&log).expect("file"));
+    let child = lab.lab.rendezvous().spawn_command_sync(cmd).expect("boxer up starts");
+    (Proc { child, name: "boxer up".into(), stderr: log }, out)
+}
+
 #[test]
 fn lambda_lab() {
     let lab = LambdaLab::start("e2e", &FUNCTIONS).expect("the Lambda lab starts");
@@ -414,16 +430,7 @@ main = true
         ),
     );
     deploy(lab, &spec, "lambda-scale", &[]);
-    let flags = lab.up_flags();
-    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8")];
-    args.extend(flags.iter().map(String::as_str));
-    let mut cmd = lab.boxer(&args);
-    let (out, log) = (lab.dir.path().join("scale-up.out"), lab.dir.path().join("scale-up.log"));
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("file"))
-        .stderr(std::fs::File::create(&log).expect("file"));
-    let child = lab.lab.rendezvous().spawn_command_sync(cmd).expect("boxer up starts");
-    let mut up = Proc { child, name: "boxer up".into(), stderr: log };
+    let (mut up, out) = up_in_background(lab, &spec, "scale");
     let output = || std::fs::read_to_string(&out).unwrap_or_default();
     wait_until(Duration::from_secs(90), "the client to connect", || {
         if output().contains("client: connected to web-0 and web-1") { Ok(()) } else { Err(up.stderr_text()) }
@@ -538,16 +545,7 @@ main = true
 "#,
     );
     deploy(lab, &spec, "lambda-hybrid", &[]);
-    let flags = lab.up_flags();
-    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8")];
-    args.extend(flags.iter().map(String::as_str));
-    let mut cmd = lab.boxer(&args);
-    let (out, log) = (lab.dir.path().join("hybrid-up.out"), lab.dir.path().join("hybrid-up.log"));
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("file"))
-        .stderr(std::fs::File::create(&log).expect("file"));
-    let child = lab.lab.rendezvous().spawn_command_sync(cmd).expect("boxer up starts");
-    let mut up = Proc { child, name: "boxer up".into(), stderr: log };
+    let (mut up, out) = up_in_background(lab, &spec, "hybrid");
     let join_file = lab.state_dir.join("lambda-hybrid").join("join.json");
     wait_until(Duration::from_secs(60), "boxer up to create the cluster", || {
         if join_file.exists() { Ok(()) } else { Err(up.stderr_text()) }
@@ -755,16 +753,7 @@ replicas = 2
 "#,
     );
     deploy(lab, &spec, "lambda-down", &[]);
-    let flags = lab.up_flags();
-    let mut args: Vec<&str> = vec!["up", spec.to_str().expect("utf-8")];
-    args.extend(flags.iter().map(String::as_str));
-    let mut cmd = lab.boxer(&args);
-    let log = lab.dir.path().join("down-up.log");
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(lab.dir.path().join("down-up.out")).expect("file"))
-        .stderr(std::fs::File::create(&log).expect("file"));
-    let child = lab.lab.rendezvous().spawn_command_sync(cmd).expect("boxer up starts");
-    let mut proc = Proc { child, name: "boxer up".into(), stderr: log };
+    let (mut proc, _) = up_in_background(lab, &spec, "down");
     let status_file = lab.state_dir.join("lambda-down").join("status.json");
     wait_until(Duration::from_secs(60), "both nodes to join", || {
         let s = read_status(&status_file)?;

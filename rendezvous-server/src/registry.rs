@@ -739,11 +739,10 @@ impl Registry {
                 format!("{node} lost its connection to the rendezvous; it can be told to stop once it is back"),
             ));
         };
-        match mailbox.stop.try_send(()) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Ok(member.node_id),
-            // Its session is ending: it is leaving already.
-            Err(mpsc::error::TrySendError::Closed(())) => Ok(member.node_id),
-        }
+        // Full: it was told already. Closed: its session is ending, so it
+        // is leaving already. Either way the member stops.
+        let _ = mailbox.stop.try_send(());
+        Ok(member.node_id)
     }
 
     /// Tells `from` and `to` to punch each other now. Both must be members

@@ -244,10 +244,12 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
     {
         eprintln!("note: {output} is under {input}: results written there are items of the next `boxer map` over it");
     }
+    // One client, made when first needed, for the listing and the output check.
+    let s3 = tokio::sync::OnceCell::new();
+    let client = || s3.get_or_try_init(|| crate::s3::client(&args.aws));
     let items: Vec<Item> = match &args.input {
         Inputs::S3(input) => {
-            let client = crate::s3::client(&args.aws).await?;
-            let objects = s3_io::list(&client, input).await?;
+            let objects = s3_io::list(client().await?, input).await?;
             anyhow::ensure!(
                 !objects.is_empty(),
                 "no objects under {input}: upload the inputs first (boxer put FILES {input})"
@@ -258,8 +260,8 @@ pub async fn run(args: MapArgs) -> anyhow::Result<i32> {
     };
     match &args.output {
         Outputs::S3(output) => {
-            let client = crate::s3::client(&args.aws).await?;
-            client
+            client()
+                .await?
                 .head_bucket()
                 .bucket(&output.bucket)
                 .send()

@@ -654,15 +654,21 @@ impl ClusterView {
         }
     }
 
-    /// Retiring nodes that are members, have not ended, and were not asked
-    /// to stop within [`STOP_RETRY`]: ask the rendezvous to stop them now
-    /// (marked as asked at `now`). A node scaled down before it joined is
-    /// asked once it joins.
+    /// Nodes the rendezvous must tell to stop now (marked as asked at
+    /// `now`), unless asked within [`STOP_RETRY`]: retiring nodes that are
+    /// members and have not ended (a node scaled down before it joined is
+    /// asked once it joins), and old instances being replaced whose
+    /// successor has had its time to boot.
     fn stops_due(&mut self, now: Instant) -> Vec<String> {
         let mut due = Vec::new();
         for (name, n) in &mut self.nodes {
             let asked_lately = n.stop_asked.is_some_and(|at| now.saturating_duration_since(at) < STOP_RETRY);
-            if n.retiring && n.member.is_some() && n.exit.is_none() && !n.provider_ended && !asked_lately {
+            let retiring = n.retiring && n.member.is_some() && n.exit.is_none() && !n.provider_ended;
+            let replaced = n
+                .handover
+                .as_ref()
+                .is_some_and(|h| now >= h.stop_old_at && h.old_exit.is_none() && !h.successor_joined);
+            if (retiring || replaced) && !asked_lately {
                 n.stop_asked = Some(now);
                 due.push(name.clone());
             }
@@ -740,21 +746,6 @@ impl ClusterView {
         if let Some(n) = self.nodes.get_mut(name) {
             n.no_handover = true;
         }
-    }
-
-    /// Old instances whose successor has had its time to boot and that
-    /// were not asked to stop within [`STOP_RETRY`]: tell them now.
-    fn handover_stops_due(&mut self, now: Instant) -> Vec<String> {
-        let mut due = Vec::new();
-        for (name, n) in &mut self.nodes {
-            let Some(h) = &n.handover else { continue };
-            let asked_lately = n.stop_asked.is_some_and(|at| now.saturating_duration_since(at) < STOP_RETRY);
-            if now >= h.stop_old_at && h.old_exit.is_none() && !h.successor_joined && !asked_lately {
-                n.stop_asked = Some(now);
-                due.push(name.clone());
-            }
-        }
-        due
     }
 
     /// Ends node `name`'s handover once the old instance is gone and the
@@ -1339,13 +1330,9 @@ async fn run<P: Provider>(
                     }
                 }
             }
-            for node in view.handover_stops_due(Instant::now()) {
-                if let Err(e) = rendezvous.stop_member(&node).await {
-                    progress
-                        .suspend(|| printer.note(&node, &format!("could not be stopped yet ({e:#}); trying again")));
-                }
-            }
         }
+        // Scaled-down nodes, and old instances being replaced (only
+        // providers with a lifetime replace, and they stop this way).
         if provider.stops_through_rendezvous() {
             for node in view.stops_due(Instant::now()) {
                 if let Err(e) = rendezvous.stop_member(&node).await {
@@ -2150,11 +2137,11 @@ mod tests {
         assert_eq!(view.handovers_due(lifetime, before, now), ["web-0"]);
         view.handover_started("web-0", 7, now);
         assert!(view.handovers_due(lifetime, before, now).is_empty(), "one handover at a time");
-        assert!(view.handover_stops_due(now).is_empty(), "the successor boots first");
+        assert!(view.stops_due(now).is_empty(), "the successor boots first");
         let boot = view.nodes["web-0"].handover.as_ref().unwrap().stop_old_at - now;
         assert!((HANDOVER_BOOT_MIN..=HANDOVER_BOOT_MAX).contains(&boot), "{boot:?}");
-        assert_eq!(view.handover_stops_due(now + boot), ["web-0"]);
-        assert!(view.handover_stops_due(now + boot).is_empty(), "asked once per STOP_RETRY");
+        assert_eq!(view.stops_due(now + boot), ["web-0"]);
+        assert!(view.stops_due(now + boot).is_empty(), "asked once per STOP_RETRY");
 
         // The old instance stops: its exit and its invocation's end are the
         // handover's, not the node's.

@@ -93,7 +93,9 @@ pub trait Provider {
     /// first still runs (`lambda.replace_before_deadline`): it boots, waits
     /// for the name, and joins in the first one's place once that one has
     /// stopped. Returns the [`NodeExit::instance`] its end will carry. Only
-    /// for providers whose nodes have a [`Provider::lifetime`].
+    /// for providers whose nodes have a [`Provider::lifetime`] and that
+    /// [stop through the rendezvous](Provider::stops_through_rendezvous)
+    /// (that is how the first instance is stopped).
     async fn launch_takeover(&mut self, join: &Join, service: &Service, index: u32) -> anyhow::Result<u64> {
         let _ = (join, service, index);
         anyhow::bail!("the {} provider does not replace nodes before a deadline", self.kind())
